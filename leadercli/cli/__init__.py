@@ -1,0 +1,1 @@
+"""Thin Typer commands: parse options, load settings, call one library function, print."""

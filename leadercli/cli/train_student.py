@@ -1,0 +1,49 @@
+"""`leader train student`: the student without a teacher, or a baseline (popularity, previous visit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from leadercli.cli.common import ConfigOpt, DataOpt, DebugOpt, QuietOpt, ResumeOpt, examples, load, run
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "student",
+        epilog=examples(
+            "leader train student",
+            "leader train student --data data/mimic4 --out runs/student-m4",
+            "leader train student --model popularity --out runs/popularity",
+            "leader train student --model previous --out runs/previous",
+        ),
+    )(train_student)
+
+
+def train_student(
+    data: DataOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="student (default), popularity (most frequent drugs) or previous (last visit's drugs)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/student.")] = None,
+    resume: ResumeOpt = False,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the LEADER student on the artifact without distillation (the paper's ablation, our fast path).
+
+    Early stopping on validation PRAUC, decision threshold tuned on validation (unless fixed in settings),
+    model.safetensors + manifest.json + train_log.jsonl in the run folder.
+    """
+
+    def body() -> None:
+        from leadercli.training.student import train_student as do_train
+
+        settings = load(config, paths={"artifact": data, "student": out}, student={"model": model})
+        do_train(settings, resume=resume)
+
+    run(body, quiet=quiet, debug=debug)

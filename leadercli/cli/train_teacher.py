@@ -1,0 +1,55 @@
+"""`leader train teacher`: LLM backbone + LoRA + drug-classification head; caches teacher features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from leadercli.cli.common import ConfigOpt, DataOpt, DebugOpt, QuietOpt, ResumeOpt, examples, load, run
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "teacher",
+        epilog=examples(
+            "leader train teacher",
+            "leader train teacher --data data/mimic4 --base-model /models/llama-7b --out runs/teacher-llama",
+            "accelerate launch -m leadercli train teacher --base-model /models/llama-7b",
+            "torchrun --nproc_per_node 2 -m leadercli train teacher --max-steps 20",
+        ),
+    )(train_teacher)
+
+
+def train_teacher(
+    data: DataOpt = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option("--base-model", help="Backbone folder (HF format, safetensors). Default: the bundled MiniLM-L6."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/teacher.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides epochs).")] = None,
+    resume: ResumeOpt = False,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune the LLM teacher (LoRA + Linear head, BCE) and cache its features for distillation.
+
+    Runs on CPU, one GPU or several (launch with `accelerate launch` or `torchrun`). Writes the PEFT adapter,
+    head.safetensors, manifest.json, the resolved settings and features/ (pooled hidden states of the training
+    and validation patients, fp16 safetensors keyed by subject_id).
+    """
+
+    def body() -> None:
+        from leadercli.training.teacher import train_teacher as do_train
+
+        settings = load(
+            config,
+            paths={"artifact": data, "teacher": out},
+            teacher={"base_model": base_model, "max_steps": max_steps},
+        )
+        do_train(settings, resume=resume)
+
+    run(body, quiet=quiet, debug=debug)

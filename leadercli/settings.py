@@ -1,0 +1,287 @@
+"""Settings: one pydantic model per stage, resolved from
+defaults < `leader.toml` (working folder, or `--config PATH`) < `LEADER_*` environment < command-line options.
+
+Environment variables use `__` between section and key: `LEADER_DATA__SOURCE=mimic4`,
+`LEADER_HARDWARE__DEVICE=cuda`. Unknown keys and wrong types are errors that name the key.
+`leader config` prints the resolved settings as TOML; each run folder stores the settings it ran with.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from leadercli.errors import SettingsError
+
+CONFIG_FILE = "leader.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsSettings(_Section):
+    """Where things are read from and written to."""
+
+    raw: Path | None = Field(None, description="Folder of raw MIMIC tables; unset = the bundled demo of `data.source`.")
+    aux: Path | None = Field(None, description="Folder of mapping files (NDC→RXCUI→ATC, ATC names, DDI); unset = bundled.")
+    data: Path = Field(Path("data"), description="Parent folder of artifacts; an artifact is `<data>/<source>`.")
+    artifact: Path | None = Field(None, description="Explicit artifact folder (overrides `<data>/<source>`).")
+    teacher: Path = Field(Path("runs/teacher"), description="Run folder of `leader train teacher`.")
+    student: Path = Field(Path("runs/student"), description="Run folder of `leader train student`.")
+    distilled: Path = Field(Path("runs/distilled"), description="Run folder of `leader distill`.")
+    report: Path = Field(Path("report"), description="Output folder of `leader report`.")
+
+
+class HardwareSettings(_Section):
+    """Device, precision and parallelism."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Mixed precision for the teacher on GPU (bf16 recommended on Ampere+); CPU runs in fp32."
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = torch's default.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class DataSettings(_Section):
+    """`leader preprocess`: cohort, filters, split (reference values as defaults)."""
+
+    source: Literal["mimic3", "mimic4"] = Field("mimic3", description="Which MIMIC layout the raw tables follow.")
+    min_visits: int = Field(1, ge=1, description="Keep patients with at least this many kept visits (1 keeps single-visit patients).")
+    split: Literal["random", "sequential"] = Field(
+        "random", description="random = seeded shuffle of patients; sequential = ascending subject id (reference)."
+    )
+    split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test patient fractions.")
+    seed: int = Field(42, description="Seed for the split and the patient sample.")
+    sample_fraction: float | None = Field(
+        None, gt=0, le=1, description="Keep this seeded fraction of patients (the reference keeps 0.15 of MIMIC-IV)."
+    )
+    top_diagnoses: int | None = Field(2000, ge=1, description="Keep the most frequent diagnosis codes (train split); unset = all.")
+    top_medications: int | None = Field(300, ge=1, description="Keep the most frequent ATC-3 classes (train split); unset = all.")
+    top_procedures: int | None = Field(
+        None, ge=1, description="Keep the most frequent procedure codes; unset = all for mimic3, 1000 for mimic4."
+    )
+    ddi_file: Path | None = Field(
+        None, description="Full TWOSIDES-style drug-DDI.csv; applies the 40-least-frequent-side-effect rule."
+    )
+    ddi_topk: int = Field(40, ge=1, description="Number of side-effect types kept from a full drug-DDI.csv.")
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
+            raise ValueError("must be three non-negative fractions summing to 1 with train > 0")
+        return v
+
+
+class SamplesSettings(_Section):
+    """How an artifact becomes training samples (shared by teacher and student)."""
+
+    max_visits: int = Field(10, ge=1, description="Visits per sample, the target included: the most recent are kept.")
+    per_visit: bool = Field(False, description="Every visit is a target (expansion) instead of only the last one.")
+
+
+class TeacherSettings(_Section):
+    """`leader train teacher`: LLM backbone, LoRA, optimisation (reference §3)."""
+
+    base_model: str | None = Field(None, description="Local folder (or hub name when online); unset = bundled MiniLM-L6.")
+    pooling: Literal["auto", "last", "mean", "first"] = Field(
+        "auto", description="auto = last real token for decoders, mean for encoders."
+    )
+    max_length: int | None = Field(None, ge=16, description="Prompt token limit; unset = min(backbone max, 2048).")
+    include_profile: bool = Field(False, description="Add the profile sentence to the prompt (reference: off).")
+    pronoun: Literal["neutral", "he", "she"] = Field("neutral", description="Pronoun of the current-visit sentence.")
+    history_visits: int = Field(3, ge=0, description="Previous visits rendered in the prompt (reference: 3).")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_targets: list[str] | None = Field(None, description="Module names for LoRA; unset = all attention and MLP projections.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate, linear decay to 0.")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    epochs: float = Field(3.0, gt=0, description="Training length in epochs (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (reference: 3000 on MIMIC-III).")
+    eval_every: int = Field(50, ge=1, description="Evaluate on the validation split every N optimizer steps.")
+    eval_batch_size: int = Field(32, ge=1)
+    gradient_checkpointing: bool = Field(False)
+    threshold: float | None = Field(None, gt=0, lt=1, description="Fixed decision threshold; unset = tuned on validation.")
+    seed: int = Field(42)
+
+
+class StudentSettings(_Section):
+    """`leader train student` / `leader distill`: the student network and its training (reference §4)."""
+
+    model: Literal["student", "popularity", "previous"] = Field("student", description="student, or a baseline.")
+    hidden: int = Field(64, ge=4)
+    heads: int = Field(4, ge=1)
+    ff: int = Field(300, ge=1, description="Feed-forward width of every transformer block (reference: 300).")
+    dropout: float = Field(0.4, ge=0, lt=1)
+    attn_dropout: float = Field(0.1, ge=0, lt=1)
+    head_hidden: int = Field(128, ge=1, description="Width of the hidden layer z of the prediction head.")
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    epochs: int = Field(100, ge=1)
+    patience: int = Field(10, ge=1, description="Early stopping on validation PRAUC.")
+    threshold: float | None = Field(None, gt=0, lt=1, description="Fixed decision threshold; unset = tuned on validation.")
+    seed: int = Field(42)
+
+
+class DistillSettings(_Section):
+    """`leader distill`: loss = BCE + alpha·feature KD + beta·profile alignment (reference §4.3)."""
+
+    alpha: float | None = Field(None, ge=0, description="Feature-KD weight; unset = 0.4 (mimic3) / 0.8 (mimic4).")
+    beta: float | None = Field(None, ge=0, description="Alignment weight; unset = 0.005 (mimic3) / 0.01 (mimic4).")
+    kd: bool = Field(True, description="Feature distillation term on/off.")
+    align: bool = Field(True, description="Profile alignment term on/off.")
+    standardize: bool = Field(False, description="Standardise teacher features per dimension (train mean/std).")
+    tau: float = Field(1.0, gt=0, description="Temperature of the contrastive alignment.")
+
+
+class PredictSettings(_Section):
+    """`leader predict`."""
+
+    model: Path | None = Field(None, description="Run folder; unset = distilled, else student, else teacher run.")
+    top_k: int = Field(20, ge=1)
+    threshold: float | None = Field(None, gt=0, lt=1, description="Override the model's threshold for `selected`.")
+    batch_size: int = Field(4096, ge=1, description="Patients encoded and scored per batch.")
+
+
+class ReportSettings(_Section):
+    """`leader report`."""
+
+    bootstrap_rounds: int = Field(10, ge=1)
+    bootstrap_fraction: float = Field(0.8, gt=0, le=1)
+    seed: int = Field(42)
+    latency_batch_size: int = Field(32, ge=1, description="Batch size for the efficiency measurement.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEADER_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    paths: PathsSettings = PathsSettings()
+    hardware: HardwareSettings = HardwareSettings()
+    data: DataSettings = DataSettings()
+    samples: SamplesSettings = SamplesSettings()
+    teacher: TeacherSettings = TeacherSettings()
+    student: StudentSettings = StudentSettings()
+    distill: DistillSettings = DistillSettings()
+    predict: PredictSettings = PredictSettings()
+    report: ReportSettings = ReportSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # first wins: command line > environment > leader.toml > defaults
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.student.hidden % self.student.heads:
+            raise ValueError("student.hidden must be divisible by student.heads")
+        return self
+
+    # -- derived values -------------------------------------------------------------------------------
+    def artifact_dir(self) -> Path:
+        return self.paths.artifact or (self.paths.data / self.data.source)
+
+    def top_procedures(self) -> int | None:
+        if self.data.top_procedures is not None:
+            return self.data.top_procedures
+        return 1000 if self.data.source == "mimic4" else None
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file chosen by `load_settings` (kept in a module global during construction)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _CURRENT_TOML.get("path")
+        if path is None:
+            return {}
+        try:
+            with open(path, "rb") as fh:
+                return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML ({exc})", "Fix the file or pass another with --config") from None
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read ({exc.strerror})", "Check the path given to --config") from None
+
+
+_CURRENT_TOML: dict[str, Path | None] = {"path": None}
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
+def _format_validation(exc: ValidationError, origin: str) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    value = first.get("input")
+    shown = "" if first["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{origin}: setting '{key}': {msg}{shown}{more}"
+
+
+def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    """Resolve settings. `config` is an explicit TOML path (must exist); otherwise `./leader.toml` if present.
+    `overrides` holds command-line values by section, e.g. {"data": {"source": "mimic4"}}; None values are skipped."""
+    if config is not None and not Path(config).is_file():
+        raise SettingsError(f"config file {config} does not exist", "Pass an existing leader.toml to --config")
+    path = Path(config) if config is not None else (Path(CONFIG_FILE) if Path(CONFIG_FILE).is_file() else None)
+    clean = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in (overrides or {}).items()}
+    clean = {s: v for s, v in clean.items() if v}
+    origin = str(path) if path else "settings"
+    if any(k.startswith("LEADER_") for k in os.environ):
+        origin += " / LEADER_* environment"
+    _CURRENT_TOML["path"] = path
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        raise SettingsError(_format_validation(exc, origin), "See `leader config` and the README's settings table") from None
+    finally:
+        _CURRENT_TOML["path"] = None
+
+
+def settings_reference() -> str:
+    """A markdown table of every settings key (generated for the README so it cannot drift)."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        for name, f in model.model_fields.items():
+            default = f.default
+            shown = "unset" if default is None else (str(default) if not isinstance(default, Path) else str(default))
+            if isinstance(default, bool):
+                shown = str(default).lower()
+            rows.append(f"| `{section}.{name}` | `{shown}` | {f.description or ''} |")
+    return "\n".join(rows)
