@@ -1,0 +1,1 @@
+"""Raw tables → artifact folder → samples → tensors. `artifact.py` holds the contract between the layers."""
