@@ -1,0 +1,171 @@
+"""The student's training loop, shared by `leader train student` and `leader distill` (a component, not a
+base class): Adam, constant LR (the reference's StepLR(gamma=0) zeroes it — §7.22), early stopping on
+validation PRAUC with patience, a safetensors checkpoint after every epoch for `--resume`, best weights kept.
+
+Determinism: the epoch's shuffling is a pure function of (seed, epoch), dropout draws from torch's global RNG
+which the checkpoint saves — so an interrupted and resumed run reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from leadercli import console, runs
+from leadercli.data.batching import Encoded, Encoder, batches
+from leadercli.training.common import load_checkpoint, save_checkpoint
+
+# extra(model_output, batch) -> {term name: (weight, loss tensor)}
+ExtraLoss = Callable[[object, dict[str, torch.Tensor]], dict[str, tuple[float, torch.Tensor]]]
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_prauc: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def score(model, encoded: list[Encoded], encoder: Encoder, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Probabilities, labels and groups for a list of encoded samples (eval mode)."""
+    model.eval()
+    probs, labels, nv = [], [], []
+    for batch in batches(encoded, batch_size, encoder.collate):
+        if hasattr(model, "score"):
+            p = model.score(batch)
+        else:
+            p = torch.sigmoid(model({k: v.to(device) for k, v in batch.items()}).logits).cpu()
+        probs.append(p.float().numpy())
+        labels.append(batch["labels"].numpy() > 0)
+        nv.append(batch["n_visits"].numpy())
+    M = encoder.n_labels
+    return {
+        "probs": np.concatenate(probs) if probs else np.zeros((0, M), np.float32),
+        "labels": np.concatenate(labels) if labels else np.zeros((0, M), bool),
+        "n_visits": np.concatenate(nv) if nv else np.zeros(0, np.int64),
+    }
+
+
+def fit(
+    model: torch.nn.Module,
+    encoder: Encoder,
+    train: list[Encoded],
+    val: list[Encoded],
+    cfg,  # StudentSettings
+    out: Path,
+    device: torch.device,
+    resume: bool,
+    extra: ExtraLoss | None = None,
+    extra_modules: torch.nn.Module | None = None,
+    prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> FitResult:
+    """Train `model` in place; on return it holds the best-validation weights."""
+    from leadercli import metrics
+    from leadercli.models.losses import bce_loss
+
+    params = list(model.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt, best_path = out / "checkpoint", out / "checkpoint" / "best.safetensors"
+    start, best, best_epoch, bad = 0, -math.inf, -1, 0
+    holder = torch.nn.ModuleDict({"model": model, **({"extra": extra_modules} if extra_modules is not None else {})})
+    if resume and (ckpt / "last").is_dir():
+        st = load_checkpoint(ckpt / "last", holder, optimizer)
+        start, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
+        history = [r for r in runs.read_log(out) if r.get("epoch", -1) < start]
+        (out / runs.LOG).write_text("".join(__import__("json").dumps(r) + "\n" for r in history))
+        console.info(f"resuming from epoch {start} (best val PRAUC {best:.4f} at epoch {best_epoch})")
+    else:
+        history = []
+    ckpt.mkdir(parents=True, exist_ok=True)
+    n_batches = math.ceil(len(train) / cfg.batch_size)
+    stopped = start >= cfg.epochs or (bad >= cfg.patience and start > 0)
+    epoch = start - 1
+    for epoch in range(start, cfg.epochs):
+        if stopped:
+            break
+        model.train()
+        if extra_modules is not None:
+            extra_modules.train()
+        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train))
+        sums: dict[str, float] = {}
+        with console.progress(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) as advance:
+            for batch in batches(train, cfg.batch_size, encoder.collate, order):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                if prepare is not None:
+                    batch = prepare(batch)
+                outp = model(batch)
+                loss = bce_loss(outp.logits, batch["labels"])
+                terms = {"bce": loss.detach()}
+                if extra is not None:
+                    for name, (w, t) in extra(outp, batch).items():
+                        loss = loss + w * t
+                        terms[name] = t.detach()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                terms["loss"] = loss.detach()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                advance(1, status=f"loss {float(loss):.4f}")
+        val_scores = score(model, val, encoder, cfg.eval_batch_size, device)
+        val_prauc = float(metrics.prauc(val_scores["labels"], val_scores["probs"]).mean()) if len(val) else 0.0
+        record = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, "val_prauc": val_prauc}
+        improved = val_prauc > best
+        if improved:
+            best, best_epoch, bad = val_prauc, epoch, 0
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_path))
+        else:
+            bad += 1
+        record["best"] = improved
+        history.append(record)
+        runs.append_log(out, record)
+        terms_txt = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "val_prauc", "best"))
+        console.info(f"epoch {epoch + 1:3d}  {terms_txt}  val PRAUC {val_prauc:.4f}{'  *' if improved else ''}")
+        save_checkpoint(ckpt / "last", holder, optimizer, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad})
+        if bad >= cfg.patience:
+            console.info(f"early stop: no val PRAUC gain for {cfg.patience} epochs (best epoch {best_epoch + 1})")
+            break
+    if best_path.is_file():
+        model.load_state_dict(load_file(str(best_path)))
+    return FitResult(best_epoch, float(best), epoch + 1, history)
+
+
+def evaluate_run(model, encoder: Encoder, val: list[Encoded], test: list[Encoded], fixed_threshold, ddi_pairs,
+                 batch_size: int, device: torch.device, report_cfg) -> dict:
+    """Threshold on validation (unless fixed), then validation and test metrics per group."""
+    from leadercli import metrics
+    from leadercli.training.common import choose_threshold
+
+    v = score(model, val, encoder, batch_size, device)
+    t = score(model, test, encoder, batch_size, device)
+    threshold = choose_threshold(fixed_threshold, v["labels"], v["probs"])
+    th = threshold["value"]
+    out = {"threshold": threshold}
+    for name, s in (("val", v), ("test", t)):
+        if len(s["labels"]) == 0:
+            out[name] = None
+            continue
+        out[name] = metrics.evaluate_groups(
+            s["labels"], s["probs"], th, ddi_pairs, s["n_visits"],
+            rounds=report_cfg.bootstrap_rounds, fraction=report_cfg.bootstrap_fraction, seed=report_cfg.seed,
+        )
+    return out
+
+
+def summary_line(result: dict) -> str:
+    test = result.get("test") or {}
+    o = (test.get("overall") or {}).get("point") if test else None
+    if not o:
+        return "no test samples"
+    return (
+        f"test PRAUC {o['prauc']:.4f}  Jaccard {o['jaccard']:.4f}  F1 {o['f1']:.4f}  DDI {o['ddi_rate']:.4f}"
+        f"  #drugs {o['avg_drugs']:.2f}  (threshold {result['threshold']['value']:.2f}, {result['threshold']['how']})"
+    )
