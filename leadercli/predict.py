@@ -29,7 +29,12 @@ from leadercli.data.batching import batches
 from leadercli.data.samples import samples_from_frame
 from leadercli.errors import InputError, SettingsError
 
-REQUIRED = {"subject_id": "integer", "hadm_id": "integer", "diagnoses": "list of strings", "procedures": "list of strings"}
+REQUIRED = {
+    "subject_id": "integer",
+    "hadm_id": "integer",
+    "diagnoses": "list of strings",
+    "procedures": "list of strings",
+}
 OUT_SCHEMA = pa.schema(
     [
         ("subject_id", pa.int64()),
@@ -67,15 +72,30 @@ def _check_schema(path: Path, schema: pa.Schema) -> None:
     names = set(schema.names)
     for col, kind in REQUIRED.items():
         if col not in names:
-            raise InputError(f"{path}: column '{col}' is missing", f"Provide '{col}' ({kind}); see the README's visits schema")
+            raise InputError(
+                f"{path}: column '{col}' is missing",
+                f"Provide '{col}' ({kind}); see the README's visits schema",
+            )
         t = schema.field(col).type
-        ok = pa.types.is_integer(t) if kind == "integer" else (pa.types.is_list(t) or pa.types.is_large_list(t))
+        ok = (
+            pa.types.is_integer(t)
+            if kind == "integer"
+            else (pa.types.is_list(t) or pa.types.is_large_list(t))
+        )
         if ok and kind != "integer":
-            ok = pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type) or pa.types.is_null(t.value_type)
+            ok = (
+                pa.types.is_string(t.value_type)
+                or pa.types.is_large_string(t.value_type)
+                or pa.types.is_null(t.value_type)
+            )
         if not ok:
-            raise InputError(f"{path}: column '{col}' has type {t}, expected {kind}", "Fix the column type and retry")
+            raise InputError(
+                f"{path}: column '{col}' has type {t}, expected {kind}", "Fix the column type and retry"
+            )
     if "admittime" not in names and "visit_no" not in names:
-        raise InputError(f"{path}: needs an 'admittime' or 'visit_no' column to order visits", "Add one and retry")
+        raise InputError(
+            f"{path}: needs an 'admittime' or 'visit_no' column to order visits", "Add one and retry"
+        )
 
 
 def _prefix_raw(df: pl.DataFrame, path: Path, default_version: int | None) -> pl.DataFrame:
@@ -87,7 +107,9 @@ def _prefix_raw(df: pl.DataFrame, path: Path, default_version: int | None) -> pl
         ver = pl.lit(default_version)
     out = []
     for col, letter in (("diagnoses", "D"), ("procedures", "P")):
-        needs = df.select(pl.col(col).list.eval(~pl.element().str.contains(r"^[DP]\d+:")).list.any().any()).item()
+        needs = df.select(
+            pl.col(col).list.eval(~pl.element().str.contains(r"^[DP]\d+:")).list.any().any()
+        ).item()
         if not needs:
             continue
         if ver is None:
@@ -126,11 +148,17 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise InputError(f"output {output} must end in .csv or .parquet", "Choose e.g. -o recs.csv")
     if not input_path.is_file():
-        raise InputError(f"input file {input_path} does not exist", "Pass a visits parquet (e.g. data/mimic3/visits.parquet)")
+        raise InputError(
+            f"input file {input_path} does not exist",
+            "Pass a visits parquet (e.g. data/mimic3/visits.parquet)",
+        )
     try:
         pf = pq.ParquetFile(input_path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{input_path} is not a readable parquet file ({str(exc).splitlines()[0]})", "Write it with pyarrow/polars") from None
+        raise InputError(
+            f"{input_path} is not a readable parquet file ({str(exc).splitlines()[0]})",
+            "Write it with pyarrow/polars",
+        ) from None
     _check_schema(input_path, pf.schema_arrow)
     if pf.metadata.num_rows == 0:
         raise InputError(f"{input_path} has no rows", "Pass a file with at least one visit")
@@ -143,7 +171,12 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
     names = np.asarray(encoder.vocab.medications.titles, dtype=object)
     default_version = 9 if manifest.get("artifact", {}).get("source") == "mimic3" else None
     max_visits = int(_settings_value(model_dir, "samples", "max_visits", settings.samples.max_visits))
-    wanted = [c for c in pf.schema_arrow.names if c in set(REQUIRED) | {"admittime", "visit_no", "medications", "icd_version", *encoder.profile_fields}]
+    wanted = [
+        c
+        for c in pf.schema_arrow.names
+        if c
+        in set(REQUIRED) | {"admittime", "visit_no", "medications", "icd_version", *encoder.profile_fields}
+    ]
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
@@ -162,12 +195,42 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
                 last = df["subject_id"][-1]
                 carry = df.filter(pl.col("subject_id") == last)
                 df = df.filter(pl.col("subject_id") != last)
-                n_patients, n_rows = _score_chunk(df, input_path, model, encoder, seen, writer, labels, names, top_k,
-                                                  threshold, default_version, max_visits, cfg.batch_size, n_patients, n_rows)
+                n_patients, n_rows = _score_chunk(
+                    df,
+                    input_path,
+                    model,
+                    encoder,
+                    seen,
+                    writer,
+                    labels,
+                    names,
+                    top_k,
+                    threshold,
+                    default_version,
+                    max_visits,
+                    cfg.batch_size,
+                    n_patients,
+                    n_rows,
+                )
                 advance(nrows, status=f"{n_patients:,} patients")
             if carry is not None and carry.height:
-                n_patients, n_rows = _score_chunk(carry, input_path, model, encoder, seen, writer, labels, names, top_k,
-                                                  threshold, default_version, max_visits, cfg.batch_size, n_patients, n_rows)
+                n_patients, n_rows = _score_chunk(
+                    carry,
+                    input_path,
+                    model,
+                    encoder,
+                    seen,
+                    writer,
+                    labels,
+                    names,
+                    top_k,
+                    threshold,
+                    default_version,
+                    max_visits,
+                    cfg.batch_size,
+                    n_patients,
+                    n_rows,
+                )
         writer.close()
         writer = None
         os.replace(tmp, output)
@@ -181,8 +244,13 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
         f"unknown codes: {unk.codes['diagnoses']:,} diagnoses, {unk.codes['procedures']:,} procedures, "
         f"{unk.codes['medications']:,} history drugs, {unk.profile:,} profile values (mapped to UNK)"
     )
-    console.out.print(f"wrote {n_rows:,} rows for {n_patients:,} patients to {output} (model {model_dir}, threshold {threshold:.2f})", highlight=False)
-    return PredictSummary(n_patients, n_rows, {"codes": dict(unk.codes), "profile": unk.profile}, output, threshold, model_dir)
+    console.out.print(
+        f"wrote {n_rows:,} rows for {n_patients:,} patients to {output} (model {model_dir}, threshold {threshold:.2f})",
+        highlight=False,
+    )
+    return PredictSummary(
+        n_patients, n_rows, {"codes": dict(unk.codes), "profile": unk.profile}, output, threshold, model_dir
+    )
 
 
 def _settings_value(run_dir: Path, section: str, key: str, default):
@@ -202,13 +270,31 @@ def _open_writer(path: Path, suffix: str):
     return pacsv.CSVWriter(path, OUT_SCHEMA)
 
 
-def _score_chunk(df, path, model, encoder, seen, writer, labels, names, top_k, threshold, default_version, max_visits,
-                 batch_size, n_patients, n_rows):
+def _score_chunk(
+    df,
+    path,
+    model,
+    encoder,
+    seen,
+    writer,
+    labels,
+    names,
+    top_k,
+    threshold,
+    default_version,
+    max_visits,
+    batch_size,
+    n_patients,
+    n_rows,
+):
     if df.height == 0:
         return n_patients, n_rows
     subjects = df["subject_id"].unique()
     if seen and any(s in seen for s in subjects.to_list()):
-        raise InputError(f"{path}: rows of a subject are not contiguous", "Sort the file by subject_id (and admittime) first")
+        raise InputError(
+            f"{path}: rows of a subject are not contiguous",
+            "Sort the file by subject_id (and admittime) first",
+        )
     seen.update(subjects.to_list())
     if "medications" not in df.columns:
         df = df.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("medications"))

@@ -9,10 +9,10 @@ Environment variables use `__` between section and key: `LEADER_DATA__SOURCE=mim
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -28,9 +28,15 @@ class _Section(BaseModel):
 class PathsSettings(_Section):
     """Where things are read from and written to."""
 
-    raw: Path | None = Field(None, description="Folder of raw MIMIC tables; unset = the bundled demo of `data.source`.")
-    aux: Path | None = Field(None, description="Folder of mapping files (NDC→RXCUI→ATC, ATC names, DDI); unset = bundled.")
-    data: Path = Field(Path("data"), description="Parent folder of artifacts; an artifact is `<data>/<source>`.")
+    raw: Path | None = Field(
+        None, description="Folder of raw MIMIC tables; unset = the bundled demo of `data.source`."
+    )
+    aux: Path | None = Field(
+        None, description="Folder of mapping files (NDC→RXCUI→ATC, ATC names, DDI); unset = bundled."
+    )
+    data: Path = Field(
+        Path("data"), description="Parent folder of artifacts; an artifact is `<data>/<source>`."
+    )
     artifact: Path | None = Field(None, description="Explicit artifact folder (overrides `<data>/<source>`).")
     teacher: Path = Field(Path("runs/teacher"), description="Run folder of `leader train teacher`.")
     student: Path = Field(Path("runs/student"), description="Run folder of `leader train student`.")
@@ -41,9 +47,12 @@ class PathsSettings(_Section):
 class HardwareSettings(_Section):
     """Device, precision and parallelism."""
 
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto = cuda when available, else cpu.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="auto = cuda when available, else cpu."
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Mixed precision for the teacher on GPU (bf16 recommended on Ampere+); CPU runs in fp32."
+        "fp32",
+        description="Mixed precision for the teacher on GPU (bf16 recommended on Ampere+); CPU runs in fp32.",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = torch's default.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -52,20 +61,38 @@ class HardwareSettings(_Section):
 class DataSettings(_Section):
     """`leader preprocess`: cohort, filters, split (reference values as defaults)."""
 
-    source: Literal["mimic3", "mimic4"] = Field("mimic3", description="Which MIMIC layout the raw tables follow.")
-    min_visits: int = Field(1, ge=1, description="Keep patients with at least this many kept visits (1 keeps single-visit patients).")
-    split: Literal["random", "sequential"] = Field(
-        "random", description="random = seeded shuffle of patients; sequential = ascending subject id (reference)."
+    source: Literal["mimic3", "mimic4"] = Field(
+        "mimic3", description="Which MIMIC layout the raw tables follow."
     )
-    split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test patient fractions.")
+    min_visits: int = Field(
+        1,
+        ge=1,
+        description="Keep patients with at least this many kept visits (1 keeps single-visit patients).",
+    )
+    split: Literal["random", "sequential"] = Field(
+        "random",
+        description="random = seeded shuffle of patients; sequential = ascending subject id (reference).",
+    )
+    split_ratios: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/val/test patient fractions."
+    )
     seed: int = Field(42, description="Seed for the split and the patient sample.")
     sample_fraction: float | None = Field(
-        None, gt=0, le=1, description="Keep this seeded fraction of patients (the reference keeps 0.15 of MIMIC-IV)."
+        None,
+        gt=0,
+        le=1,
+        description="Keep this seeded fraction of patients (the reference keeps 0.15 of MIMIC-IV).",
     )
-    top_diagnoses: int | None = Field(2000, ge=1, description="Keep the most frequent diagnosis codes (train split); unset = all.")
-    top_medications: int | None = Field(300, ge=1, description="Keep the most frequent ATC-3 classes (train split); unset = all.")
+    top_diagnoses: int | None = Field(
+        2000, ge=1, description="Keep the most frequent diagnosis codes (train split); unset = all."
+    )
+    top_medications: int | None = Field(
+        300, ge=1, description="Keep the most frequent ATC-3 classes (train split); unset = all."
+    )
     top_procedures: int | None = Field(
-        None, ge=1, description="Keep the most frequent procedure codes; unset = all for mimic3, 1000 for mimic4."
+        None,
+        ge=1,
+        description="Keep the most frequent procedure codes; unset = all for mimic3, 1000 for mimic4.",
     )
     ddi_file: Path | None = Field(
         None, description="Full TWOSIDES-style drug-DDI.csv; applies the 40-least-frequent-side-effect rule."
@@ -83,25 +110,39 @@ class DataSettings(_Section):
 class SamplesSettings(_Section):
     """How an artifact becomes training samples (shared by teacher and student)."""
 
-    max_visits: int = Field(10, ge=1, description="Visits per sample, the target included: the most recent are kept.")
-    per_visit: bool = Field(False, description="Every visit is a target (expansion) instead of only the last one.")
+    max_visits: int = Field(
+        10, ge=1, description="Visits per sample, the target included: the most recent are kept."
+    )
+    per_visit: bool = Field(
+        False, description="Every visit is a target (expansion) instead of only the last one."
+    )
 
 
 class TeacherSettings(_Section):
     """`leader train teacher`: LLM backbone, LoRA, optimisation (reference §3)."""
 
-    base_model: str | None = Field(None, description="Local folder (or hub name when online); unset = bundled MiniLM-L6.")
+    base_model: str | None = Field(
+        None, description="Local folder (or hub name when online); unset = bundled MiniLM-L6."
+    )
     pooling: Literal["auto", "last", "mean", "first"] = Field(
         "auto", description="auto = last real token for decoders, mean for encoders."
     )
-    max_length: int | None = Field(None, ge=16, description="Prompt token limit; unset = min(backbone max, 2048).")
-    include_profile: bool = Field(False, description="Add the profile sentence to the prompt (reference: off).")
-    pronoun: Literal["neutral", "he", "she"] = Field("neutral", description="Pronoun of the current-visit sentence.")
+    max_length: int | None = Field(
+        None, ge=16, description="Prompt token limit; unset = min(backbone max, 2048)."
+    )
+    include_profile: bool = Field(
+        False, description="Add the profile sentence to the prompt (reference: off)."
+    )
+    pronoun: Literal["neutral", "he", "she"] = Field(
+        "neutral", description="Pronoun of the current-visit sentence."
+    )
     history_visits: int = Field(3, ge=0, description="Previous visits rendered in the prompt (reference: 3).")
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(32, gt=0)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
-    lora_targets: list[str] | None = Field(None, description="Module names for LoRA; unset = all attention and MLP projections.")
+    lora_targets: list[str] | None = Field(
+        None, description="Module names for LoRA; unset = all attention and MLP projections."
+    )
     lr: float = Field(2e-4, gt=0, description="Peak learning rate, linear decay to 0.")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
@@ -112,14 +153,18 @@ class TeacherSettings(_Section):
     eval_every: int = Field(50, ge=1, description="Evaluate on the validation split every N optimizer steps.")
     eval_batch_size: int = Field(32, ge=1)
     gradient_checkpointing: bool = Field(False)
-    threshold: float | None = Field(None, gt=0, lt=1, description="Fixed decision threshold; unset = tuned on validation.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Fixed decision threshold; unset = tuned on validation."
+    )
     seed: int = Field(42)
 
 
 class StudentSettings(_Section):
     """`leader train student` / `leader distill`: the student network and its training (reference §4)."""
 
-    model: Literal["student", "popularity", "previous"] = Field("student", description="student, or a baseline.")
+    model: Literal["student", "popularity", "previous"] = Field(
+        "student", description="student, or a baseline."
+    )
     hidden: int = Field(64, ge=4)
     heads: int = Field(4, ge=1)
     ff: int = Field(300, ge=1, description="Feed-forward width of every transformer block (reference: 300).")
@@ -132,27 +177,39 @@ class StudentSettings(_Section):
     eval_batch_size: int = Field(256, ge=1)
     epochs: int = Field(100, ge=1)
     patience: int = Field(10, ge=1, description="Early stopping on validation PRAUC.")
-    threshold: float | None = Field(None, gt=0, lt=1, description="Fixed decision threshold; unset = tuned on validation.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Fixed decision threshold; unset = tuned on validation."
+    )
     seed: int = Field(42)
 
 
 class DistillSettings(_Section):
     """`leader distill`: loss = BCE + alpha·feature KD + beta·profile alignment (reference §4.3)."""
 
-    alpha: float | None = Field(None, ge=0, description="Feature-KD weight; unset = 0.4 (mimic3) / 0.8 (mimic4).")
-    beta: float | None = Field(None, ge=0, description="Alignment weight; unset = 0.005 (mimic3) / 0.01 (mimic4).")
+    alpha: float | None = Field(
+        None, ge=0, description="Feature-KD weight; unset = 0.4 (mimic3) / 0.8 (mimic4)."
+    )
+    beta: float | None = Field(
+        None, ge=0, description="Alignment weight; unset = 0.005 (mimic3) / 0.01 (mimic4)."
+    )
     kd: bool = Field(True, description="Feature distillation term on/off.")
     align: bool = Field(True, description="Profile alignment term on/off.")
-    standardize: bool = Field(False, description="Standardise teacher features per dimension (train mean/std).")
+    standardize: bool = Field(
+        False, description="Standardise teacher features per dimension (train mean/std)."
+    )
     tau: float = Field(1.0, gt=0, description="Temperature of the contrastive alignment.")
 
 
 class PredictSettings(_Section):
     """`leader predict`."""
 
-    model: Path | None = Field(None, description="Run folder; unset = distilled, else student, else teacher run.")
+    model: Path | None = Field(
+        None, description="Run folder; unset = distilled, else student, else teacher run."
+    )
     top_k: int = Field(20, ge=1)
-    threshold: float | None = Field(None, gt=0, lt=1, description="Override the model's threshold for `selected`.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Override the model's threshold for `selected`."
+    )
     batch_size: int = Field(4096, ge=1, description="Patients encoded and scored per batch.")
 
 
@@ -227,9 +284,13 @@ class _TomlSource(PydanticBaseSettingsSource):
             with open(path, "rb") as fh:
                 return tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: not valid TOML ({exc})", "Fix the file or pass another with --config") from None
+            raise SettingsError(
+                f"{path}: not valid TOML ({exc})", "Fix the file or pass another with --config"
+            ) from None
         except OSError as exc:
-            raise SettingsError(f"{path}: cannot read ({exc.strerror})", "Check the path given to --config") from None
+            raise SettingsError(
+                f"{path}: cannot read ({exc.strerror})", "Check the path given to --config"
+            ) from None
 
 
 _CURRENT_TOML: dict[str, Path | None] = {"path": None}
@@ -257,8 +318,12 @@ def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any
     """Resolve settings. `config` is an explicit TOML path (must exist); otherwise `./leader.toml` if present.
     `overrides` holds command-line values by section, e.g. {"data": {"source": "mimic4"}}; None values are skipped."""
     if config is not None and not Path(config).is_file():
-        raise SettingsError(f"config file {config} does not exist", "Pass an existing leader.toml to --config")
-    path = Path(config) if config is not None else (Path(CONFIG_FILE) if Path(CONFIG_FILE).is_file() else None)
+        raise SettingsError(
+            f"config file {config} does not exist", "Pass an existing leader.toml to --config"
+        )
+    path = (
+        Path(config) if config is not None else (Path(CONFIG_FILE) if Path(CONFIG_FILE).is_file() else None)
+    )
     clean = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in (overrides or {}).items()}
     clean = {s: v for s, v in clean.items() if v}
     origin = str(path) if path else "settings"
@@ -268,7 +333,9 @@ def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any
     try:
         return Settings(**clean)
     except ValidationError as exc:
-        raise SettingsError(_format_validation(exc, origin), "See `leader config` and the README's settings table") from None
+        raise SettingsError(
+            _format_validation(exc, origin), "See `leader config` and the README's settings table"
+        ) from None
     finally:
         _CURRENT_TOML["path"] = None
 
@@ -280,7 +347,11 @@ def settings_reference() -> str:
         model = field.annotation
         for name, f in model.model_fields.items():
             default = f.default
-            shown = "unset" if default is None else (str(default) if not isinstance(default, Path) else str(default))
+            shown = (
+                "unset"
+                if default is None
+                else (str(default) if not isinstance(default, Path) else str(default))
+            )
             if isinstance(default, bool):
                 shown = str(default).lower()
             rows.append(f"| `{section}.{name}` | `{shown}` | {f.description or ''} |")

@@ -69,7 +69,11 @@ def make_synthetic_artifact(path: Path, n_patients: int = 60, seed: int = 0, sou
     )
     (path / A.VOCAB).write_text(json.dumps(vocab.to_json()))
     pl.DataFrame({"atc3_a": ["A02B", "B01A"], "atc3_b": ["N02B", "C07A"]}).write_parquet(path / A.DDI)
-    manifest = {"source": source, "synthetic": True, "splits": {k: list(split_of.values()).count(k) for k in A.SPLITS}}
+    manifest = {
+        "source": source,
+        "synthetic": True,
+        "splits": {k: list(split_of.values()).count(k) for k in A.SPLITS},
+    }
     (path / A.MANIFEST).write_text(json.dumps(manifest))
     return path
 

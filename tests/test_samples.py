@@ -15,7 +15,12 @@ def _frame():
         {
             "subject_id": [1, 1, 1, 2],
             "hadm_id": [30, 10, 20, 40],
-            "admittime": [datetime(2100, 3, 1), datetime(2100, 1, 1), datetime(2100, 2, 1), datetime(2100, 1, 1)],
+            "admittime": [
+                datetime(2100, 3, 1),
+                datetime(2100, 1, 1),
+                datetime(2100, 2, 1),
+                datetime(2100, 1, 1),
+            ],
             "diagnoses": [["D9:c"], ["D9:a"], ["D9:b"], ["D9:z"]],
             "procedures": [["P9:3"], ["P9:1"], ["P9:2"], ["P9:9"]],
             "medications": [["C"], ["A"], ["B"], ["Z"]],
@@ -36,7 +41,12 @@ def test_target_is_last_by_admittime_and_history_most_recent():
 
 def test_per_visit_expansion():
     s = samples_from_frame(_frame(), ["insurance"], max_visits=10, per_visit=True)
-    assert [(x.subject_id, x.hadm_id, x.n_visits) for x in s] == [(1, 10, 1), (1, 20, 2), (1, 30, 3), (2, 40, 1)]
+    assert [(x.subject_id, x.hadm_id, x.n_visits) for x in s] == [
+        (1, 10, 1),
+        (1, 20, 2),
+        (1, 30, 3),
+        (2, 40, 1),
+    ]
 
 
 def test_encoder_and_collate_no_leak(tiny_artifact):

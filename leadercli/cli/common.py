@@ -16,13 +16,24 @@ T = TypeVar("T")
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Settings file (TOML). Default: ./leader.toml when present. Example: --config leader.toml"),
+    typer.Option(
+        "--config",
+        "-c",
+        help="Settings file (TOML). Default: ./leader.toml when present. Example: --config leader.toml",
+    ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors; no progress or logs.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only results and errors; no progress or logs.")
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
+]
 DataOpt = Annotated[
-    Path | None, typer.Option("--data", help="Artifact folder written by `leader preprocess`. Example: --data data/mimic3")
+    Path | None,
+    typer.Option(
+        "--data", help="Artifact folder written by `leader preprocess`. Example: --data data/mimic3"
+    ),
 ]
 
 

@@ -10,7 +10,9 @@ from leadercli.cli.common import ConfigOpt, DebugOpt, QuietOpt, examples, load, 
 def register(app: typer.Typer) -> None:
     app.command(
         "config",
-        epilog=examples("leader config", "leader config --config leader.toml", "LEADER_DATA__SOURCE=mimic4 leader config"),
+        epilog=examples(
+            "leader config", "leader config --config leader.toml", "LEADER_DATA__SOURCE=mimic4 leader config"
+        ),
     )(config)
 
 

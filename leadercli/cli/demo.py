@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     workdir: Annotated[
-        Path | None, typer.Option("--workdir", help="Where data/, runs/ and report/ go. Default: the settings' paths.")
+        Path | None,
+        typer.Option("--workdir", help="Where data/, runs/ and report/ go. Default: the settings' paths."),
     ] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,

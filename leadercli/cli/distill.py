@@ -24,10 +24,14 @@ def register(app: typer.Typer) -> None:
 
 def distill(
     data: DataOpt = None,
-    teacher: Annotated[Path | None, typer.Option("--teacher", help="Teacher run folder. Default: runs/teacher.")] = None,
+    teacher: Annotated[
+        Path | None, typer.Option("--teacher", help="Teacher run folder. Default: runs/teacher.")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/distilled.")] = None,
     no_kd: Annotated[bool, typer.Option("--no-kd", help="Switch the feature-distillation term off.")] = False,
-    no_align: Annotated[bool, typer.Option("--no-align", help="Switch the profile-alignment term off.")] = False,
+    no_align: Annotated[
+        bool, typer.Option("--no-align", help="Switch the profile-alignment term off.")
+    ] = False,
     resume: ResumeOpt = False,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,

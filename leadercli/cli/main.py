@@ -17,7 +17,9 @@ app = typer.Typer(
     add_completion=False,
 )
 train_app = typer.Typer(
-    help="Train the LLM teacher or the student (without distillation).", no_args_is_help=True, rich_markup_mode="rich"
+    help="Train the LLM teacher or the student (without distillation).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
 
 
@@ -29,7 +31,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """LEADER medication recommendation: raw MIMIC tables in, ranked ATC-3 drug lists and honest metrics out."""
 

@@ -27,9 +27,14 @@ def predict(
     model: Annotated[
         Path | None, typer.Option("--model", help="Run folder. Default: runs/distilled, else runs/student.")
     ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Drugs per patient in the output (default 20).")] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Drugs per patient in the output (default 20).")
+    ] = None,
     threshold: Annotated[
-        float | None, typer.Option("--threshold", help="Score at or above which a drug is `selected`. Default: the model's.")
+        float | None,
+        typer.Option(
+            "--threshold", help="Score at or above which a drug is `selected`. Default: the model's."
+        ),
     ] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,

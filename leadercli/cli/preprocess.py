@@ -24,11 +24,15 @@ def register(app: typer.Typer) -> None:
 
 def preprocess(
     source: Annotated[
-        str | None, typer.Option("--source", help="Raw layout: mimic3 or mimic4. Default from settings (mimic3).")
+        str | None,
+        typer.Option("--source", help="Raw layout: mimic3 or mimic4. Default from settings (mimic3)."),
     ] = None,
     raw: Annotated[
         Path | None,
-        typer.Option("--raw", help="Folder with the raw tables (.csv or .csv.gz). Default: the bundled demo of --source."),
+        typer.Option(
+            "--raw",
+            help="Folder with the raw tables (.csv or .csv.gz). Default: the bundled demo of --source.",
+        ),
     ] = None,
     aux: Annotated[
         Path | None, typer.Option("--aux", help="Folder with the mapping files. Default: the bundled copies.")
@@ -51,7 +55,9 @@ def preprocess(
         from leadercli.data.preprocess import preprocess as do_preprocess
         from leadercli.data.preprocess import print_summary
 
-        settings = load(config, data={"source": _source(source)}, paths={"raw": raw, "aux": aux, "artifact": out})
+        settings = load(
+            config, data={"source": _source(source)}, paths={"raw": raw, "aux": aux, "artifact": out}
+        )
         result = do_preprocess(settings)
         print_summary(result)
 

@@ -23,10 +23,13 @@ def register(app: typer.Typer) -> None:
 
 def report(
     runs: Annotated[
-        list[Path] | None, typer.Argument(help="Run folders to evaluate. Default: every run folder in settings that exists.")
+        list[Path] | None,
+        typer.Argument(help="Run folders to evaluate. Default: every run folder in settings that exists."),
     ] = None,
     data: DataOpt = None,
-    out: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder. Default: report/.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Report folder. Default: report/.")
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="table (rich table on stdout) or json.")] = "table",
     config: ConfigOpt = None,
     quiet: QuietOpt = False,

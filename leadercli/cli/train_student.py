@@ -26,7 +26,10 @@ def train_student(
     data: DataOpt = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="student (default), popularity (most frequent drugs) or previous (last visit's drugs)."),
+        typer.Option(
+            "--model",
+            help="student (default), popularity (most frequent drugs) or previous (last visit's drugs).",
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/student.")] = None,
     resume: ResumeOpt = False,

@@ -26,10 +26,14 @@ def train_teacher(
     data: DataOpt = None,
     base_model: Annotated[
         str | None,
-        typer.Option("--base-model", help="Backbone folder (HF format, safetensors). Default: the bundled MiniLM-L6."),
+        typer.Option(
+            "--base-model", help="Backbone folder (HF format, safetensors). Default: the bundled MiniLM-L6."
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/teacher.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides epochs).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Optimizer steps (overrides epochs).")
+    ] = None,
     resume: ResumeOpt = False,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,

@@ -96,7 +96,9 @@ class Vocab:
         return out
 
     def sizes(self) -> dict[str, int]:
-        return {k: len(getattr(self, k)) for k in CODE_KINDS} | {f"profile.{k}": len(v) for k, v in self.profile.items()}
+        return {k: len(getattr(self, k)) for k in CODE_KINDS} | {
+            f"profile.{k}": len(v) for k, v in self.profile.items()
+        }
 
 
 def vocab_hash(vocab: Vocab) -> str:
@@ -116,7 +118,8 @@ class Artifact:
         self.path = Path(path)
         if not self.path.is_dir():
             raise ArtifactError(
-                f"artifact folder {self.path} does not exist", "Run `leader preprocess` first or pass --data DIR"
+                f"artifact folder {self.path} does not exist",
+                "Run `leader preprocess` first or pass --data DIR",
             )
         missing = [f for f in FILES if not (self.path / f).is_file()]
         if missing:

@@ -47,10 +47,14 @@ def samples_from_frame(
     """Build samples from a visits frame (artifact schema). Visits are ordered by (subject_id, visit_no) when
     `visit_no` exists, else by admittime. Profiles come from `profiles` (one row per subject) when given,
     else from the patient's first visit in the frame; a missing profile column reads as "unknown"."""
-    order = ["subject_id", "visit_no"] if "visit_no" in visits.columns else ["subject_id", "admittime", "hadm_id"]
+    order = (
+        ["subject_id", "visit_no"] if "visit_no" in visits.columns else ["subject_id", "admittime", "hadm_id"]
+    )
     visits = visits.sort(order)
     fields = list(profile_fields)
-    prof_src = profiles if profiles is not None else visits.unique("subject_id", keep="first", maintain_order=True)
+    prof_src = (
+        profiles if profiles is not None else visits.unique("subject_id", keep="first", maintain_order=True)
+    )
     prof_cols = [f for f in fields if f in prof_src.columns]
     prof_map: dict[int, dict[str, str]] = {}
     for row in prof_src.select(["subject_id", *prof_cols]).iter_rows():
@@ -59,7 +63,10 @@ def samples_from_frame(
 
     subjects = visits["subject_id"].to_list()
     hadms = visits["hadm_id"].to_list()
-    cols = {k: (visits[k].to_list() if k in visits.columns else None) for k in ("diagnoses", "procedures", "medications")}
+    cols = {
+        k: (visits[k].to_list() if k in visits.columns else None)
+        for k in ("diagnoses", "procedures", "medications")
+    }
 
     def vis(i: int) -> Visit:
         meds = cols["medications"][i] if cols["medications"] is not None else None

@@ -27,16 +27,22 @@ def resolve_device(hardware) -> torch.device:
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cuda" and not torch.cuda.is_available():
-        raise SettingsError("hardware.device = cuda but no CUDA device is available", "Set hardware.device = cpu or auto")
+        raise SettingsError(
+            "hardware.device = cuda but no CUDA device is available", "Set hardware.device = cpu or auto"
+        )
     if want == "mps" and not torch.backends.mps.is_available():
-        raise SettingsError("hardware.device = mps but MPS is not available", "Set hardware.device = cpu or auto")
+        raise SettingsError(
+            "hardware.device = mps but MPS is not available", "Set hardware.device = cpu or auto"
+        )
     return torch.device(want)
 
 
 # -- training checkpoints ------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
     """Model + optimizer + RNG state as safetensors, plain state as JSON; written to a temp folder, then renamed."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -62,7 +68,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         tensors = load_file(str(path / "state.safetensors"))
         meta = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError, Exception) as exc:  # safetensors raises its own error type
-        raise ArtifactError(f"checkpoint {path} is unreadable ({type(exc).__name__})", "Start again without --resume") from None
+        raise ArtifactError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__})", "Start again without --resume"
+        ) from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict = {}
     for k, v in tensors.items():
@@ -77,11 +85,19 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def _np_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": keys.tolist(),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _set_np_state(s: dict) -> None:
-    np.random.set_state((s["name"], np.asarray(s["keys"], dtype=np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+    np.random.set_state(
+        (s["name"], np.asarray(s["keys"], dtype=np.uint32), s["pos"], s["has_gauss"], s["cached"])
+    )
 
 
 # -- scoring -------------------------------------------------------------------------------------------
@@ -95,4 +111,7 @@ def choose_threshold(fixed: float | None, y_true: np.ndarray, y_prob: np.ndarray
         return {"value": float(fixed), "how": "fixed in settings"}
     if len(y_true) == 0:
         return {"value": 0.5, "how": "default (empty validation split)"}
-    return {"value": float(metrics.tune_threshold(y_true, y_prob)), "how": "tuned on validation (max Jaccard)"}
+    return {
+        "value": float(metrics.tune_threshold(y_true, y_prob)),
+        "how": "tuned on validation (max Jaccard)",
+    }

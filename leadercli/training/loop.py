@@ -34,7 +34,9 @@ class FitResult:
 
 
 @torch.no_grad()
-def score(model, encoded: list[Encoded], encoder: Encoder, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+def score(
+    model, encoded: list[Encoded], encoder: Encoder, batch_size: int, device: torch.device
+) -> dict[str, np.ndarray]:
     """Probabilities, labels and groups for a list of encoded samples (eval mode)."""
     model.eval()
     probs, labels, nv = [], [], []
@@ -71,11 +73,15 @@ def fit(
     from leadercli import metrics
     from leadercli.models.losses import bce_loss
 
-    params = list(model.parameters()) + (list(extra_modules.parameters()) if extra_modules is not None else [])
+    params = list(model.parameters()) + (
+        list(extra_modules.parameters()) if extra_modules is not None else []
+    )
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt, best_path = out / "checkpoint", out / "checkpoint" / "best.safetensors"
     start, best, best_epoch, bad = 0, -math.inf, -1, 0
-    holder = torch.nn.ModuleDict({"model": model, **({"extra": extra_modules} if extra_modules is not None else {})})
+    holder = torch.nn.ModuleDict(
+        {"model": model, **({"extra": extra_modules} if extra_modules is not None else {})}
+    )
     if resume and (ckpt / "last").is_dir():
         st = load_checkpoint(ckpt / "last", holder, optimizer)
         start, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
@@ -116,30 +122,58 @@ def fit(
                     sums[k] = sums.get(k, 0.0) + float(v)
                 advance(1, status=f"loss {float(loss):.4f}")
         val_scores = score(model, val, encoder, cfg.eval_batch_size, device)
-        val_prauc = float(metrics.prauc(val_scores["labels"], val_scores["probs"]).mean()) if len(val) else 0.0
-        record = {"epoch": epoch, **{k: v / max(n_batches, 1) for k, v in sums.items()}, "val_prauc": val_prauc}
+        val_prauc = (
+            float(metrics.prauc(val_scores["labels"], val_scores["probs"]).mean()) if len(val) else 0.0
+        )
+        record = {
+            "epoch": epoch,
+            **{k: v / max(n_batches, 1) for k, v in sums.items()},
+            "val_prauc": val_prauc,
+        }
         improved = val_prauc > best
         if improved:
             best, best_epoch, bad = val_prauc, epoch, 0
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_path))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_path)
+            )
         else:
             bad += 1
         record["best"] = improved
         history.append(record)
         runs.append_log(out, record)
-        terms_txt = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "val_prauc", "best"))
-        console.info(f"epoch {epoch + 1:3d}  {terms_txt}  val PRAUC {val_prauc:.4f}{'  *' if improved else ''}")
-        save_checkpoint(ckpt / "last", holder, optimizer, {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad})
+        terms_txt = " ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "val_prauc", "best")
+        )
+        console.info(
+            f"epoch {epoch + 1:3d}  {terms_txt}  val PRAUC {val_prauc:.4f}{'  *' if improved else ''}"
+        )
+        save_checkpoint(
+            ckpt / "last",
+            holder,
+            optimizer,
+            {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad},
+        )
         if bad >= cfg.patience:
-            console.info(f"early stop: no val PRAUC gain for {cfg.patience} epochs (best epoch {best_epoch + 1})")
+            console.info(
+                f"early stop: no val PRAUC gain for {cfg.patience} epochs (best epoch {best_epoch + 1})"
+            )
             break
     if best_path.is_file():
         model.load_state_dict(load_file(str(best_path)))
     return FitResult(best_epoch, float(best), epoch + 1, history)
 
 
-def evaluate_run(model, encoder: Encoder, val: list[Encoded], test: list[Encoded], fixed_threshold, ddi_pairs,
-                 batch_size: int, device: torch.device, report_cfg) -> dict:
+def evaluate_run(
+    model,
+    encoder: Encoder,
+    val: list[Encoded],
+    test: list[Encoded],
+    fixed_threshold,
+    ddi_pairs,
+    batch_size: int,
+    device: torch.device,
+    report_cfg,
+) -> dict:
     """Threshold on validation (unless fixed), then validation and test metrics per group."""
     from leadercli import metrics
     from leadercli.training.common import choose_threshold
@@ -154,8 +188,14 @@ def evaluate_run(model, encoder: Encoder, val: list[Encoded], test: list[Encoded
             out[name] = None
             continue
         out[name] = metrics.evaluate_groups(
-            s["labels"], s["probs"], th, ddi_pairs, s["n_visits"],
-            rounds=report_cfg.bootstrap_rounds, fraction=report_cfg.bootstrap_fraction, seed=report_cfg.seed,
+            s["labels"],
+            s["probs"],
+            th,
+            ddi_pairs,
+            s["n_visits"],
+            rounds=report_cfg.bootstrap_rounds,
+            fraction=report_cfg.bootstrap_fraction,
+            seed=report_cfg.seed,
         )
     return out
 

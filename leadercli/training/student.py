@@ -31,7 +31,10 @@ def setup_data(settings: Settings):
     encoder = Encoder(artifact.vocab)
     sp = settings.samples
     with console.step("loading samples"):
-        splits = {s: encoder.encode_all(load_samples(artifact, s, sp.max_visits, sp.per_visit)) for s in ("train", "val", "test")}
+        splits = {
+            s: encoder.encode_all(load_samples(artifact, s, sp.max_visits, sp.per_visit))
+            for s in ("train", "val", "test")
+        }
     console.info(
         f"samples: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}; "
         f"{encoder.n_labels} drugs, {encoder.vocab_size} code ids"
@@ -39,7 +42,9 @@ def setup_data(settings: Settings):
     if not splits["train"]:
         from leadercli.errors import ArtifactError
 
-        raise ArtifactError(f"artifact {artifact.path} has no training patients", "Re-run `leader preprocess` with more data")
+        raise ArtifactError(
+            f"artifact {artifact.path} has no training patients", "Re-run `leader preprocess` with more data"
+        )
     return artifact, encoder, splits
 
 
@@ -63,7 +68,9 @@ def build_student(encoder: Encoder, cfg):
 
 def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, settings: Settings) -> None:
     """Final files: weights, manifest (self-describing), the artifact's vocab (predict needs no artifact)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE)
+    )
     shutil.copyfile(artifact.path / "vocab.json", out / runs.VOCAB_COPY)
     runs.save_settings(settings, out)
     if config is not None:
@@ -95,9 +102,25 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
 
         labels = encoder.collate(splits["train"])["labels"]
         freq = drug_frequency(labels)
-        model = PopularityModel(freq) if cfg.model == "popularity" else PreviousVisitModel(freq, encoder.med_offset)
-        result = evaluate_run(model, encoder, splits["val"], splits["test"], cfg.threshold, ddi, cfg.eval_batch_size, device, settings.report)
-        manifest.update({"threshold": result["threshold"], "metrics": {"val": result["val"], "test": result["test"]}})
+        model = (
+            PopularityModel(freq)
+            if cfg.model == "popularity"
+            else PreviousVisitModel(freq, encoder.med_offset)
+        )
+        result = evaluate_run(
+            model,
+            encoder,
+            splits["val"],
+            splits["test"],
+            cfg.threshold,
+            ddi,
+            cfg.eval_batch_size,
+            device,
+            settings.report,
+        )
+        manifest.update(
+            {"threshold": result["threshold"], "metrics": {"val": result["val"], "test": result["test"]}}
+        )
         manifest["model_config"] = {"med_offset": encoder.med_offset, "n_labels": encoder.n_labels}
         save_run(out, model, None, artifact, manifest, settings)
         console.info(f"{cfg.model} baseline: {summary_line(result)}")
@@ -110,7 +133,17 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     # train
     fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume)
     # save
-    result = evaluate_run(model, encoder, splits["val"], splits["test"], cfg.threshold, ddi, cfg.eval_batch_size, device, settings.report)
+    result = evaluate_run(
+        model,
+        encoder,
+        splits["val"],
+        splits["test"],
+        cfg.threshold,
+        ddi,
+        cfg.eval_batch_size,
+        device,
+        settings.report,
+    )
     manifest.update(
         {
             "threshold": result["threshold"],
@@ -142,7 +175,9 @@ def load_scorer(run_dir: Path, device: torch.device | None = None):
         from leadercli.models.baselines import PopularityModel, PreviousVisitModel
 
         freq = state["freq"]
-        model = PopularityModel(freq) if kind == "popularity" else PreviousVisitModel(freq, encoder.med_offset)
+        model = (
+            PopularityModel(freq) if kind == "popularity" else PreviousVisitModel(freq, encoder.med_offset)
+        )
     elif kind in ("student", "distilled"):
         from leadercli.models.student import StudentConfig, StudentModel
 
@@ -150,9 +185,15 @@ def load_scorer(run_dir: Path, device: torch.device | None = None):
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise ArtifactError(f"{run_dir}/{MODEL_FILE} does not fit its manifest ({str(exc).splitlines()[0]})", "Retrain the run") from None
+            raise ArtifactError(
+                f"{run_dir}/{MODEL_FILE} does not fit its manifest ({str(exc).splitlines()[0]})",
+                "Retrain the run",
+            ) from None
     else:
-        raise ArtifactError(f"run {run_dir} is a {kind!r} run, which this loader does not score", "Pass a student, distilled or baseline run")
+        raise ArtifactError(
+            f"run {run_dir} is a {kind!r} run, which this loader does not score",
+            "Pass a student, distilled or baseline run",
+        )
     model.eval()
     if device is not None:
         model.to(device)

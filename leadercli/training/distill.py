@@ -1,0 +1,150 @@
+"""Recipe: `leader distill` — the LEADER student trained with
+loss = BCE + α · MSE(projector(z), teacher feature) + β · contrastive(profile, target-drug set)
+(reference §4.3, with the alignment index bug and the batch-size-1 crash fixed — §7.5).
+
+Offline distillation (the reference's default, §7.18): teacher features are the pooled hidden states that
+`leader train teacher` caches per training/validation patient; when the cache is missing or belongs to another
+backbone it is computed first. With `--no-kd --no-align` this recipe is exactly `leader train student`
+(same code path, same random draws, same numbers).
+
+Run it small on CPU:  leader preprocess && leader train teacher && leader distill
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leadercli import console, runs
+from leadercli.errors import ArtifactError
+from leadercli.settings import Settings
+from leadercli.training.common import resolve_device, set_seed
+from leadercli.training.loop import evaluate_run, fit, summary_line
+from leadercli.training.student import build_student, save_run, setup_data
+
+REFERENCE_WEIGHTS = {"mimic3": (0.4, 0.005), "mimic4": (0.8, 0.01)}  # (alpha, beta), reference scripts
+
+
+def loss_weights(settings: Settings, source: str) -> tuple[float, float]:
+    a, b = REFERENCE_WEIGHTS.get(source, REFERENCE_WEIGHTS["mimic3"])
+    d = settings.distill
+    return (d.alpha if d.alpha is not None else a, d.beta if d.beta is not None else b)
+
+
+def distill(settings: Settings, resume: bool = False) -> Path:
+    from leadercli.models.losses import contrastive_loss, feature_kd_loss
+    from leadercli.models.student import DistillHeads
+
+    cfg, dcfg = settings.student, settings.distill
+    out = Path(settings.paths.distilled)
+    teacher_dir = Path(settings.paths.teacher)
+    # setup: the same order of random draws as `leader train student` (seed → data → student model)
+    set_seed(cfg.seed)
+    device = resolve_device(settings.hardware)
+    artifact, encoder, splits = setup_data(settings)
+    alpha, beta = loss_weights(settings, artifact.source)
+    use_kd, use_align = dcfg.kd and alpha > 0, dcfg.align and beta > 0
+    cache, teacher_manifest = (None, None)
+    if use_kd:
+        from leadercli.training.teacher import ensure_features
+
+        # features must exist before the student is built: extraction may need the teacher, not the RNG
+        cache, teacher_manifest = ensure_features(settings, teacher_dir, artifact, splits=("train",))
+        missing = cache.missing([e.subject_id for e in splits["train"]])
+        if missing:
+            raise ArtifactError(
+                f"teacher feature cache of {teacher_dir} lacks {missing} of {len(splits['train'])} training patients",
+                "Re-run `leader train teacher` on this artifact (or delete its features/ folder to recompute)",
+            )
+    runs.prepare_out_dir(out, resume)
+    runs.save_settings(settings, out)
+    model, config = build_student(encoder, cfg)
+    model.to(device)
+    heads = None
+    if use_kd or use_align:
+        # created after the student so that the student's initial weights equal `leader train student`'s
+        heads = DistillHeads(config, teacher_dim=cache.dim if use_kd else None, align=use_align).to(device)
+    mean = std = None
+    if use_kd and dcfg.standardize:
+        mean, std = cache.stats([e.subject_id for e in splits["train"]])
+        mean, std = mean.to(device), std.to(device)
+
+    def extra(outp, batch):
+        terms = {}
+        if use_kd:
+            teacher = batch["teacher"]
+            terms["kd"] = (alpha, feature_kd_loss(heads.kd_projector(outp.z), teacher, mean, std))
+        if use_align:
+            x = heads.x_proj(model.encode_med_set(batch["target_meds"]))
+            y = heads.y_proj(outp.profile)
+            terms["align"] = (beta, contrastive_loss(x, y, dcfg.tau))
+        return terms
+
+    def prepare(batch):
+        if use_kd:
+            batch["teacher"] = cache.lookup(batch["subject_id"].cpu()).to(device)
+        return batch
+
+    console.info(
+        f"distill: alpha (KD) {alpha if use_kd else 0}, beta (align) {beta if use_align else 0}"
+        + (", teacher features standardised" if use_kd and dcfg.standardize else "")
+    )
+    on = heads is not None
+    fitted = fit(
+        model,
+        encoder,
+        splits["train"],
+        splits["val"],
+        cfg,
+        out,
+        device,
+        resume,
+        extra=extra if on else None,
+        extra_modules=heads,
+        prepare=prepare if use_kd else None,
+    )
+    result = evaluate_run(
+        model,
+        encoder,
+        splits["val"],
+        splits["test"],
+        cfg.threshold,
+        artifact.ddi_index_pairs(),
+        cfg.eval_batch_size,
+        device,
+        settings.report,
+    )
+    manifest = runs.base_manifest("distilled", artifact)
+    manifest.update(
+        {
+            "distill": {
+                "alpha": alpha if use_kd else 0.0,
+                "beta": beta if use_align else 0.0,
+                "kd": use_kd,
+                "align": use_align,
+                "standardize": dcfg.standardize,
+                "tau": dcfg.tau,
+            },
+            "teacher": {
+                "run": str(teacher_dir.resolve()),
+                "backbone": (teacher_manifest or {}).get("backbone"),
+            }
+            if use_kd
+            else None,
+            "threshold": result["threshold"],
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": fitted.epochs_run,
+            "best_val_prauc": fitted.best_val_prauc,
+            "metrics": {"val": result["val"], "test": result["test"]},
+        }
+    )
+    save_run(out, model, config, artifact, manifest, settings)  # the student's weights only (heads dropped)
+    if heads is not None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()},
+            str(out / "distill_heads.safetensors"),
+        )
+    console.info(summary_line(result))
+    console.info(f"saved {out}")
+    return out

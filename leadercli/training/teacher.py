@@ -1,0 +1,665 @@
+"""Recipe: `leader train teacher` — LEADER(T): an LLM backbone with LoRA and a Linear(d → M) drug head,
+trained with BCE on prompts rendered from the patient's record (reference §2-3, bugs of §7 fixed).
+
+Runs through `accelerate`: CPU, one GPU, or several processes (`accelerate launch -m leadercli train teacher`,
+or `torchrun --nproc_per_node N -m leadercli train teacher` which accelerate reads as DDP). Each process takes
+its share of every global batch; the main process evaluates, keeps the best adapter and writes the run folder.
+Then it caches teacher features (the pooled hidden state per training/validation patient) for `leader distill`.
+
+Run it small on CPU:  leader preprocess && leader train teacher --max-steps 20
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from leadercli import console, runs
+from leadercli.data.artifact import Artifact
+from leadercli.data.samples import Sample, load_samples
+from leadercli.errors import ArtifactError, ModelError
+from leadercli.settings import Settings
+
+FEATURES_DIR = "features"
+BEST_DIR = "best"
+CKPT_DIR = "checkpoint"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# -- prompts --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptSet:
+    prompts: list[str]
+    labels: list[list[int]]  # label indices per sample
+    subject_ids: list[int]
+    hadm_ids: list[int]
+    n_visits: list[int]
+    stats: dict
+
+
+def make_prompts(samples: list[Sample], vocab, tokenizer, prompt_cfg: dict, max_length: int) -> PromptSet:
+    """Render and fit every sample's prompt to the backbone's length (history first, never the cue)."""
+    from leadercli.data.prompts import fit_prompt
+    from leadercli.models.teacher import needs_eos
+
+    extra = 1 if needs_eos(tokenizer) else 0
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True)["input_ids"]) + extra
+
+    idx = vocab.medications.index
+    prompts, labels = [], []
+    totals = {"history_dropped": 0, "codes_dropped": 0, "truncated": 0, "untitled_codes": 0, "tokens": 0}
+    for s in samples:
+        text, st = fit_prompt(s, vocab, count, max_length, **prompt_cfg)
+        prompts.append(text)
+        labels.append(sorted({idx[c] for c in s.target.medications if c in idx}))
+        for k in totals:
+            totals[k] += int(st[k])
+    totals["mean_tokens"] = totals.pop("tokens") / max(len(samples), 1)
+    return PromptSet(
+        prompts,
+        labels,
+        [s.subject_id for s in samples],
+        [s.hadm_id for s in samples],
+        [s.n_visits for s in samples],
+        totals,
+    )
+
+
+def prompt_config(cfg) -> dict:
+    return {
+        "history_visits": cfg.history_visits,
+        "include_profile": cfg.include_profile,
+        "pronoun": cfg.pronoun,
+    }
+
+
+def _collate(
+    ps: PromptSet, idx: np.ndarray, tokenizer, max_length: int, n_labels: int
+) -> dict[str, torch.Tensor]:
+    from leadercli.models.teacher import encode_prompts
+
+    enc = encode_prompts(tokenizer, [ps.prompts[i] for i in idx], max_length)
+    y = torch.zeros(len(idx), n_labels)
+    for r, i in enumerate(idx):
+        y[r, ps.labels[i]] = 1.0
+    enc["labels"] = y
+    return enc
+
+
+# -- scoring and features -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def run_teacher(
+    model,
+    tokenizer,
+    ps: PromptSet,
+    idx: np.ndarray,
+    batch_size: int,
+    max_length: int,
+    device,
+    want: str = "probs",
+    progress: str | None = None,
+) -> np.ndarray:
+    """Probabilities (N, M) or pooled features (N, d) for the samples `idx` of a PromptSet (eval mode)."""
+    model.eval()
+    outs = []
+    n_labels = model.n_labels if hasattr(model, "n_labels") else _unwrap(model).n_labels
+    with console.progress(progress or "scoring", total=len(idx)) as advance:
+        for i in range(0, len(idx), batch_size):
+            chunk = idx[i : i + batch_size]
+            b = _collate(ps, chunk, tokenizer, max_length, n_labels)
+            o = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
+            x = torch.sigmoid(o.logits) if want == "probs" else o.pooled
+            outs.append(x.float().cpu().numpy())
+            advance(len(chunk))
+    width = n_labels if want == "probs" else _unwrap(model).hidden_size
+    return np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
+
+
+def _unwrap(model):
+    from leadercli.models.teacher import _unwrap as unwrap
+
+    return unwrap(model)
+
+
+def features_path(teacher_dir: Path, split: str) -> Path:
+    return Path(teacher_dir) / FEATURES_DIR / f"{split}.safetensors"
+
+
+def _feature_meta(manifest: dict, artifact: Artifact, split: str) -> dict[str, str]:
+    b = manifest["backbone"]
+    return {
+        "backbone": str(b["name"]),
+        "config_hash": str(b["config_hash"]),
+        "hidden_size": str(b["hidden_size"]),
+        "vocab_hash": artifact.vocab_hash,
+        "split": split,
+        "prompt_template": manifest["prompt"]["template_version"],
+    }
+
+
+def write_features(
+    model,
+    tokenizer,
+    manifest: dict,
+    artifact: Artifact,
+    samples: dict[str, list[Sample]],
+    out: Path,
+    batch_size: int,
+    max_length: int,
+    device,
+    accelerator=None,
+) -> None:
+    """Pooled teacher states per sample → features/<split>.safetensors (fp16), keyed by subject_id.
+    Under several processes each rank writes its shard and the main process merges them."""
+    from leadercli.models.features import merge_feature_shards, save_features
+
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    vocab = artifact.vocab
+    pcfg = manifest["prompt"]["options"]
+    for split, ss in samples.items():
+        ps = make_prompts(ss, vocab, tokenizer, pcfg, max_length)
+        idx = np.arange(rank, len(ss), world)
+        feats = run_teacher(
+            model,
+            tokenizer,
+            ps,
+            idx,
+            batch_size,
+            max_length,
+            device,
+            want="features",
+            progress=f"teacher features ({split})",
+        )
+        meta = _feature_meta(manifest, artifact, split)
+        target = features_path(out, split)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sids = torch.tensor([ps.subject_ids[i] for i in idx], dtype=torch.int64)
+        hids = torch.tensor([ps.hadm_ids[i] for i in idx], dtype=torch.int64)
+        if world == 1:
+            save_features(target, sids, hids, torch.from_numpy(feats), meta)
+            continue
+        shard = target.with_name(f"{split}.rank{rank}.safetensors")
+        save_features(shard, sids, hids, torch.from_numpy(feats), meta)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shards = [target.with_name(f"{split}.rank{r}.safetensors") for r in range(world)]
+            merge_feature_shards(shards, target)
+            for s in shards:
+                s.unlink()
+        accelerator.wait_for_everyone()
+
+
+def ensure_features(settings: Settings, teacher_dir: Path, artifact: Artifact, splits=("train",)):
+    """The teacher's feature cache for `splits`, computed first when missing or made by another backbone /
+    artifact. Returns (FeatureCache of the first split, teacher manifest)."""
+    from leadercli.models.features import FeatureCache, load_features
+
+    manifest = runs.read_manifest(teacher_dir)
+    if manifest.get("kind") != "teacher":
+        raise ArtifactError(
+            f"{teacher_dir} is not a teacher run (kind {manifest.get('kind')!r})",
+            "Pass --teacher runs/teacher",
+        )
+    runs.check_matches_artifact(manifest, artifact, teacher_dir)
+    stale = []
+    for split in splits:
+        p = features_path(teacher_dir, split)
+        if not p.is_file():
+            stale.append(split)
+            continue
+        meta = load_features(p)[3]
+        want = _feature_meta(manifest, artifact, split)
+        if any(
+            meta.get(k) != want[k] for k in ("config_hash", "hidden_size", "vocab_hash", "prompt_template")
+        ):
+            stale.append(split)
+    if stale:
+        console.info(
+            f"teacher features for {', '.join(stale)} are missing or stale: computing them with {teacher_dir}"
+        )
+        device = _device(settings)
+        model, tokenizer = _load_trained(teacher_dir, manifest, device)
+        sp = settings.samples
+        ss = {s: load_samples(artifact, s, sp.max_visits, sp.per_visit) for s in stale}
+        write_features(
+            model,
+            tokenizer,
+            manifest,
+            artifact,
+            ss,
+            Path(teacher_dir),
+            settings.teacher.eval_batch_size,
+            manifest["max_length"],
+            device,
+        )
+    sids, hids, feats, meta = load_features(features_path(teacher_dir, splits[0]))
+    return FeatureCache(sids, hids, feats, meta), manifest
+
+
+def _device(settings: Settings) -> torch.device:
+    from leadercli.training.common import resolve_device
+
+    return resolve_device(settings.hardware)
+
+
+def _load_trained(run_dir: Path, manifest: dict, device, dtype=torch.float32):
+    from leadercli.models.teacher import load_teacher
+
+    model, tokenizer = load_teacher(
+        run_dir, manifest.get("base_model"), len(manifest["labels"]), manifest["pooling"], dtype
+    )
+    return model.to(device), tokenizer
+
+
+class TeacherScorer:
+    """A trained teacher run as a scorer of samples (used by `leader report`)."""
+
+    def __init__(self, run_dir: Path, device: torch.device | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.manifest = runs.read_manifest(self.run_dir)
+        self.device = device or torch.device("cpu")
+        self.model, self.tokenizer = _load_trained(self.run_dir, self.manifest, self.device)
+        self.vocab = (
+            Artifact(self.manifest["artifact"]["path"]).vocab
+            if Path(self.manifest["artifact"]["path"]).is_dir()
+            else None
+        )
+
+    def prompts(self, samples: list[Sample], vocab=None) -> PromptSet:
+        vocab = vocab or self.vocab
+        return make_prompts(
+            samples, vocab, self.tokenizer, self.manifest["prompt"]["options"], self.manifest["max_length"]
+        )
+
+    def score_samples(self, samples: list[Sample], batch_size: int = 32, vocab=None) -> np.ndarray:
+        ps = self.prompts(samples, vocab)
+        return run_teacher(
+            self.model,
+            self.tokenizer,
+            ps,
+            np.arange(len(samples)),
+            batch_size,
+            self.manifest["max_length"],
+            self.device,
+        )
+
+    def parameters(self) -> dict[str, int]:
+        return dict(self.manifest.get("parameters", {}))
+
+
+def load_teacher_scorer(run_dir: Path, device: torch.device | None = None) -> TeacherScorer:
+    return TeacherScorer(run_dir, device)
+
+
+# -- checkpoints (trainable weights + optimizer only; never pickle) -------------------------------------
+
+
+def _trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in _unwrap(model).named_parameters() if p.requires_grad}
+
+
+def _save_ckpt(path: Path, model, optimizer, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    params = _trainable(model)
+    tensors = {f"param.{n}": p.detach().float().cpu().contiguous() for n, p in params.items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = (
+                (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            )
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    groups = [
+        {k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt["param_groups"]
+    ]
+    (tmp / "state.json").write_text(json.dumps({"state": state, "optim_groups": groups}))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def _load_ckpt(path: Path, model, optimizer) -> dict:
+    try:
+        tensors = load_file(str(path / "state.safetensors"))
+        meta = json.loads((path / "state.json").read_text())
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own type
+        raise ArtifactError(
+            f"teacher checkpoint {path} is unreadable ({type(exc).__name__})", "Start again without --resume"
+        ) from None
+    params = _trainable(model)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param.{n}"].to(p.dtype))
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["state"]
+
+
+# -- the recipe -----------------------------------------------------------------------------------------
+
+
+def train_teacher(settings: Settings, resume: bool = False) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from accelerate.utils import set_seed as acc_set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from leadercli import metrics
+    from leadercli.data.prompts import TEMPLATE_VERSION
+    from leadercli.models.teacher import build_teacher, save_teacher
+    from leadercli.training.common import choose_threshold
+
+    cfg, hw = settings.teacher, settings.hardware
+    device = _device(settings)
+    cpu = device.type == "cpu"
+    mixed = "no" if cpu or hw.precision == "fp32" else hw.precision
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    if not main:
+        console.configure(quiet=True)
+    acc_set_seed(cfg.seed)
+    out = Path(settings.paths.teacher)
+    artifact = Artifact(settings.artifact_dir())
+    sp = settings.samples
+    samples = {s: load_samples(artifact, s, sp.max_visits, sp.per_visit) for s in ("train", "val", "test")}
+    if not samples["train"]:
+        raise ArtifactError(
+            f"artifact {artifact.path} has no training patients", "Re-run `leader preprocess`"
+        )
+
+    # model: dtype of the frozen backbone follows the precision on GPU; LoRA and head train in fp32
+    dtype = DTYPES[hw.precision] if not cpu else torch.float32
+    model, tokenizer, info = build_teacher(
+        cfg.base_model,
+        len(artifact.labels),
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        lora_targets=cfg.lora_targets,
+        pooling=cfg.pooling,
+        dtype=dtype,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+    max_length = cfg.max_length or min(info["max_positions"], 2048)
+    if cfg.max_length and cfg.max_length > info["max_positions"]:
+        raise ModelError(
+            f"teacher.max_length {cfg.max_length} exceeds the backbone's limit {info['max_positions']}",
+            "Lower teacher.max_length or leave it unset",
+        )
+    pcfg = prompt_config(cfg)
+    with console.step("rendering prompts"):
+        ps = {s: make_prompts(v, artifact.vocab, tokenizer, pcfg, max_length) for s, v in samples.items()}
+    st = ps["train"].stats
+    console.info(
+        f"teacher: {info['backbone']['name']} ({info['kind']}, pooling {info['pooling']}), "
+        f"{info['trainable_params']:,} trainable of {info['total_params']:,} parameters; prompts ≤ {max_length} "
+        f"tokens (train mean {st['mean_tokens']:.0f}, {st['history_dropped']} history visits dropped); "
+        f"{world} process(es) on {accelerator.device}"
+    )
+
+    # optimisation: steps-per-epoch comes from the data and the process count, so it follows them
+    n_train = len(samples["train"])
+    global_batch = cfg.batch_size * world
+    micro_per_epoch = math.ceil(n_train / global_batch)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total)
+    model.to(accelerator.device)
+    start_step, best, best_step = 0, -math.inf, -1
+    ckpt = out / CKPT_DIR
+    if main:
+        runs.prepare_out_dir(out, resume, CKPT_DIR)
+        if not resume and (out / BEST_DIR).exists():
+            shutil.rmtree(out / BEST_DIR)
+        runs.save_settings(settings, out)
+    accelerator.wait_for_everyone()
+    if resume and (ckpt / "state.json").is_file():
+        s = _load_ckpt(ckpt, model, optimizer)
+        start_step, best, best_step = s["step"], s["best"], s["best_step"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(start_step):
+                scheduler.step()
+        console.info(f"resuming at step {start_step}/{total} (best val PRAUC {best:.4f} at step {best_step})")
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    def evaluate() -> float:
+        idx = np.arange(rank, len(samples["val"]), world)
+        probs = run_teacher(
+            model,
+            tokenizer,
+            ps["val"],
+            idx,
+            cfg.eval_batch_size,
+            max_length,
+            accelerator.device,
+            progress="validation",
+        )
+        got = gather_object([(int(i), p) for i, p in zip(idx, probs, strict=True)])
+        if not got:
+            return 0.0
+        got.sort(key=lambda t: t[0])
+        P = np.stack([p for _, p in got])
+        Y = _multi_hot(ps["val"].labels, len(artifact.labels))
+        return float(metrics.prauc(Y, P).mean())
+
+    # train: a step = grad_accum micro-batches; each process takes its slice of each global micro-batch
+    step, micro, seen_tokens, loss_sum, loss_n = start_step, 0, 0, 0.0, 0
+    t0 = time.perf_counter()
+    model.train()
+    with console.progress("teacher", total=total) as advance:
+        advance(start_step)
+        while step < total:
+            epoch = (step * cfg.grad_accum) // micro_per_epoch
+            order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(n_train)
+            first = (step * cfg.grad_accum) % micro_per_epoch
+            for m in range(first, micro_per_epoch):
+                g = order[m * global_batch : (m + 1) * global_batch]
+                if len(g) < global_batch:  # wrap so every process gets a full share (DDP needs equal steps)
+                    g = np.concatenate([g, order[: global_batch - len(g)]])
+                mine = g[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+                b = _collate(ps["train"], mine, tokenizer, max_length, len(artifact.labels))
+                b = {k: v.to(accelerator.device) for k, v in b.items()}
+                sync = (micro + 1) % cfg.grad_accum == 0
+                ctx = accelerator.no_sync(model) if (not sync and world > 1) else _nullcontext()
+                with ctx:
+                    o = model(
+                        input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]
+                    )
+                    accelerator.backward(o.loss / cfg.grad_accum)
+                micro += 1
+                seen_tokens += int(b["attention_mask"].sum()) * world
+                loss_sum, loss_n = loss_sum + float(o.loss), loss_n + 1
+                if not sync:
+                    continue
+                accelerator.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tok_s = seen_tokens / max(time.perf_counter() - t0, 1e-9)
+                advance(1, status=f"loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s")
+                if step % cfg.eval_every == 0 or step == total:
+                    val = evaluate()
+                    model.train()
+                    record = {
+                        "step": step,
+                        "loss": loss_sum / loss_n,
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": tok_s,
+                        "val_prauc": val,
+                    }
+                    loss_sum, loss_n = 0.0, 0
+                    improved = val > best
+                    if improved:
+                        best, best_step = val, step
+                        if main:
+                            save_teacher(accelerator.unwrap_model(model), out / BEST_DIR)
+                    record["best"] = improved
+                    if main:
+                        runs.append_log(out, record)
+                        _save_ckpt(
+                            ckpt,
+                            accelerator.unwrap_model(model),
+                            optimizer,
+                            {"step": step, "best": best, "best_step": best_step},
+                        )
+                        console.info(
+                            f"step {step:5d}  loss {record['loss']:.4f}  val PRAUC {val:.4f}"
+                            f"{'  *' if improved else ''}  {tok_s:,.0f} tok/s"
+                        )
+                    accelerator.wait_for_everyone()
+                if step >= total:
+                    break
+    elapsed = time.perf_counter() - t0
+
+    # save: best adapter → run folder, threshold on validation, test metrics, features
+    accelerator.wait_for_everyone()
+    teacher = accelerator.unwrap_model(model)
+    if (out / BEST_DIR / "head.safetensors").is_file():
+        _restore_best(teacher, out / BEST_DIR)
+    manifest = runs.base_manifest("teacher", artifact) | {
+        "base_model": cfg.base_model,
+        "backbone": info["backbone"],
+        "backbone_kind": info["kind"],
+        "pooling": info["pooling"],
+        "lora": info["lora"],
+        "max_length": max_length,
+        "prompt": {"template_version": TEMPLATE_VERSION, "options": pcfg, "train_stats": st},
+        "parameters": {"total": info["total_params"], "trainable": info["trainable_params"]},
+        "training": {
+            "steps": step,
+            "best_step": best_step,
+            "best_val_prauc": best,
+            "processes": world,
+            "seconds": elapsed,
+            "tokens_per_s": seen_tokens / max(elapsed, 1e-9),
+            "precision": mixed,
+            "device": str(accelerator.device),
+        },
+    }
+    if main:
+        dev = accelerator.device
+        val_p = run_teacher(
+            teacher,
+            tokenizer,
+            ps["val"],
+            np.arange(len(samples["val"])),
+            cfg.eval_batch_size,
+            max_length,
+            dev,
+            progress="validation",
+        )
+        test_p = run_teacher(
+            teacher,
+            tokenizer,
+            ps["test"],
+            np.arange(len(samples["test"])),
+            cfg.eval_batch_size,
+            max_length,
+            dev,
+            progress="test",
+        )
+        M = len(artifact.labels)
+        yv, yt = _multi_hot(ps["val"].labels, M), _multi_hot(ps["test"].labels, M)
+        threshold = choose_threshold(cfg.threshold, yv, val_p)
+        rc, ddi = settings.report, artifact.ddi_index_pairs()
+        res = {}
+        for name, y, p, nv in (
+            ("val", yv, val_p, ps["val"].n_visits),
+            ("test", yt, test_p, ps["test"].n_visits),
+        ):
+            res[name] = (
+                metrics.evaluate_groups(
+                    y,
+                    p,
+                    threshold["value"],
+                    ddi,
+                    np.asarray(nv),
+                    rounds=rc.bootstrap_rounds,
+                    fraction=rc.bootstrap_fraction,
+                    seed=rc.seed,
+                )
+                if len(y)
+                else None
+            )
+        manifest.update({"threshold": threshold, "metrics": res})
+        save_teacher(teacher, out)
+        shutil.copyfile(artifact.path / "vocab.json", out / runs.VOCAB_COPY)
+    accelerator.wait_for_everyone()
+    write_features(
+        teacher,
+        tokenizer,
+        manifest,
+        artifact,
+        {"train": samples["train"], "val": samples["val"]},
+        out,
+        cfg.eval_batch_size,
+        max_length,
+        accelerator.device,
+        accelerator if world > 1 else None,
+    )
+    if main:
+        runs.write_json(out / runs.MANIFEST, manifest)  # last: a manifest means the run is complete
+        for d in (ckpt, out / BEST_DIR):
+            if d.exists():
+                shutil.rmtree(d)
+        from leadercli.training.loop import summary_line
+
+        console.info(summary_line({"test": manifest["metrics"]["test"], "threshold": manifest["threshold"]}))
+        console.info(f"saved {out} (adapter/, head.safetensors, features/)")
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _restore_best(teacher, best_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file as lf
+
+    from leadercli.models.teacher import HEAD_FILE, HEAD_KEY
+
+    adapter = lf(str(best_dir / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(teacher.backbone, adapter)
+    with torch.no_grad():
+        teacher.head.weight.copy_(lf(str(best_dir / HEAD_FILE))[HEAD_KEY].to(teacher.head.weight.device))
+
+
+def _multi_hot(labels: list[list[int]], M: int) -> np.ndarray:
+    y = np.zeros((len(labels), M), dtype=bool)
+    for i, lab in enumerate(labels):
+        y[i, lab] = True
+    return y
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
