@@ -1,0 +1,410 @@
+"""`leader preprocess`: raw MIMIC tables + aux mapping files → one artifact folder (DESIGN §3, reference §1).
+
+Steps: scan the raw tables (`tables`) → NDC → ATC-3 (`mapping`) → candidate visits: admissions with a
+diagnosis, a procedure and a mapped drug, ordered by admit time (`cohort`) → patients with ≥ `min_visits`
+visits → optional seeded patient sample → patient split (`splits`) → vocabularies and frequency filters fit on
+the training patients (`vocab`) → the filters are applied to every split and the visit rule is applied again
+(a visit keeps ≥ 1 in-vocabulary diagnosis, procedure and drug; patients again need `min_visits`) → visits,
+patients and profile (`cohort`) → DDI pairs (`ddi`) → manifest.
+
+Writing is atomic: everything is computed in memory first, then the five files go to a temporary sibling
+folder that is renamed into place (an existing artifact is replaced only after that succeeded). Parquet files
+are byte-identical on a rerun with the same inputs and settings: rows are sorted, lists have a fixed order and
+nothing time-dependent is inside them (`created_at` lives only in the manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from leadercli import __version__, console
+from leadercli.data import artifact as A
+from leadercli.data import cohort, ddi, mapping, splits, tables, vocab
+from leadercli.data.bundled import bundled_aux, bundled_raw
+from leadercli.errors import InputError
+from leadercli.settings import Settings
+
+KEYS = cohort.KEYS
+
+
+@dataclass
+class PreprocessResult:
+    path: Path
+    manifest: dict
+
+
+# -- small helpers --------------------------------------------------------------------------------------------
+def _sha256(path: Path, stop: threading.Event) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            if stop.is_set():
+                return {}
+            h.update(chunk)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _hash_all(files: dict[str, Path], stop: threading.Event) -> dict[str, dict]:
+    return {role: _sha256(p, stop) for role, p in files.items()}
+
+
+def check_target(target: Path) -> None:
+    """Refuse to replace anything that is not an artifact folder (or an empty folder)."""
+    if target.exists() and not target.is_dir():
+        raise InputError(f"output {target} exists and is not a folder", "Choose another --out")
+    if target.is_dir() and any(target.iterdir()) and not (target / A.MANIFEST).is_file():
+        raise InputError(
+            f"output folder {target} exists and is not a leadercli artifact",
+            "Choose another --out or remove the folder",
+        )
+
+
+def _patients_visits(frame: pl.DataFrame) -> dict[str, int]:
+    return {"visits": frame.height, "patients": frame["subject_id"].n_unique()}
+
+
+def _semi(frame: pl.DataFrame, keys: pl.DataFrame, on: list[str] | str) -> pl.DataFrame:
+    return frame.join(keys, on=on, how="semi")
+
+
+def _keep_codes(events: pl.DataFrame, codes: list[str], col: str = "code") -> pl.DataFrame:
+    return events.join(pl.DataFrame({col: codes}, schema={col: pl.String}), on=col, how="semi")
+
+
+def _min_visits(keys: pl.DataFrame, min_visits: int) -> pl.DataFrame:
+    if min_visits <= 1:
+        return keys
+    return keys.filter(pl.len().over("subject_id") >= min_visits)
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+@dataclass
+class RawData:
+    admissions: pl.DataFrame
+    patients: pl.DataFrame
+    diagnoses: pl.DataFrame  # long, prefixed codes
+    procedures: pl.DataFrame
+    prescriptions: pl.DataFrame  # grouped (subject_id, hadm_id, ndc, n)
+    d_diagnoses: pl.DataFrame
+    d_procedures: pl.DataFrame
+    counts: dict
+    source_version: str
+
+
+def read_raw(files: dict[str, Path], source: str) -> RawData:
+    specs = tables.SPECS[source]
+    scans = {role: tables.scan_table(path, specs[role]) for role, path in files.items()}
+    counts: dict[str, dict] = {}
+
+    with console.step("Reading admissions and patients"):
+        adm = tables.parse_datetimes(tables.collect(scans["admissions"]), "admittime", scans["admissions"])
+        pat = tables.collect(scans["patients"])
+        if source == "mimic3":
+            pat = tables.parse_datetimes(pat, "dob", scans["patients"])
+    counts["admissions"] = {"rows": adm.height}
+    counts["patients"] = {"rows": pat.height}
+
+    events = {}
+    for role in ("diagnoses", "procedures"):
+        with console.step(f"Reading {role}"):
+            df = tables.collect(scans[role])
+            ev = cohort.code_events(df, role, source)
+        tables.require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
+        events[role] = ev
+        counts[role] = {"rows": df.height, "visit_codes": ev.height, "admissions": ev["hadm_id"].n_unique()}
+        console.info(f"  {role}: {df.height:,} rows, {ev.height:,} distinct (admission, code)")
+
+    with console.step("Reading prescriptions"):
+        rx = tables.collect(
+            scans["prescriptions"],
+            lambda lf: lf.group_by(["subject_id", "hadm_id", "ndc"]).agg(pl.len().alias("n")),
+        )
+    with console.step("Reading ICD dictionaries"):
+        d_dx = tables.collect(scans["d_diagnoses"])
+        d_px = tables.collect(scans["d_procedures"])
+    counts["d_diagnoses"] = {"rows": d_dx.height}
+    counts["d_procedures"] = {"rows": d_px.height}
+
+    if source == "mimic3":
+        version = "1.4"
+    else:
+        race_header = scans["admissions"].names.get("race") or ""
+        version = "1.x" if race_header.lower() == "ethnicity" else "2.x"
+    return RawData(adm, pat, events["diagnoses"], events["procedures"], rx, d_dx, d_px, counts, version)
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------------
+def preprocess(settings: Settings) -> PreprocessResult:
+    """Run the whole step and write the artifact folder `settings.artifact_dir()`."""
+    t0 = time.perf_counter()
+    cfg = settings.data
+    source = cfg.source
+    raw_dir = Path(settings.paths.raw) if settings.paths.raw is not None else bundled_raw(source)
+    aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
+    target = Path(settings.artifact_dir())
+    check_target(target)
+    raw_files = tables.locate_raw(raw_dir, source)
+    aux_files = tables.locate_aux(aux_dir, cfg.ddi_file)
+    console.info(f"Preprocessing {source} from {raw_dir}")
+
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashes: Future = pool.submit(
+            _hash_all, {**raw_files, **{f"aux.{k}": v for k, v in aux_files.items()}}, stop
+        )
+        try:
+            built = _build(settings, raw_files, aux_files)
+        except BaseException:
+            stop.set()
+            raise
+        file_info = hashes.result()
+
+    visits, patients, voc, ddi_pairs, manifest = built
+    manifest["inputs"] = {
+        "raw_dir": str(raw_dir),
+        "aux_dir": str(aux_dir),
+        "bundled_demo": settings.paths.raw is None,
+        "files": file_info,
+    }
+    manifest["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    manifest["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with console.step(f"Writing {target}"):
+        write_artifact(target, visits, patients, voc, ddi_pairs, manifest)
+    console.info(f"Wrote {target} in {manifest['elapsed_s']:.1f} s")
+    return PreprocessResult(target, manifest)
+
+
+def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, Path]):
+    cfg = settings.data
+    source = cfg.source
+    raw = read_raw(raw_files, source)
+
+    with console.step("Mapping NDC → RXCUI → ATC-3"):
+        ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
+        meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map)
+        meds = meds.filter(pl.col("hadm_id").is_not_null() & pl.col("subject_id").is_not_null())
+    tables.require_rows(meds, raw_files["prescriptions"], "no prescription NDC maps to an ATC code")
+    raw.counts["prescriptions"] = {
+        "rows": coverage["rows"],
+        "rows_with_ndc": coverage["rows_with_ndc"],
+        "rows_mapped": coverage["rows_mapped"],
+        "admissions_with_mapped_drug": meds["hadm_id"].n_unique(),
+    }
+    console.info(
+        f"  NDC → ATC-3: {coverage['row_coverage']:.1%} of rows with an NDC, {coverage['ndc_coverage']:.1%} of NDCs "
+        f"(rxnorm route {coverage['routes']['rxnorm']['row_coverage']:.1%}, direct +{coverage['routes']['direct']['row_coverage']:.1%})"
+    )
+
+    steps: list[dict] = []
+
+    def record(name: str, frame: pl.DataFrame) -> None:
+        steps.append({"step": name, **_patients_visits(frame)})
+
+    with console.step("Building the cohort"):
+        adm_keys = raw.admissions.filter(pl.col("admittime").is_not_null()).select(KEYS).unique()
+        keys = cohort.visit_keys(raw.diagnoses, raw.procedures, meds)
+        record("admissions with a diagnosis, a procedure and a mapped drug", keys)
+        keys = _semi(keys, adm_keys, KEYS)
+        record("... and an ADMISSIONS row with an admit time", keys)
+        keys = _min_visits(keys, cfg.min_visits)
+        record(f"patients with >= {cfg.min_visits} visits", keys)
+        if keys.height == 0:
+            raise InputError(
+                f"no admission in {raw_files['admissions'].parent} has a diagnosis, a procedure and a mapped drug",
+                "Check --source, --raw and --aux (the NDC mapping files)",
+            )
+        ids = splits.sample_patients(keys["subject_id"].unique().to_list(), cfg.sample_fraction, cfg.seed)
+        keys = _semi(keys, pl.DataFrame({"subject_id": ids}, schema={"subject_id": pl.Int64}), "subject_id")
+        if cfg.sample_fraction is not None:
+            record(f"sample of {cfg.sample_fraction:g} of the patients (seed {cfg.seed})", keys)
+        split_of = splits.split_patients(ids, cfg.split_ratios, cfg.split, cfg.seed)
+    train_ids = split_of.filter(pl.col("split") == "train")
+    if train_ids.height == 0:
+        raise InputError(
+            f"too few patients ({len(ids)}) for a training split", "Use more data or a larger sample_fraction"
+        )
+
+    with console.step("Fitting vocabularies on the training patients"):
+        dx = _semi(raw.diagnoses, keys, KEYS)
+        px = _semi(raw.procedures, keys, KEYS)
+        md = _semi(meds, keys, KEYS).rename({"atc3": "code"})
+        top_px = settings.top_procedures()
+        dx_codes = vocab.top_codes(dx, train_ids, cfg.top_diagnoses)
+        px_codes = vocab.top_codes(px, train_ids, top_px)
+        med_codes = vocab.top_codes(md, train_ids, cfg.top_medications)
+        filtered = {
+            "diagnoses": (dx, _keep_codes(dx, dx_codes)),
+            "procedures": (px, _keep_codes(px, px_codes)),
+            "medications": (md, _keep_codes(md, med_codes)),
+        }
+        removed = {
+            kind: _removed_by_split(before, after, split_of) for kind, (before, after) in filtered.items()
+        }
+        final_keys = cohort.visit_keys(*(after for _, after in filtered.values()))
+        final_keys = _min_visits(_semi(final_keys, keys, KEYS), cfg.min_visits)
+        record("visits keeping an in-vocabulary diagnosis, procedure and drug", final_keys)
+    if final_keys.height == 0:
+        raise InputError("no visit is left after the vocabulary filters", "Raise data.top_* or use more data")
+
+    with console.step("Assembling visits and patients"):
+        ordered = cohort.order_visits(final_keys, raw.admissions)
+        dx_f, px_f, md_f = (after for _, after in filtered.values())
+        visits = cohort.assemble(ordered, dx_f, px_f, md_f.rename({"code": "atc3"}))
+        fields = A.profile_fields(source)
+        visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
+        visits = visits.select(
+            pl.col("subject_id").cast(pl.Int64),
+            pl.col("hadm_id").cast(pl.Int64),
+            pl.col("admittime").cast(pl.Datetime("us")),
+            pl.col("visit_no").cast(pl.Int32),
+            "diagnoses",
+            "procedures",
+            "medications",
+            *fields,
+        ).sort(["subject_id", "visit_no"])
+        patients = cohort.patient_table(visits, split_of, fields)
+
+    with console.step("Titles and DDI pairs"):
+        titles = {
+            "diagnoses": vocab.icd_titles(raw.d_diagnoses, "diagnoses", source),
+            "procedures": vocab.icd_titles(raw.d_procedures, "procedures", source),
+            "medications": vocab.atc3_names(aux_files["who_atc"]),
+        }
+        train_patients = patients.filter(pl.col("split") == "train")
+        voc = vocab.build_vocab(
+            dx_codes, px_codes, med_codes, titles, vocab.profile_values(train_patients, fields)
+        )
+        cid_atc3 = ddi.load_cid_atc3(aux_files["cid_atc"])
+        pair_file = aux_files.get("ddi_top40") or aux_files["ddi_full"]
+        cid_pairs, ddi_info = ddi.load_cid_pairs(pair_file, cfg.ddi_topk)
+        ddi_pairs = ddi.atc3_pairs(cid_pairs, cid_atc3, med_codes)
+    ddi_info["atc3_pairs"] = ddi_pairs.height
+
+    manifest = _manifest(settings, raw, coverage, steps, removed, visits, patients, voc, ddi_info)
+    return visits, patients, voc, ddi_pairs, manifest
+
+
+def _removed_by_split(before: pl.DataFrame, after: pl.DataFrame, split_of: pl.DataFrame) -> dict[str, int]:
+    """Visit codes dropped by a vocabulary filter, per split."""
+    lost = before.join(after, on=[*KEYS, "code"], how="anti").join(split_of, on="subject_id", how="left")
+    counts = dict(lost.group_by("split").len().iter_rows())
+    return {s: int(counts.get(s, 0)) for s in A.SPLITS}
+
+
+def _manifest(settings, raw, coverage, steps, removed, visits, patients, voc, ddi_info) -> dict:
+    cfg = settings.data
+    n_vis = patients["n_visits"]
+    split_patients = dict(patients.group_by("split").len().iter_rows())
+    split_visits = dict(
+        visits.join(patients.select("subject_id", "split"), on="subject_id")
+        .group_by("split")
+        .len()
+        .iter_rows()
+    )
+    options = cfg.model_dump(mode="json")
+    options["top_procedures"] = settings.top_procedures()
+    return {
+        "format": 1,
+        "source": cfg.source,
+        "source_version": raw.source_version,
+        "leadercli_version": __version__,
+        "options": options,
+        "tables": raw.counts,
+        "ndc_mapping": coverage,
+        "cohort_steps": steps,
+        "vocab_filter_removed_codes": removed,
+        "patients": patients.height,
+        "visits": visits.height,
+        "single_visit_patients": int((n_vis == 1).sum()),
+        "multi_visit_patients": int((n_vis >= 2).sum()),
+        "max_visits_per_patient": int(n_vis.max()),
+        "splits": {s: int(split_patients.get(s, 0)) for s in A.SPLITS},
+        "split_visits": {s: int(split_visits.get(s, 0)) for s in A.SPLITS},
+        "vocab_sizes": voc.sizes(),
+        "missing_titles": {k: vocab.missing_titles(getattr(voc, k)) for k in A.CODE_KINDS},
+        "ddi": ddi_info,
+    }
+
+
+# -- writing --------------------------------------------------------------------------------------------------
+def write_artifact(
+    target: Path,
+    visits: pl.DataFrame,
+    patients: pl.DataFrame,
+    voc: A.Vocab,
+    ddi_pairs: pl.DataFrame,
+    manifest: dict,
+) -> None:
+    """Write the five files into a temporary sibling folder, then rename it to `target`."""
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    old: Path | None = None
+    try:
+        visits.write_parquet(tmp / A.VISITS, compression="zstd", statistics=True)
+        patients.write_parquet(tmp / A.PATIENTS, compression="zstd", statistics=True)
+        ddi_pairs.write_parquet(tmp / A.DDI, compression="zstd", statistics=True)
+        (tmp / A.VOCAB).write_text(
+            json.dumps(voc.to_json(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        )
+        (tmp / A.MANIFEST).write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        check_target(target)
+        if target.exists():
+            old = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            target.rename(old)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if old is not None:
+                old.rename(target)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- summary --------------------------------------------------------------------------------------------------
+def print_summary(result: PreprocessResult) -> None:
+    """A one-screen table of the artifact on stdout."""
+    from rich.table import Table
+
+    m = result.manifest
+    cov = m["ndc_mapping"]
+    sizes = m["vocab_sizes"]
+    table = Table(title=f"{m['source']} artifact: {result.path}", show_header=True, header_style="bold")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    rows = [
+        ("patients", f"{m['patients']:,}"),
+        ("visits", f"{m['visits']:,}"),
+        ("single-visit patients", f"{m['single_visit_patients']:,}"),
+        ("multi-visit patients", f"{m['multi_visit_patients']:,}"),
+        ("diagnosis codes", f"{sizes['diagnoses']:,}"),
+        ("procedure codes", f"{sizes['procedures']:,}"),
+        ("ATC-3 drug classes (labels)", f"{sizes['medications']:,}"),
+        ("DDI pairs", f"{m['ddi']['atc3_pairs']:,}"),
+        ("NDC → ATC row coverage", f"{cov['row_coverage']:.1%}"),
+        ("NDC → ATC NDC coverage", f"{cov['ndc_coverage']:.1%}"),
+        ("split train / val / test (patients)", " / ".join(f"{m['splits'][s]:,}" for s in A.SPLITS)),
+    ]
+    for item, value in rows:
+        table.add_row(item, value)
+    console.out.print(table)
