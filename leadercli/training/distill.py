@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from leadercli import console, runs
 from leadercli.errors import ArtifactError
 from leadercli.settings import Settings
@@ -49,7 +51,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
 
         # features must exist before the student is built: extraction may need the teacher, not the RNG
         cache, teacher_manifest = ensure_features(settings, teacher_dir, artifact, splits=("train",))
-        missing = cache.missing([e.subject_id for e in splits["train"]])
+        missing = sum(not cache.covers([e.subject_id]) for e in splits["train"])
         if missing:
             raise ArtifactError(
                 f"teacher feature cache of {teacher_dir} lacks {missing} of {len(splits['train'])} training patients",
@@ -65,8 +67,8 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         heads = DistillHeads(config, teacher_dim=cache.dim if use_kd else None, align=use_align).to(device)
     mean = std = None
     if use_kd and dcfg.standardize:
-        mean, std = cache.stats([e.subject_id for e in splits["train"]])
-        mean, std = mean.to(device), std.to(device)
+        train_feats = cache.lookup(torch.tensor([e.subject_id for e in splits["train"]]))  # (N, D)
+        mean, std = train_feats.mean(0).to(device), train_feats.std(0).to(device)
 
     def extra(outp, batch):
         terms = {}

@@ -120,7 +120,7 @@ def fit(
                 terms["loss"] = loss.detach()
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-                advance(1, status=f"loss {float(loss):.4f}")
+                advance(1, status=f"loss {terms['loss'].item():.4f}")
         val_scores = score(model, val, encoder, cfg.eval_batch_size, device)
         val_prauc = (
             float(metrics.prauc(val_scores["labels"], val_scores["probs"]).mean()) if len(val) else 0.0

@@ -495,7 +495,7 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
                     accelerator.backward(o.loss / cfg.grad_accum)
                 micro += 1
                 seen_tokens += int(b["attention_mask"].sum()) * world
-                loss_sum, loss_n = loss_sum + float(o.loss), loss_n + 1
+                loss_sum, loss_n = loss_sum + o.loss.detach().item(), loss_n + 1
                 if not sync:
                     continue
                 accelerator.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,60 @@
+"""`leader demo`: the whole chain on the bundled MIMIC-III demo with the bundled MiniLM teacher backbone —
+preprocess → train teacher → distill → train student (no KD) → predict → report — on a laptop CPU.
+
+Settings from `leader.toml` (and `LEADER_*`) apply; `--workdir DIR` runs everything inside DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from leadercli import console
+from leadercli.settings import Settings
+
+
+def run_demo(settings: Settings, workdir: Path | None = None) -> dict:
+    from leadercli.data.preprocess import preprocess, print_summary
+    from leadercli.predict import predict_file
+    from leadercli.report.build import build_report
+    from leadercli.training.distill import distill
+    from leadercli.training.student import train_student
+    from leadercli.training.teacher import train_teacher
+
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        os.chdir(workdir)
+    times: dict[str, float] = {}
+
+    def stage(name: str, fn):
+        console.err.rule(f"[bold]{name}")
+        t = time.perf_counter()
+        result = fn()
+        times[name] = time.perf_counter() - t
+        return result
+
+    result = stage("1/6 preprocess", lambda: preprocess(settings))
+    print_summary(result)
+    settings.paths.artifact = Path(result.out_dir) if hasattr(result, "out_dir") else settings.artifact_dir()
+    stage("2/6 train teacher", lambda: train_teacher(settings))
+    stage("3/6 distill", lambda: distill(settings))
+    student = settings.model_copy(deep=True)
+    student.student.model = "student"
+    stage("4/6 train student (no KD)", lambda: train_student(student))
+    recs = Path("recs.csv")
+    settings.predict.model = Path(settings.paths.distilled)
+    visits = settings.artifact_dir() / "visits.parquet"
+    stage("5/6 predict", lambda: predict_file(settings, visits, recs))
+    runs_ = [Path(settings.paths.teacher), Path(settings.paths.distilled), Path(settings.paths.student)]
+    stage("6/6 report", lambda: build_report(settings, runs_))
+    total = sum(times.values())
+    console.out.print(
+        "\n[bold green]demo finished[/bold green] in "
+        f"{total:.0f} s ({', '.join(f'{k.split(' ', 1)[1]} {v:.0f} s' for k, v in times.items())})\n"
+        f"  report:      {Path(settings.paths.report).resolve() / 'report.html'}\n"
+        f"  predictions: {recs.resolve()}\n"
+        f"  runs:        {', '.join(str(p) for p in runs_)}",
+        highlight=False,
+    )
+    return {"times": times, "report": Path(settings.paths.report), "predictions": recs}
