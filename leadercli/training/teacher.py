@@ -562,6 +562,10 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
             "tokens_per_s": seen_tokens / max(elapsed, 1e-9),
             "precision": mixed,
             "device": str(accelerator.device),
+            "device_name": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu",
+            "peak_gpu_memory_gib": (
+                torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
+            ),
         },
     }
     if main:
