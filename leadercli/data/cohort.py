@@ -39,20 +39,29 @@ def prefixed(kind: str, version: pl.Expr, code: pl.Expr) -> pl.Expr:
     return pl.format(letter + "{}:{}", version.cast(pl.Int64), clean_code(code))
 
 
-def code_events(df: pl.DataFrame, kind: str, source: str) -> pl.DataFrame:
-    """Raw DIAGNOSES_ICD / PROCEDURES_ICD rows → unique (subject_id, hadm_id, code, seq) with prefixed codes;
-    rows without a code, a hadm_id or (MIMIC-IV) an ICD version are dropped; seq = the smallest seq_num."""
+def code_events_query(lf: pl.LazyFrame, kind: str, source: str) -> pl.LazyFrame:
+    """Raw DIAGNOSES_ICD / PROCEDURES_ICD rows → (subject_id, hadm_id, code, seq, n) grouped by visit and
+    prefixed code; `seq` = the smallest seq_num, `n` = raw rows. Rows without a usable code, hadm_id or (MIMIC-IV)
+    ICD version get code = null and stay in the result so that `n` sums to the table's row count."""
     code_col = "icd9_code" if source == "mimic3" else "icd_code"
     version = pl.lit(9) if source == "mimic3" else pl.col("icd_version")
-    out = (
-        df.filter(pl.col("hadm_id").is_not_null() & pl.col(code_col).is_not_null())
-        .filter(version.is_not_null() if source == "mimic4" else pl.lit(True))
-        .with_columns(prefixed(kind, version, pl.col(code_col)).alias("code"))
-        .filter(pl.col("code").str.contains(r":.+$"))
+    code = prefixed(kind, version, pl.col(code_col))
+    usable = pl.col("hadm_id").is_not_null() & code.is_not_null() & code.str.contains(r":.+$")
+    return (
+        lf.with_columns(pl.when(usable).then(code).otherwise(None).alias("code"))
         .group_by(["subject_id", "hadm_id", "code"])
-        .agg(pl.col("seq_num").min().alias("seq"))
+        .agg(pl.col("seq_num").min().alias("seq"), pl.len().alias("n"))
     )
-    return out.sort(["subject_id", "hadm_id", "code"])
+
+
+def usable_events(grouped: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `code_events_query`'s result that are visit codes: (subject_id, hadm_id, code, seq)."""
+    return grouped.filter(pl.col("code").is_not_null()).select("subject_id", "hadm_id", "code", "seq")
+
+
+def code_events(df: pl.DataFrame, kind: str, source: str) -> pl.DataFrame:
+    """Eager form of `code_events_query` + `usable_events` (for small tables and tests)."""
+    return usable_events(code_events_query(df.lazy(), kind, source).collect())
 
 
 def visit_keys(*events: pl.DataFrame) -> pl.DataFrame:

@@ -137,11 +137,17 @@ def load_ndc_map(ndc_rxcui_path: Path, ndc_atc_path: Path) -> pl.DataFrame:
 def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """`rx`: prescriptions grouped as (subject_id, hadm_id, ndc [raw string], n [rows]).
 
-    Returns the visit medications (subject_id, hadm_id, atc3), unique and sorted, and the coverage stats."""
-    rx = rx.with_columns(normalise_ndc(pl.col("ndc")).alias("ndc"))
-    rows_total = int(rx["n"].sum())
-    with_ndc = rx.filter(pl.col("ndc").is_not_null())
-    per_ndc = with_ndc.group_by("ndc").agg(pl.col("n").sum()).join(ndc_map, on="ndc", how="left")
+    Returns the visit medications (subject_id, hadm_id, atc3), unique, and the coverage stats. NDCs are
+    normalised once per distinct raw spelling, then joined back (the grouped frame can have millions of rows)."""
+    raw = rx.group_by("ndc").agg(pl.col("n").sum())
+    lookup = raw.with_columns(normalise_ndc(pl.col("ndc")).alias("norm"))
+    rows_total = int(raw["n"].sum())
+    per_ndc = (
+        lookup.filter(pl.col("norm").is_not_null())
+        .group_by("norm")
+        .agg(pl.col("n").sum())
+        .join(ndc_map.rename({"ndc": "norm"}), on="norm", how="left")
+    )
     rows_ndc = int(per_ndc["n"].sum())
     n_ndc = per_ndc.height
 
@@ -168,10 +174,6 @@ def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFra
         "atc3_codes": mapped["atc3"].n_unique(),
         "routes": {r: stats(mapped.filter(pl.col("route") == r)) for r in ROUTES},
     }
-    meds = (
-        with_ndc.join(ndc_map.select("ndc", "atc3"), on="ndc", how="inner")
-        .select("subject_id", "hadm_id", "atc3")
-        .unique()
-        .sort("subject_id", "hadm_id", "atc3")
-    )
+    raw_to_atc3 = lookup.join(mapped.select("norm", "atc3"), on="norm", how="inner").select("ndc", "atc3")
+    meds = rx.join(raw_to_atc3, on="ndc", how="inner").select("subject_id", "hadm_id", "atc3").unique()
     return meds, coverage

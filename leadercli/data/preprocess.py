@@ -72,7 +72,12 @@ def check_target(target: Path) -> None:
 
 
 def _patients_visits(frame: pl.DataFrame) -> dict[str, int]:
-    return {"visits": frame.height, "patients": frame["subject_id"].n_unique()}
+    per_patient = frame.group_by("subject_id").len()
+    return {
+        "visits": frame.height,
+        "patients": per_patient.height,
+        "multi_visit_patients": int((per_patient["len"] >= 2).sum()),
+    }
 
 
 def _semi(frame: pl.DataFrame, keys: pl.DataFrame, on: list[str] | str) -> pl.DataFrame:
@@ -80,7 +85,7 @@ def _semi(frame: pl.DataFrame, keys: pl.DataFrame, on: list[str] | str) -> pl.Da
 
 
 def _keep_codes(events: pl.DataFrame, codes: list[str], col: str = "code") -> pl.DataFrame:
-    return events.join(pl.DataFrame({col: codes}, schema={col: pl.String}), on=col, how="semi")
+    return events.filter(pl.col(col).is_in(pl.Series(codes, dtype=pl.String)))
 
 
 def _min_visits(keys: pl.DataFrame, min_visits: int) -> pl.DataFrame:
@@ -119,12 +124,13 @@ def read_raw(files: dict[str, Path], source: str) -> RawData:
     events = {}
     for role in ("diagnoses", "procedures"):
         with console.step(f"Reading {role}"):
-            df = tables.collect(scans[role])
-            ev = cohort.code_events(df, role, source)
+            grouped = tables.collect(scans[role], lambda lf, r=role: cohort.code_events_query(lf, r, source))
+            ev = cohort.usable_events(grouped)
         tables.require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
         events[role] = ev
-        counts[role] = {"rows": df.height, "visit_codes": ev.height, "admissions": ev["hadm_id"].n_unique()}
-        console.info(f"  {role}: {df.height:,} rows, {ev.height:,} distinct (admission, code)")
+        rows = int(grouped["n"].sum())
+        counts[role] = {"rows": rows, "visit_codes": ev.height, "admissions": ev["hadm_id"].n_unique()}
+        console.info(f"  {role}: {rows:,} rows, {ev.height:,} distinct (admission, code)")
 
     with console.step("Reading prescriptions"):
         rx = tables.collect(
@@ -209,17 +215,17 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
 
     steps: list[dict] = []
 
-    def record(name: str, frame: pl.DataFrame) -> None:
-        steps.append({"step": name, **_patients_visits(frame)})
+    def record(step: str, description: str, frame: pl.DataFrame) -> None:
+        steps.append({"step": step, "description": description, **_patients_visits(frame)})
 
     with console.step("Building the cohort"):
         adm_keys = raw.admissions.filter(pl.col("admittime").is_not_null()).select(KEYS).unique()
         keys = cohort.visit_keys(raw.diagnoses, raw.procedures, meds)
-        record("admissions with a diagnosis, a procedure and a mapped drug", keys)
+        record("dx_px_drug", "admissions with a diagnosis, a procedure and a mapped drug", keys)
         keys = _semi(keys, adm_keys, KEYS)
-        record("... and an ADMISSIONS row with an admit time", keys)
+        record("admitted", "... and an ADMISSIONS row with an admit time", keys)
         keys = _min_visits(keys, cfg.min_visits)
-        record(f"patients with >= {cfg.min_visits} visits", keys)
+        record("min_visits", f"patients with >= {cfg.min_visits} such visits", keys)
         if keys.height == 0:
             raise InputError(
                 f"no admission in {raw_files['admissions'].parent} has a diagnosis, a procedure and a mapped drug",
@@ -228,7 +234,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         ids = splits.sample_patients(keys["subject_id"].unique().to_list(), cfg.sample_fraction, cfg.seed)
         keys = _semi(keys, pl.DataFrame({"subject_id": ids}, schema={"subject_id": pl.Int64}), "subject_id")
         if cfg.sample_fraction is not None:
-            record(f"sample of {cfg.sample_fraction:g} of the patients (seed {cfg.seed})", keys)
+            record("sample", f"seeded sample of {cfg.sample_fraction:g} of the patients", keys)
         split_of = splits.split_patients(ids, cfg.split_ratios, cfg.split, cfg.seed)
     train_ids = split_of.filter(pl.col("split") == "train")
     if train_ids.height == 0:
@@ -244,23 +250,17 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         dx_codes = vocab.top_codes(dx, train_ids, cfg.top_diagnoses)
         px_codes = vocab.top_codes(px, train_ids, top_px)
         med_codes = vocab.top_codes(md, train_ids, cfg.top_medications)
-        filtered = {
-            "diagnoses": (dx, _keep_codes(dx, dx_codes)),
-            "procedures": (px, _keep_codes(px, px_codes)),
-            "medications": (md, _keep_codes(md, med_codes)),
-        }
-        removed = {
-            kind: _removed_by_split(before, after, split_of) for kind, (before, after) in filtered.items()
-        }
-        final_keys = cohort.visit_keys(*(after for _, after in filtered.values()))
+        kept = {"diagnoses": (dx, dx_codes), "procedures": (px, px_codes), "medications": (md, med_codes)}
+        removed = {kind: _removed_by_split(ev, codes, split_of) for kind, (ev, codes) in kept.items()}
+        dx_f, px_f, md_f = (_keep_codes(ev, codes) for ev, codes in kept.values())
+        final_keys = cohort.visit_keys(dx_f, px_f, md_f)
         final_keys = _min_visits(_semi(final_keys, keys, KEYS), cfg.min_visits)
-        record("visits keeping an in-vocabulary diagnosis, procedure and drug", final_keys)
+        record("vocab_filter", "visits keeping an in-vocabulary diagnosis, procedure and drug", final_keys)
     if final_keys.height == 0:
         raise InputError("no visit is left after the vocabulary filters", "Raise data.top_* or use more data")
 
     with console.step("Assembling visits and patients"):
         ordered = cohort.order_visits(final_keys, raw.admissions)
-        dx_f, px_f, md_f = (after for _, after in filtered.values())
         visits = cohort.assemble(ordered, dx_f, px_f, md_f.rename({"code": "atc3"}))
         fields = A.profile_fields(source)
         visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
@@ -296,10 +296,10 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
     return visits, patients, voc, ddi_pairs, manifest
 
 
-def _removed_by_split(before: pl.DataFrame, after: pl.DataFrame, split_of: pl.DataFrame) -> dict[str, int]:
+def _removed_by_split(before: pl.DataFrame, codes: list[str], split_of: pl.DataFrame) -> dict[str, int]:
     """Visit codes dropped by a vocabulary filter, per split."""
-    lost = before.join(after, on=[*KEYS, "code"], how="anti").join(split_of, on="subject_id", how="left")
-    counts = dict(lost.group_by("split").len().iter_rows())
+    lost = before.filter(~pl.col("code").is_in(pl.Series(codes, dtype=pl.String))).select("subject_id")
+    counts = dict(lost.join(split_of, on="subject_id", how="left").group_by("split").len().iter_rows())
     return {s: int(counts.get(s, 0)) for s in A.SPLITS}
 
 
