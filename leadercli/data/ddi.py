@@ -69,11 +69,12 @@ def load_cid_pairs(path: Path, topk: int = 40) -> tuple[pl.DataFrame, dict]:
     info: dict = {"file": path.name, "rows": df.height}
     if effect is not None:
         keys = ["polypharmacy side effect", "side effect name"]
-        counts = (
-            df.group_by(keys).agg(pl.len().alias("n")).sort(["n", *keys], descending=False, nulls_last=True)
-        )
+        df = df.filter(
+            pl.col(keys[0]).is_not_null()
+        )  # like pandas' groupby, rows without a side effect drop out
+        counts = df.group_by(keys).agg(pl.len().alias("n")).sort(["n", *keys], nulls_last=True)
         kept = counts.head(topk)
-        df = df.join(kept.select(keys), on=keys, how="semi", nulls_equal=True)
+        df = df.join(kept.select(keys[0]), on=keys[0], how="semi")
         info |= {
             "rule": f"{topk} least frequent side effects",
             "side_effects": counts.height,
