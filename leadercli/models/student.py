@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 NEG_INF = -1e9  # finite "minus infinity" for masked attention scores
+SET_CHUNK = 1024  # sets encoded together at most (inference on large batches)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -169,10 +170,24 @@ class StudentModel(nn.Module):
         self.fc2 = nn.Linear(c.head_hidden, c.n_labels)
 
     def encode_sets(self, ids: torch.Tensor, enc: Stack) -> torch.Tensor:
-        """Code sets (..., S) → one vector each (..., d): embed, set block, masked mean over codes."""
-        mask = ids > 0  # (..., S)
-        x = enc(self.embed(ids), mask)  # (..., S, d)
-        return masked_mean(x, mask)  # (..., d)
+        """Code sets (..., S) → one vector each (..., d): embed, set block, masked mean over codes.
+
+        Only non-empty sets are encoded (padding visits cost nothing; an empty set is the zero vector, as the
+        masked mean of an all-PAD set would be), and large inputs are encoded in chunks of similar length,
+        each cut to its own longest set, so one long set does not pad thousands of short ones."""
+        lead, S = ids.shape[:-1], ids.shape[-1]
+        flat = ids.reshape(-1, S)  # (N, S)
+        mask = flat > 0  # (N, S)
+        extent = (mask * torch.arange(1, S + 1, device=ids.device)).amax(-1)  # (N,) last real position + 1
+        out = torch.zeros(flat.shape[0], self.config.hidden, device=ids.device, dtype=self.embed.weight.dtype)
+        rows = extent.nonzero().squeeze(1)  # (n,) non-empty sets
+        if rows.numel() > SET_CHUNK:
+            rows = rows[extent[rows].argsort(stable=True)]  # similar lengths together
+        for chunk in rows.split(SET_CHUNK) if rows.numel() else ():
+            L = int(extent[chunk].max())
+            sub, m = flat[chunk, :L], mask[chunk, :L]  # (n, L)
+            out[chunk] = masked_mean(enc(self.embed(sub), m), m)  # (n, d)
+        return out.reshape(*lead, self.config.hidden)  # (..., d)
 
     def encode_med_set(self, ids: torch.Tensor) -> torch.Tensor:
         """One medication set per sample (B, S) → (B, d) with the medication set encoder (alignment)."""
@@ -182,10 +197,12 @@ class StudentModel(nn.Module):
         vmask = batch["visit_mask"].bool()  # (B, V)
         diag_v = self.encode_sets(batch["diag"], self.diag_enc)  # (B, V, d)
         proc_v = self.encode_sets(batch["proc"], self.proc_enc)  # (B, V, d)
-        med_v = self.encode_sets(batch["med"], self.med_enc)  # (B, V, d)
+        # only drugs of visits that have a later real visit are history: the target's drugs never enter
+        hist = batch["med"][:, :-1] * vmask[:, 1:].unsqueeze(-1)  # (B, V-1, Sm)
+        med_v = self.encode_sets(hist, self.med_enc)  # (B, V-1, d)
         prof = self.profile_enc(batch["profile"])  # (B, d)
-        # position 0 = profile pseudo-visit, position t = meds of visit t-1: the target's drugs never enter
-        med_v = torch.cat([prof.unsqueeze(1), med_v[:, :-1]], dim=1)  # (B, V, d)
+        # position 0 = profile pseudo-visit, position t = meds of visit t-1
+        med_v = torch.cat([prof.unsqueeze(1), med_v], dim=1)  # (B, V, d)
         pooled = [masked_mean(self.visit_enc(s, vmask), vmask) for s in (diag_v, proc_v, med_v)]  # 3 × (B, d)
         u = torch.cat(pooled, dim=-1)  # (B, 3d)
         z = self.fc1(F.relu(u))  # (B, head_hidden)
