@@ -97,7 +97,10 @@ class TransformerBlock(nn.Module):
         x = x.reshape(-1, shape[-2], shape[-1])  # (N, S, d)
         m = key_mask.reshape(-1, shape[-2])  # (N, S)
         x = x + self.drop1(self.attn(self.ln1(x), m))  # (N, S, d)
-        x = x + self.drop2(self.ffn(self.ln2(x)))  # (N, S, d)
+        # the feed-forward runs on real positions only (padding outputs are never read: keys are masked and
+        # pooling is masked), which saves most of the work on padded batches
+        real = x[m]  # (n_real, d)
+        x = x.index_put((m,), real + self.drop2(self.ffn(self.ln2(real))))  # (N, S, d)
         return self.drop_out(x).reshape(shape)  # (..., S, d)
 
 
