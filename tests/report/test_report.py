@@ -1,0 +1,263 @@
+"""`leader report` end to end on the tiny synthetic artifact: a 2-epoch student and the popularity baseline are
+trained through the CLI, reported on, and the numbers in metrics.json are checked against values computed
+here independently (polars on the artifact's parquet files, scikit-learn's average precision)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import shutil
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import average_precision_score
+from typer.testing import CliRunner
+
+from leadercli.cli.main import app
+from leadercli.report import build
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+PLOTS = {"metrics.png", "drug_counts.png", "per_drug_f1.png", "ddi_rate.png", "latency.png"}
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def work(tiny_artifact: Path, tmp_path_factory) -> Path:
+    """A working folder with leader.toml, runs/student (2 epochs, tiny) and runs/popularity, and report/."""
+    root = tmp_path_factory.mktemp("report_work")
+    (root / "leader.toml").write_text(
+        f'[paths]\nartifact = "{tiny_artifact}"\n\n'
+        "[student]\nepochs = 2\nhidden = 16\nheads = 2\nff = 32\nhead_hidden = 32\n"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setattr(build, "MIN_TIMED_SECONDS", 0.02)  # keep the timing loop short on the shared CPU
+        for args in (
+            ("train", "student", "-q"),
+            ("train", "student", "--model", "popularity", "--out", "runs/popularity", "-q"),
+        ):
+            r = invoke(*args)
+            assert r.exit_code == 0, r.output
+        r = invoke("report", "runs/student", "runs/popularity", "-q")
+        assert r.exit_code == 0, r.output
+    return root
+
+
+@pytest.fixture()
+def in_work(work: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(build, "MIN_TIMED_SECONDS", 0.02)
+    return work
+
+
+def truth(artifact: Path) -> dict:
+    """Independent ground truth from the parquet files: test patients' last-visit drugs, n_visits, and the
+    popularity model's scores (share of training patients whose last visit has the drug)."""
+    labels = json.loads((artifact / "vocab.json").read_text())["medications"]["codes"]
+    patients = pl.read_parquet(artifact / "patients.parquet")
+    last = pl.read_parquet(artifact / "visits.parquet").sort("visit_no").group_by("subject_id").last()
+    joined = patients.join(last.select("subject_id", "medications"), on="subject_id").sort("subject_id")
+
+    def multi_hot(df: pl.DataFrame) -> np.ndarray:
+        return np.asarray([[c in set(m) for c in labels] for m in df["medications"].to_list()])
+
+    test = joined.filter(pl.col("split") == "test")
+    train = joined.filter(pl.col("split") == "train")
+    return {
+        "labels": labels,
+        "y_test": multi_hot(test),
+        "n_visits": test["n_visits"].to_numpy(),
+        "freq": multi_hot(train).mean(0).astype(np.float32),
+        "n_other": patients.height - test.height,
+    }
+
+
+def run_entry(report: dict, name: str) -> dict:
+    return next(r for r in report["runs"] if r["name"] == name)
+
+
+def test_metrics_match_independent_computation(work: Path, tiny_artifact: Path) -> None:
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    t = truth(tiny_artifact)
+    n = len(t["y_test"])
+    assert [r["name"] for r in report["runs"]] == ["student", "popularity"]
+    assert report["artifact"]["path"] == str(tiny_artifact.resolve())
+    assert report["samples"]["n"] == n == 12
+    single = int((t["n_visits"] == 1).sum())
+    assert report["samples"]["groups"] == {"overall": n, "single": single, "multi": n - single}
+    assert report["bootstrap"] == {"rounds": 10, "fraction": 0.8, "seed": 42}
+    assert report["created_at"]
+
+    pop = run_entry(report, "popularity")
+    manifest = json.loads((work / "runs/popularity/manifest.json").read_text())
+    assert pop["threshold"] == manifest["threshold"]
+    assert pop["threshold"]["how"] == "tuned on validation (max Jaccard)"
+    th = pop["threshold"]["value"]
+    y, freq = t["y_test"], t["freq"]
+
+    point = pop["groups"]["overall"]["point"]
+    expected_prauc = np.mean([average_precision_score(row, freq) for row in y])
+    assert point["prauc"] == pytest.approx(expected_prauc, abs=1e-12)
+    chosen = freq.astype(np.float64) >= th  # the same drug set for every patient
+    k = int(chosen.sum())
+    inter = (y & chosen).sum(1)
+    assert point["jaccard"] == pytest.approx(np.mean(inter / (y | chosen).sum(1)), abs=1e-12)
+    prec, rec = inter / k, inter / y.sum(1)
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-300), 0.0)
+    assert point["f1"] == pytest.approx(f1.mean(), abs=1e-12)
+    assert point["avg_drugs"] == k
+    assert point["avg_true_drugs"] == pytest.approx(y.sum(1).mean(), abs=1e-12)
+    # DDI pairs of the fixture: A02B–N02B and B01A–C07A; everyone gets the same set, so the pooled rate is
+    # (#interacting pairs in the set) / C(k, 2)
+    chosen_codes = {c for c, s in zip(t["labels"], chosen, strict=True) if s}
+    bad = sum(
+        1 for a, b in combinations(sorted(chosen_codes), 2) if {a, b} in ({"A02B", "N02B"}, {"B01A", "C07A"})
+    )
+    assert point["ddi_rate"] == pytest.approx(bad / (k * (k - 1) / 2), abs=1e-12)
+
+    groups = pop["groups"]
+    assert groups["single"]["n"] + groups["multi"]["n"] == groups["overall"]["n"] == n
+    single_ap = np.mean([average_precision_score(row, freq) for row in y[t["n_visits"] == 1]])
+    assert groups["single"]["point"]["prauc"] == pytest.approx(single_ap, abs=1e-12)
+    boot = groups["overall"]["bootstrap"]
+    assert set(boot) >= {"prauc", "jaccard", "f1", "ddi_rate", "avg_drugs", "avg_true_drugs"}
+    assert boot["prauc"]["std"] > 0 and abs(boot["prauc"]["mean"] - point["prauc"]) < 0.1
+
+    student = run_entry(report, "student")
+    s_manifest = json.loads((work / "runs/student/manifest.json").read_text())
+    assert student["threshold"] == s_manifest["threshold"]
+    assert student["groups"]["overall"]["n"] == n
+    assert len(student["per_drug_f1"]) == len(t["labels"])
+    assert report["drugs"]["train_frequency"] == pytest.approx(freq.astype(float).tolist(), abs=1e-7)
+
+
+def test_efficiency_recorded(work: Path) -> None:
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    student, pop = run_entry(report, "student"), run_entry(report, "popularity")
+    s_manifest = json.loads((work / "runs/student/manifest.json").read_text())
+    assert student["efficiency"]["parameters"]["total"] == s_manifest["parameters"]["total"] > 0
+    assert student["efficiency"]["parameters"]["trainable"] == s_manifest["parameters"]["trainable"]
+    assert pop["efficiency"]["parameters"]["total"] == 0
+    for e in (student["efficiency"], pop["efficiency"]):
+        assert e["device"] == "cpu" and e["batch_size"] == 32
+        assert e["latency_ms_per_patient"] > 0
+        assert e["timed_patients"] == 12 * e["timed_passes"]
+        assert e["throughput_patients_per_s"] == pytest.approx(1000 / e["latency_ms_per_patient"], rel=1e-9)
+    assert report["efficiency"]["teacher_student_latency_ratio"] is None  # no teacher run
+
+
+def test_report_files(work: Path) -> None:
+    out = work / "report"
+    assert {p.name for p in out.glob("*.png")} == PLOTS
+    md = (out / "report.md").read_text()
+    for png in PLOTS:
+        assert f"]({png})" in md
+    assert "tuned on validation (max Jaccard)" in md and "## Efficiency" in md
+    html = (out / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    uris = html.split('src="data:image/png;base64,')[1:]
+    assert len(uris) == len(PLOTS)
+    first = base64.b64decode(uris[0].split('"', 1)[0])
+    assert first.startswith(b"\x89PNG\r\n\x1a\n") and first == (out / "metrics.png").read_bytes()
+    assert not list(work.glob(".report.*"))  # no temporary or old folder left behind
+
+
+def test_format_json_prints_only_json(in_work: Path) -> None:
+    r = invoke("report", "runs/popularity", "--format", "json", "-o", "report-json")
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    written = json.loads((in_work / "report-json" / "metrics.json").read_text())
+    assert printed == written
+    assert [x["name"] for x in printed["runs"]] == ["popularity"]
+
+
+def test_default_runs_and_errors(in_work: Path, tmp_path: Path, monkeypatch) -> None:
+    r = invoke("report", "-o", "report-default", "-q")
+    assert r.exit_code == 0, r.output
+    default = json.loads((in_work / "report-default" / "metrics.json").read_text())
+    assert [x["name"] for x in default["runs"]] == ["student"]  # no runs/teacher or runs/distilled here
+
+    before = (in_work / "report" / "metrics.json").read_bytes()
+    r = invoke("report", "runs/missing")
+    assert r.exit_code == 2 and "runs/missing" in r.stderr
+    assert (in_work / "report" / "metrics.json").read_bytes() == before  # the old report is untouched
+
+    keep = in_work / "not-a-report"
+    keep.mkdir(exist_ok=True)
+    (keep / "notes.txt").write_text("mine")
+    r = invoke("report", "runs/popularity", "-o", "not-a-report")
+    assert r.exit_code == 2 and "not a report folder" in r.stderr
+    assert (keep / "notes.txt").read_text() == "mine"
+
+    shutil.copy(in_work / "leader.toml", tmp_path / "leader.toml")
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    r = invoke("report")
+    assert r.exit_code == 2 and "no run folder" in r.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_predictions_file(in_work: Path, tiny_artifact: Path) -> None:
+    visits = str(tiny_artifact / "visits.parquet")
+    r = invoke("predict", visits, "-o", "recs.csv", "--model", "runs/popularity", "--top-k", "12", "-q")
+    assert r.exit_code == 0, r.output
+    r = invoke("report", "--predictions", "recs.csv", "-o", "report-pred", "-q")
+    assert r.exit_code == 0, r.output
+    pred = json.loads((in_work / "report-pred" / "metrics.json").read_text())
+    runs_report = json.loads((in_work / "report" / "metrics.json").read_text())
+    entry, pop = pred["runs"][0], run_entry(runs_report, "popularity")
+    assert pred["source"] == "predictions" and entry["kind"] == "predictions" and entry["name"] == "recs"
+    t = truth(tiny_artifact)
+    assert entry["predictions"]["matched_test_patients"] == 12
+    assert entry["predictions"]["ignored_other_subjects"] == t["n_other"]
+    # all 12 drugs are in the file, so it must reproduce the run's own evaluation exactly
+    for key in ("prauc", "jaccard", "f1", "ddi_rate", "avg_drugs"):
+        assert entry["groups"]["overall"]["point"][key] == pytest.approx(
+            pop["groups"]["overall"]["point"][key], abs=1e-9
+        )
+    assert entry["threshold"]["value"] == pytest.approx(
+        min(f for f in t["freq"].astype(float) if f >= pop["threshold"]["value"]), abs=1e-6
+    )
+    assert "latency.png" not in {p.name for p in (in_work / "report-pred").glob("*.png")}
+
+    # top-3: the other drugs score 0
+    r = invoke("predict", visits, "-o", "recs3.csv", "--model", "runs/popularity", "--top-k", "3", "-q")
+    assert r.exit_code == 0, r.output
+    r = invoke("report", "--predictions", "recs3.csv", "-o", "report-pred3", "-q")
+    assert r.exit_code == 0, r.output
+    top3 = json.loads((in_work / "report-pred3" / "metrics.json").read_text())["runs"][0]
+    freq = t["freq"].astype(np.float64)
+    kept = np.where(
+        freq >= np.sort(freq)[-3], freq, 0.0
+    )  # the fixture's top-3 frequencies have no tie at 3rd
+    assert (freq >= np.sort(freq)[-3]).sum() == 3
+    expected = np.mean([average_precision_score(row, kept) for row in t["y_test"]])
+    assert top3["groups"]["overall"]["point"]["prauc"] == pytest.approx(expected, abs=1e-6)
+    assert top3["predictions"]["top_k"] == 3
+
+    pl.read_csv(in_work / "recs.csv").drop("score").write_csv(in_work / "bad.csv")
+    r = invoke("report", "--predictions", "bad.csv", "-o", "report-bad")
+    assert r.exit_code == 2 and "'score' is missing" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_html_renders_in_headless_chromium(work: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "check_report_html", ROOT / "benchmarks" / "check_report_html.py"
+    )
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    shot = tmp_path / "shot.png"
+    result = check.check_html(work / "report" / "report.html", shot)
+    assert result["loaded"]
+    assert result["console_errors"] == []
+    assert result["images"] == len(PLOTS) and result["images_rendered"] == len(PLOTS)
+    assert result["external_requests"] == []
+    assert shot.read_bytes().startswith(b"\x89PNG") and result["page_height"] > 1000
