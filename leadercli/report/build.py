@@ -237,9 +237,10 @@ def _score_teacher(run_dir: Path, samples: list, device, batch_size: int) -> Sco
             batch_size,
         )
     try:
-        parameters = {**{k: int(v) for k, v in scorer.parameters().items()}, "from": "model"}
-    except (AttributeError, TypeError):
-        parameters = None
+        counted = {k: int(v) for k, v in scorer.parameters().items()}
+    except (AttributeError, TypeError, ValueError):
+        counted = {}
+    parameters = {**counted, "from": "teacher scorer"} if "total" in counted else None  # None → manifest
     timing["includes"] = "prompt building and tokenisation"
     return Scored(np.concatenate(outputs), np.asarray([s.subject_id for s in samples]), parameters, timing)
 

@@ -31,22 +31,28 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def work(tiny_artifact: Path, tmp_path_factory) -> Path:
-    """A working folder with leader.toml, runs/student (2 epochs, tiny) and runs/popularity, and report/."""
+    """A working folder with leader.toml, runs/teacher (tiny random LLaMA, 2 steps), runs/student (2 epochs,
+    tiny), runs/popularity, and report/ on the three."""
+    from leadercli.testing import make_tiny_llama
+
     root = tmp_path_factory.mktemp("report_work")
+    llama = make_tiny_llama(root / "tiny-llama")
     (root / "leader.toml").write_text(
         f'[paths]\nartifact = "{tiny_artifact}"\n\n'
+        f'[teacher]\nbase_model = "{llama}"\nmax_steps = 2\n\n'
         "[student]\nepochs = 2\nhidden = 16\nheads = 2\nff = 32\nhead_hidden = 32\n"
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setattr(build, "MIN_TIMED_SECONDS", 0.02)  # keep the timing loop short on the shared CPU
         for args in (
+            ("train", "teacher", "-q"),
             ("train", "student", "-q"),
             ("train", "student", "--model", "popularity", "--out", "runs/popularity", "-q"),
         ):
             r = invoke(*args)
             assert r.exit_code == 0, r.output
-        r = invoke("report", "runs/student", "runs/popularity", "-q")
+        r = invoke("report", "runs/teacher", "runs/student", "runs/popularity", "-q")
         assert r.exit_code == 0, r.output
     return root
 
@@ -88,7 +94,8 @@ def test_metrics_match_independent_computation(work: Path, tiny_artifact: Path) 
     report = json.loads((work / "report" / "metrics.json").read_text())
     t = truth(tiny_artifact)
     n = len(t["y_test"])
-    assert [r["name"] for r in report["runs"]] == ["student", "popularity"]
+    assert [r["name"] for r in report["runs"]] == ["teacher", "student", "popularity"]
+    assert [r["kind"] for r in report["runs"]] == ["teacher", "student", "popularity"]
     assert report["artifact"]["path"] == str(tiny_artifact.resolve())
     assert report["samples"]["n"] == n == 12
     single = int((t["n_visits"] == 1).sum())
@@ -151,7 +158,19 @@ def test_efficiency_recorded(work: Path) -> None:
         assert e["latency_ms_per_patient"] > 0
         assert e["timed_patients"] == 12 * e["timed_passes"]
         assert e["throughput_patients_per_s"] == pytest.approx(1000 / e["latency_ms_per_patient"], rel=1e-9)
-    assert report["efficiency"]["teacher_student_latency_ratio"] is None  # no teacher run
+    teacher = run_entry(report, "teacher")
+    t_manifest = json.loads((work / "runs/teacher/manifest.json").read_text())
+    assert teacher["threshold"] == t_manifest["threshold"]
+    assert teacher["efficiency"]["parameters"]["total"] == t_manifest["parameters"]["total"]
+    assert (
+        teacher["efficiency"]["parameters"]["trainable"] < teacher["efficiency"]["parameters"]["total"]
+    )  # LoRA
+    assert teacher["efficiency"]["device"] == "cpu" and teacher["groups"]["overall"]["n"] == 12
+    ratio = report["efficiency"]["teacher_student_latency_ratio"]
+    assert set(ratio) == {"student"}  # baselines are not students
+    assert ratio["student"] == pytest.approx(
+        teacher["efficiency"]["latency_ms_per_patient"] / student["efficiency"]["latency_ms_per_patient"]
+    )
 
 
 def test_report_files(work: Path) -> None:
@@ -183,7 +202,10 @@ def test_default_runs_and_errors(in_work: Path, tmp_path: Path, monkeypatch) -> 
     r = invoke("report", "-o", "report-default", "-q")
     assert r.exit_code == 0, r.output
     default = json.loads((in_work / "report-default" / "metrics.json").read_text())
-    assert [x["name"] for x in default["runs"]] == ["student"]  # no runs/teacher or runs/distilled here
+    assert [x["name"] for x in default["runs"]] == [
+        "teacher",
+        "student",
+    ]  # paths.teacher/student; no distilled
 
     before = (in_work / "report" / "metrics.json").read_bytes()
     r = invoke("report", "runs/missing")
@@ -233,11 +255,12 @@ def test_predictions_file(in_work: Path, tiny_artifact: Path) -> None:
     r = invoke("report", "--predictions", "recs3.csv", "-o", "report-pred3", "-q")
     assert r.exit_code == 0, r.output
     top3 = json.loads((in_work / "report-pred3" / "metrics.json").read_text())["runs"][0]
-    freq = t["freq"].astype(np.float64)
-    kept = np.where(
-        freq >= np.sort(freq)[-3], freq, 0.0
-    )  # the fixture's top-3 frequencies have no tie at 3rd
-    assert (freq >= np.sort(freq)[-3]).sum() == 3
+    # the same three drugs (the most frequent) for everyone: read them back from the file, the rest score 0
+    recs = pl.read_csv(in_work / "recs3.csv").unique(["atc3", "score"])
+    assert recs.height == 3
+    kept = np.zeros(len(t["labels"]))
+    for code, score in recs.select("atc3", "score").iter_rows():
+        kept[t["labels"].index(code)] = score
     expected = np.mean([average_precision_score(row, kept) for row in t["y_test"]])
     assert top3["groups"]["overall"]["point"]["prauc"] == pytest.approx(expected, abs=1e-6)
     assert top3["predictions"]["top_k"] == 3
