@@ -447,15 +447,15 @@ def report_from_predictions(
     threshold is the lowest `score` among selected rows (checked: selected ⇔ score ≥ threshold). Test patients
     missing from the file are left out (counted in the report); other subjects are ignored."""
     _check_format(output_format)
-    path = Path(predictions_path)
-    df = _read_predictions(path)
-    artifact = Artifact(settings.artifact_dir())
-    ddi = artifact.ddi_index_pairs()
-    samples = _test_samples(artifact, 1, settings.samples.per_visit)
     if settings.samples.per_visit:
         raise SettingsError(
             "samples.per_visit is on, but a predictions file holds one visit per patient", "Turn it off"
         )
+    path = Path(predictions_path)
+    df = _read_predictions(path)
+    artifact = Artifact(settings.artifact_dir())
+    ddi = artifact.ddi_index_pairs()
+    samples = _test_samples(artifact, 1, False)
     y_all = multi_hot(samples, artifact.vocab.medications.index)
     row_of = {s.subject_id: i for i, s in enumerate(samples)}
     hadm_of = {s.subject_id: s.hadm_id for s in samples}
