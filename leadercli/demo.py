@@ -49,9 +49,10 @@ def run_demo(settings: Settings, workdir: Path | None = None) -> dict:
     runs_ = [Path(settings.paths.teacher), Path(settings.paths.distilled), Path(settings.paths.student)]
     stage("6/6 report", lambda: build_report(settings, runs_))
     total = sum(times.values())
+    parts = ", ".join(f"{name.split(maxsplit=1)[1]} {sec:.0f} s" for name, sec in times.items())
     console.out.print(
         "\n[bold green]demo finished[/bold green] in "
-        f"{total:.0f} s ({', '.join(f'{k.split(' ', 1)[1]} {v:.0f} s' for k, v in times.items())})\n"
+        f"{total:.0f} s ({parts})\n"
         f"  report:      {Path(settings.paths.report).resolve() / 'report.html'}\n"
         f"  predictions: {recs.resolve()}\n"
         f"  runs:        {', '.join(str(p) for p in runs_)}",

@@ -150,7 +150,11 @@ class TeacherSettings(_Section):
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     epochs: float = Field(3.0, gt=0, description="Training length in epochs (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps (reference: 3000 on MIMIC-III).")
-    eval_every: int = Field(50, ge=1, description="Evaluate on the validation split every N optimizer steps.")
+    eval_every: int = Field(
+        50,
+        ge=1,
+        description="Evaluate on the validation split every N optimizer steps (at least once per epoch).",
+    )
     eval_batch_size: int = Field(32, ge=1)
     gradient_checkpointing: bool = Field(False)
     threshold: float | None = Field(

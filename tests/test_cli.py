@@ -118,5 +118,7 @@ def test_missing_artifact_is_one_line(tmp_path, monkeypatch):
 
 def test_python_m_leadercli(tmp_path):
     env = dict(os.environ, COLUMNS="120")
-    p = subprocess.run([sys.executable, "-m", "leadercli", "--version"], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "leadercli", "--version"], capture_output=True, text=True, env=env
+    )
     assert p.returncode == 0 and p.stdout.startswith("leader ")

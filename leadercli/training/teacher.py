@@ -56,7 +56,7 @@ def make_prompts(samples: list[Sample], vocab, tokenizer, prompt_cfg: dict, max_
     extra = 1 if needs_eos(tokenizer) else 0
 
     def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=True)["input_ids"]) + extra
+        return len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]) + extra
 
     idx = vocab.medications.index
     prompts, labels = [], []
@@ -427,6 +427,8 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     global_batch = cfg.batch_size * world
     micro_per_epoch = math.ceil(n_train / global_batch)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+    # evaluate at least once per epoch, so short runs (the demo) still log validation PRAUC as they go
+    eval_every = max(1, min(cfg.eval_every, micro_per_epoch // cfg.grad_accum))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total)
@@ -505,7 +507,7 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
                 step += 1
                 tok_s = seen_tokens / max(time.perf_counter() - t0, 1e-9)
                 advance(1, status=f"loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s")
-                if step % cfg.eval_every == 0 or step == total:
+                if step % eval_every == 0 or step == total:
                     val = evaluate()
                     model.train()
                     record = {

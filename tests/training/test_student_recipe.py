@@ -20,7 +20,9 @@ runner = CliRunner()
 
 def _workdir(tmp_path: Path, tiny_artifact: Path, epochs: int = 4) -> Path:
     shutil.copytree(tiny_artifact, tmp_path / "data" / "mimic3")
-    (tmp_path / "leader.toml").write_text(f"[student]\nepochs = {epochs}\nbatch_size = 8\nhidden = 16\nff = 32\n")
+    (tmp_path / "leader.toml").write_text(
+        f"[student]\nepochs = {epochs}\nbatch_size = 8\nhidden = 16\nff = 32\n"
+    )
     return tmp_path
 
 
@@ -103,7 +105,9 @@ def test_baselines(tmp_path, tiny_artifact, monkeypatch):
         m = json.loads((wd / f"runs/{model}/manifest.json").read_text())
         assert m["kind"] == model
     # popularity: every patient gets the same ranking
-    r = _invoke(["predict", "data/mimic3/visits.parquet", "-o", "pop.csv", "--model", "runs/popularity", "-q"])
+    r = _invoke(
+        ["predict", "data/mimic3/visits.parquet", "-o", "pop.csv", "--model", "runs/popularity", "-q"]
+    )
     assert r.exit_code == 0, r.output
     df = pl.read_csv("pop.csv")
     firsts = df.filter(pl.col("rank") == 1)["atc3"].unique()
@@ -136,7 +140,9 @@ def test_predict_output_and_ranking(trained):
 
 def test_predict_ignores_target_drugs_and_accepts_raw_icd(trained):
     visits = pl.read_parquet("data/mimic3/visits.parquet")
-    a = visits.with_columns(pl.lit(["A02B"]).alias("medications"))  # history drugs change → but last visit ignored
+    a = visits.with_columns(
+        pl.lit(["A02B"]).alias("medications")
+    )  # history drugs change → but last visit ignored
     raw = visits.with_columns(
         pl.col("diagnoses").list.eval(pl.element().str.replace(r"^D9:", "")),
         pl.col("procedures").list.eval(pl.element().str.replace(r"^P9:", "")),

@@ -53,9 +53,16 @@ def teacher_wd(tmp_path_factory, tiny_artifact):
 
 def test_teacher_run_folder(teacher_wd):
     out = teacher_wd / "runs" / "teacher"
-    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors",
-                 "manifest.json", "settings.toml", "train_log.jsonl", "features/train.safetensors",
-                 "features/val.safetensors"):
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "head.safetensors",
+        "manifest.json",
+        "settings.toml",
+        "train_log.jsonl",
+        "features/train.safetensors",
+        "features/val.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "checkpoint").exists() and not (out / "best").exists()
     m = json.loads((out / "manifest.json").read_text())
@@ -105,7 +112,9 @@ def test_distill_runs_and_projector_follows_teacher(teacher_wd):
     cwd = os.getcwd()
     os.chdir(teacher_wd)
     try:
-        r = runner.invoke(app, ["predict", "data/mimic3/visits.parquet", "-o", "d.csv", "--model", "runs/distilled", "-q"])
+        r = runner.invoke(
+            app, ["predict", "data/mimic3/visits.parquet", "-o", "d.csv", "--model", "runs/distilled", "-q"]
+        )
     finally:
         os.chdir(cwd)
     assert r.exit_code == 0, r.output
@@ -186,8 +195,20 @@ def test_torchrun_two_cpu_processes(teacher_wd, tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "ddp"
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "leadercli", "train", "teacher",
-           "-q", "--out", str(out)]
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "leadercli",
+        "train",
+        "teacher",
+        "-q",
+        "--out",
+        str(out),
+    ]
     p = subprocess.run(cmd, cwd=teacher_wd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
