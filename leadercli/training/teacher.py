@@ -444,6 +444,9 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     if resume and (ckpt / "state.json").is_file():
         s = _load_ckpt(ckpt, model, optimizer)
         start_step, best, best_step = s["step"], s["best"], s["best_step"]
+        if main:  # log lines written after the checkpoint belong to the interrupted attempt
+            kept = [r for r in runs.read_log(out) if r.get("step", 0) <= start_step]
+            (out / runs.LOG).write_text("".join(json.dumps(r) + "\n" for r in kept))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(start_step):

@@ -202,3 +202,21 @@ def test_checkpoint_refuses_other_artifact(trained, tmp_path):
     m = runs.read_manifest(Path("runs/student"))
     with pytest.raises(ArtifactError, match="another label list"):
         runs.check_matches_artifact(m, Artifact(other), Path("runs/student"))
+
+
+def test_checkpoint_round_trip_reproduces_test_metrics(trained):
+    """Reloading model.safetensors through the manifest gives exactly the metrics the run recorded."""
+    import numpy as np
+
+    from leadercli import metrics
+    from leadercli.data.artifact import Artifact
+    from leadercli.data.samples import load_samples
+    from leadercli.training.loop import score
+    from leadercli.training.student import load_scorer
+
+    model, encoder, manifest = load_scorer(Path("runs/student"))
+    art = Artifact(Path("data/mimic3"))
+    s = score(model, encoder.encode_all(load_samples(art, "test")), encoder, 64, torch.device("cpu"))
+    got = float(metrics.prauc(s["labels"], s["probs"]).mean())
+    want = manifest["metrics"]["test"]["overall"]["point"]["prauc"]
+    assert np.isclose(got, want, rtol=0, atol=1e-12)

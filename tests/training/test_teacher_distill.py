@@ -219,3 +219,39 @@ def test_torchrun_two_cpu_processes(teacher_wd, tmp_path):
     single = FeatureCache.load(teacher_wd / "runs/teacher/features/train.safetensors")
     assert len(cache) == len(single)  # both ranks' shares merged, nothing duplicated
     assert not list((out / "features").glob("*.rank*"))
+
+
+def test_teacher_resume_equals_uninterrupted(teacher_wd, tmp_path, monkeypatch):
+    """Interrupted after its first evaluation checkpoint, a resumed teacher run ends with the same weights."""
+    from leadercli.training import teacher as recipe
+
+    real = recipe._save_ckpt
+    calls = {"n": 0}
+
+    def crash_after_first(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "_save_ckpt", crash_after_first)
+    out = tmp_path / "resumed"
+    cwd = os.getcwd()
+    os.chdir(teacher_wd)
+    try:
+        r = runner.invoke(app, ["train", "teacher", "-q", "--out", str(out)])
+        assert r.exit_code == 130 and (out / "checkpoint" / "state.json").is_file()
+        assert not (out / "manifest.json").exists()
+        monkeypatch.setattr(recipe, "_save_ckpt", real)
+        r = runner.invoke(app, ["train", "teacher", "-q", "--out", str(out), "--resume"])
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.output
+    a = load_file(str(teacher_wd / "runs/teacher/head.safetensors"))["head.weight"]
+    b = load_file(str(out / "head.safetensors"))["head.weight"]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    la = load_file(str(teacher_wd / "runs/teacher/adapter/adapter_model.safetensors"))
+    lb = load_file(str(out / "adapter/adapter_model.safetensors"))
+    for k in la:
+        torch.testing.assert_close(la[k], lb[k], rtol=0, atol=1e-6)
+    assert [r["step"] for r in runs.read_log(out)] == [2, 4]
