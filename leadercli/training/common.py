@@ -47,14 +47,10 @@ def save_checkpoint(
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for pid, st in opt["state"].items():
-        for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(v)
-            tensors[f"optim.{pid}.{k}"] = t.detach().cpu().contiguous()
+    tensors.update(optimizer_tensors(optimizer))
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {"state": state, "optim_groups": opt["param_groups"], "numpy_rng": _np_state()}
+    meta = {"state": state, "optim_groups": optimizer.state_dict()["param_groups"], "numpy_rng": _np_state()}
     (tmp / "state.json").write_text(json.dumps(meta))
     if path.exists():
         import shutil
@@ -72,15 +68,33 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             f"checkpoint {path} is unreadable ({type(exc).__name__})", "Start again without --resume"
         ) from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors, meta["optim_groups"])
+    torch.set_rng_state(tensors["rng.torch"])
+    _set_np_state(meta["numpy_rng"])
+    return meta["state"]
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Optimizer state as flat tensors `optim.<param id>.<name>` (safetensors has no nested objects)."""
+    out = {}
+    for pid, st in optimizer.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"optim.{pid}.{k}"] = (
+                (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            )
+    return out
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list
+) -> None:
+    """Inverse of `optimizer_tensors` (param groups come from the checkpoint's JSON)."""
     state: dict = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    _set_np_state(meta["numpy_rng"])
-    return meta["state"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def _np_state() -> dict:

@@ -97,42 +97,25 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     manifest = runs.base_manifest(cfg.model, artifact)
     ddi = artifact.ddi_index_pairs()
 
+    fitted = None
     if cfg.model in ("popularity", "previous"):
         from leadercli.models.baselines import PopularityModel, PreviousVisitModel, drug_frequency
 
-        labels = encoder.collate(splits["train"])["labels"]
-        freq = drug_frequency(labels)
+        freq = drug_frequency(encoder.collate(splits["train"])["labels"])
         model = (
             PopularityModel(freq)
             if cfg.model == "popularity"
             else PreviousVisitModel(freq, encoder.med_offset)
         )
-        result = evaluate_run(
-            model,
-            encoder,
-            splits["val"],
-            splits["test"],
-            cfg.threshold,
-            ddi,
-            cfg.eval_batch_size,
-            device,
-            settings.report,
-        )
-        manifest.update(
-            {"threshold": result["threshold"], "metrics": {"val": result["val"], "test": result["test"]}}
-        )
+        config = None
         manifest["model_config"] = {"med_offset": encoder.med_offset, "n_labels": encoder.n_labels}
-        save_run(out, model, None, artifact, manifest, settings)
-        console.info(f"{cfg.model} baseline: {summary_line(result)}")
-        console.info(f"saved {out}")
-        return out
-
-    model, config = build_student(encoder, cfg)
-    model.to(device)
-    console.info(f"student: {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
-    # train
-    fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume)
-    # save
+    else:
+        model, config = build_student(encoder, cfg)
+        model.to(device)
+        console.info(f"student: {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
+        # train
+        fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume)
+    # save: threshold on validation, metrics, weights
     result = evaluate_run(
         model,
         encoder,
@@ -145,16 +128,18 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
         settings.report,
     )
     manifest.update(
-        {
-            "threshold": result["threshold"],
-            "best_epoch": fitted.best_epoch,
-            "epochs_run": fitted.epochs_run,
-            "best_val_prauc": fitted.best_val_prauc,
-            "metrics": {"val": result["val"], "test": result["test"]},
-        }
+        {"threshold": result["threshold"], "metrics": {"val": result["val"], "test": result["test"]}}
     )
+    if fitted is not None:
+        manifest.update(
+            {
+                "best_epoch": fitted.best_epoch,
+                "epochs_run": fitted.epochs_run,
+                "best_val_prauc": fitted.best_val_prauc,
+            }
+        )
     save_run(out, model, config, artifact, manifest, settings)
-    console.info(summary_line(result))
+    console.info(f"{cfg.model}: {summary_line(result)}")
     console.info(f"saved {out}")
     return out
 

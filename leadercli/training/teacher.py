@@ -28,6 +28,7 @@ from leadercli.data.artifact import Artifact
 from leadercli.data.samples import Sample, load_samples
 from leadercli.errors import ArtifactError, ModelError
 from leadercli.settings import Settings
+from leadercli.training.common import optimizer_tensors, restore_optimizer
 
 FEATURES_DIR = "features"
 BEST_DIR = "best"
@@ -321,17 +322,10 @@ def _save_ckpt(path: Path, model, optimizer, state: dict) -> None:
     tmp.mkdir(parents=True)
     params = _trainable(model)
     tensors = {f"param.{n}": p.detach().float().cpu().contiguous() for n, p in params.items()}
-    opt = optimizer.state_dict()
-    for pid, st in opt["state"].items():
-        for k, v in st.items():
-            tensors[f"optim.{pid}.{k}"] = (
-                (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-            )
+    tensors.update(optimizer_tensors(optimizer))
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "state.safetensors"))
-    groups = [
-        {k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt["param_groups"]
-    ]
+    groups = optimizer.state_dict()["param_groups"]
     (tmp / "state.json").write_text(json.dumps({"state": state, "optim_groups": groups}))
     if path.exists():
         shutil.rmtree(path)
@@ -350,12 +344,7 @@ def _load_ckpt(path: Path, model, optimizer) -> dict:
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param.{n}"].to(p.dtype))
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+    restore_optimizer(optimizer, tensors, meta["optim_groups"])
     torch.set_rng_state(tensors["rng.torch"])
     return meta["state"]
 
