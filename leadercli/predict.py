@@ -7,6 +7,12 @@ drugs; the latest visit's own drugs are ignored) and optional profile columns. C
 must be contiguous (as in the artifact, sorted by subject); the file is streamed in record batches so memory
 stays bounded whatever its size.
 
+Pipeline (issue 3, "Speed"): a thread reads a record batch, carries its last subject over to the next one and
+encodes the whole subjects straight from the frame to padded id tensors (`Encoder.encode_frame`: the same
+tensors as `samples_from_frame` → `Encoder.encode` → `collate`, patients batched by visit count so that most
+batches pad to one visit); meanwhile `SCORERS` threads run the model (one intra-op thread each) on the batches
+of the chunk before, and the main thread writes each chunk's rows back in subject order.
+
 Output: one row per (subject, drug) for the top-k drugs of the subject's latest visit: `subject_id`,
 `hadm_id`, `rank` (1 = best), `atc3`, `drug_name`, `score`, `selected` (score ≥ threshold). CSV or parquet by
 extension, written to a temporary file and renamed into place.
@@ -14,9 +20,16 @@ extension, written to a temporary file and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -25,9 +38,11 @@ import pyarrow.parquet as pq
 import torch
 
 from leadercli import console
-from leadercli.data.batching import batches
-from leadercli.data.samples import samples_from_frame
+from leadercli.data.batching import Encoder
 from leadercli.errors import InputError, SettingsError
+
+T = TypeVar("T")
+SCORERS = 2  # threads running the model, one intra-op thread each (the 2-core reference machine)
 
 REQUIRED = {
     "subject_id": "integer",
@@ -130,7 +145,7 @@ def _apply_prefix(s: pl.Series, col: str) -> pl.Series:
     codes = s.struct.field(col)
     pref = s.struct.field("_p")
     tmp = pl.DataFrame({"c": codes, "p": pref}).with_row_index("i")
-    ex = tmp.explode("c").with_columns(
+    ex = tmp.explode("c", empty_as_null=True).with_columns(  # an empty list keeps its row
         pl.when(pl.col("c").str.contains(r"^[DP]\d+:"))
         .then(pl.col("c"))
         .otherwise(pl.col("p") + pl.col("c").str.replace_all(".", "", literal=True).str.to_uppercase())
@@ -167,8 +182,8 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
     model, encoder, manifest = load_scorer(model_dir)
     threshold = cfg.threshold if cfg.threshold is not None else manifest["threshold"]["value"]
     top_k = min(cfg.top_k, encoder.n_labels)
-    labels = np.asarray(encoder.vocab.medications.codes, dtype=object)
-    names = np.asarray(encoder.vocab.medications.titles, dtype=object)
+    labels = pa.array(encoder.vocab.medications.codes, pa.string())
+    names = pa.array(encoder.vocab.medications.titles, pa.string())
     default_version = 9 if manifest.get("artifact", {}).get("source") == "mimic3" else None
     max_visits = int(_settings_value(model_dir, "samples", "max_visits", settings.samples.max_visits))
     wanted = [
@@ -178,63 +193,45 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
         in set(REQUIRED) | {"admittime", "visit_no", "medications", "icd_version", *encoder.profile_fields}
     ]
 
+    def encoded_chunks() -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
+        seen = _SeenSubjects()
+        for nrows, df in _subject_chunks(pf, input_path, wanted, max(cfg.batch_size * 2, 1024)):
+            yield (
+                nrows,
+                _encode_chunk(df, input_path, encoder, seen, default_version, max_visits, cfg.batch_size),
+            )
+
+    def score(batch: dict[str, torch.Tensor]) -> tuple[pa.Table, np.ndarray]:
+        return _score_batch(model, batch, top_k, threshold, labels, names), batch["sample"].numpy()
+
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     writer = None
     n_patients = n_rows = 0
-    seen: set[int] = set()
-    carry: pl.DataFrame | None = None
+    threads = torch.get_num_threads()
     try:
         writer = _open_writer(tmp, output.suffix.lower())
-        with console.progress("predicting", total=pf.metadata.num_rows) as advance:
-            for rb in pf.iter_batches(batch_size=max(cfg.batch_size * 2, 1024), columns=wanted):
-                df = pl.from_arrow(rb)
-                nrows = df.height
-                if carry is not None:
-                    df = pl.concat([carry, df], how="vertical_relaxed")
-                last = df["subject_id"][-1]
-                carry = df.filter(pl.col("subject_id") == last)
-                df = df.filter(pl.col("subject_id") != last)
-                n_patients, n_rows = _score_chunk(
-                    df,
-                    input_path,
-                    model,
-                    encoder,
-                    seen,
-                    writer,
-                    labels,
-                    names,
-                    top_k,
-                    threshold,
-                    default_version,
-                    max_visits,
-                    cfg.batch_size,
-                    n_patients,
-                    n_rows,
-                )
-                advance(nrows, status=f"{n_patients:,} patients")
-            if carry is not None and carry.height:
-                n_patients, n_rows = _score_chunk(
-                    carry,
-                    input_path,
-                    model,
-                    encoder,
-                    seen,
-                    writer,
-                    labels,
-                    names,
-                    top_k,
-                    threshold,
-                    default_version,
-                    max_visits,
-                    cfg.batch_size,
-                    n_patients,
-                    n_rows,
-                )
+        # three stages overlap: a thread reads and encodes the next chunk while SCORERS threads run the model
+        # on the batches of the current one (torch and polars release the GIL), one intra-op thread each
+        # (many small ops: threads in parallel beat parallel ops); chunks are written in order
+        torch.set_num_threads(1)
+        with (
+            console.progress("predicting", total=pf.metadata.num_rows) as advance,
+            _in_background(encoded_chunks()) as chunks,
+            ThreadPoolExecutor(SCORERS, initializer=torch.set_num_threads, initargs=(1,)) as pool,
+        ):
+            pending: deque = deque()  # chunks being scored: ([future (table, samples)], input rows)
+            for nrows, batches in chunks:
+                pending.append(([pool.submit(score, b) for b in batches], nrows))
+                while len(pending) > 1:  # the next chunk keeps the scorers busy meanwhile
+                    n_patients, n_rows = _write(pending.popleft(), writer, advance, top_k, n_patients, n_rows)
+            while pending:
+                n_patients, n_rows = _write(pending.popleft(), writer, advance, top_k, n_patients, n_rows)
         writer.close()
         writer = None
         os.replace(tmp, output)
     finally:
+        torch.set_num_threads(threads)
         if writer is not None:
             writer.close()
         if tmp.exists():
@@ -270,57 +267,158 @@ def _open_writer(path: Path, suffix: str):
     return pacsv.CSVWriter(path, OUT_SCHEMA)
 
 
-def _score_chunk(
-    df,
-    path,
-    model,
-    encoder,
-    seen,
-    writer,
-    labels,
-    names,
-    top_k,
-    threshold,
-    default_version,
-    max_visits,
-    batch_size,
-    n_patients,
-    n_rows,
-):
+def _subject_chunks(
+    pf: pq.ParquetFile, path: Path, columns: list[str], rows: int
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Record batches of `rows` rows → (rows read, frame of whole subjects): the last subject of a batch is
+    carried over to the next one, as its visits may continue there."""
+    carry: pl.DataFrame | None = None
+    for rb in pf.iter_batches(batch_size=rows, columns=columns):
+        for col in ("subject_id", "hadm_id"):
+            if rb.column(col).null_count:
+                raise InputError(
+                    f"{path}: column '{col}' has {rb.column(col).null_count:,} empty values",
+                    "Every visit needs a subject_id and a hadm_id",
+                )
+        df = pl.from_arrow(rb)
+        nrows = df.height
+        if carry is not None:
+            df = pl.concat([carry, df], how="vertical_relaxed")
+        if df.height == 0:
+            continue
+        last = df["subject_id"][-1]
+        carry = df.filter(pl.col("subject_id") == last)
+        yield nrows, df.filter(pl.col("subject_id") != last)
+    if carry is not None and carry.height:
+        yield 0, carry
+
+
+class _SeenSubjects:
+    """The subjects of the chunks encoded so far (sorted int64 arrays, 8 bytes a subject)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.max: int | None = None
+
+    def add(self, subjects: np.ndarray) -> bool:
+        """Record a chunk's subjects; False when one was seen in an earlier chunk."""
+        u = np.unique(subjects)  # (n,) sorted
+        if self.max is not None and u[0] <= self.max:  # not in ascending order: look each one up
+            for part in self.parts:
+                i = np.searchsorted(part, u).clip(max=len(part) - 1)
+                if (part[i] == u).any():
+                    return False
+        self.parts.append(u)
+        self.max = int(u[-1]) if self.max is None else max(self.max, int(u[-1]))
+        return True
+
+
+def _encode_chunk(
+    df: pl.DataFrame,
+    path: Path,
+    encoder: Encoder,
+    seen: _SeenSubjects,
+    default_version: int | None,
+    max_visits: int,
+    batch_size: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Whole subjects → collated batches (`Encoder.encode_frame`: same tensors as samples + collate)."""
     if df.height == 0:
-        return n_patients, n_rows
-    subjects = df["subject_id"].unique()
-    if seen and any(s in seen for s in subjects.to_list()):
+        return []
+    if not seen.add(df["subject_id"].to_numpy()):
         raise InputError(
             f"{path}: rows of a subject are not contiguous",
             "Sort the file by subject_id (and admittime) first",
         )
-    seen.update(subjects.to_list())
     if "medications" not in df.columns:
         df = df.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("medications"))
     df = _prefix_raw(df, path, default_version)
-    samples = samples_from_frame(df, encoder.profile_fields, max_visits=max_visits)
-    encoded = encoder.encode_all(samples)
-    with torch.inference_mode():
-        for i, batch in enumerate(batches(encoded, batch_size, encoder.collate)):
-            probs = model.score(batch) if hasattr(model, "score") else torch.sigmoid(model(batch).logits)
-            top = torch.topk(probs, top_k, dim=1)
-            sc = top.values.numpy().astype(np.float32)
-            ix = top.indices.numpy()
-            B = sc.shape[0]
-            table = pa.table(
-                {
-                    "subject_id": np.repeat(batch["subject_id"].numpy(), top_k),
-                    "hadm_id": np.repeat(batch["hadm_id"].numpy(), top_k),
-                    "rank": np.tile(np.arange(1, top_k + 1, dtype=np.int32), B),
-                    "atc3": labels[ix.ravel()].tolist(),
-                    "drug_name": names[ix.ravel()].tolist(),
-                    "score": sc.ravel(),
-                    "selected": sc.ravel() >= threshold,
-                },
-                schema=OUT_SCHEMA,
-            )
-            writer.write_table(table)
-            n_patients += B
-            n_rows += table.num_rows
+    return encoder.encode_frame(df, max_visits, batch_size, labels=False, by_length=True)
+
+
+def _score_batch(
+    model, batch: dict[str, torch.Tensor], top_k: int, threshold: float, labels: pa.Array, names: pa.Array
+) -> pa.Table:
+    """One batch → its output rows: the top-k drugs of each patient, best first."""
+    with torch.inference_mode():  # thread-local: entered in the scoring thread
+        probs = (
+            model.score(batch) if hasattr(model, "score") else torch.sigmoid(model(batch).logits)
+        )  # (B, M)
+        top = torch.topk(probs, top_k, dim=1)  # (B, k)
+    sc = top.values.numpy().astype(np.float32).ravel()  # (B·k,)
+    ix = pa.array(top.indices.numpy().ravel())  # (B·k,)
+    B = top.values.shape[0]
+    return pa.table(
+        {
+            "subject_id": np.repeat(batch["subject_id"].numpy(), top_k),
+            "hadm_id": np.repeat(batch["hadm_id"].numpy(), top_k),
+            "rank": np.tile(np.arange(1, top_k + 1, dtype=np.int32), B),
+            "atc3": labels.take(ix),
+            "drug_name": names.take(ix),
+            "score": sc,
+            "selected": sc >= threshold,
+        },
+        schema=OUT_SCHEMA,
+    )
+
+
+def _write(
+    chunk: tuple[list[Future], int], writer, advance, top_k: int, n_patients: int, n_rows: int
+) -> tuple[int, int]:
+    """Wait for the batches of one chunk and write their rows in sample (subject) order: the batches are in
+    visit-count order (`by_length`), each patient's `top_k` rows together. Advances the progress bar by the
+    chunk's input rows."""
+    futures, nrows = chunk
+    if futures:
+        tables, samples = zip(*(f.result() for f in futures), strict=True)
+        order = np.argsort(np.concatenate(samples))  # (P,) batch position of each sample, in sample order
+        rows = (order[:, None] * top_k + np.arange(top_k)).ravel()  # (P·k,)
+        table = pa.concat_tables(tables).take(rows)
+        writer.write_table(table)
+        n_patients, n_rows = n_patients + len(order), n_rows + table.num_rows
+    advance(nrows, status=f"{n_patients:,} patients")
     return n_patients, n_rows
+
+
+@contextlib.contextmanager
+def _in_background(items: Iterator[T], depth: int = 1) -> Iterator[Iterator[T]]:
+    """Runs the iterator `items` in a thread, at most `depth` items ahead of the consumer (memory stays
+    bounded); its exceptions are raised in the consumer, in order. Leaving the block stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the consumer
+            put((False, exc))
+
+    def consume() -> Iterator[T]:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+
+    thread = threading.Thread(target=work, name="leader-predict-encode", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()

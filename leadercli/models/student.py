@@ -53,6 +53,17 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         n, s, d = x.shape  # (N, S, d)
         h, dk = self.heads, d // self.heads
+        if not self.training:
+            # inference: one Q/K/V matmul and the fused attention kernel; the additive −1e9 on masked keys
+            # equals masked_fill(−1e9) (an all-masked row stays finite, uniform); no dropout in eval
+            if s == 1:  # one key: its softmax weight is exactly 1, masked or not
+                return self.out(self.v(x))  # (N, 1, d)
+            w = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # (3d, d)
+            q, k, v = F.linear(x, w).view(n, s, 3, h, dk).permute(2, 0, 3, 1, 4)  # 3 × (N, h, S, dk)
+            bias = torch.zeros(n, 1, 1, s, dtype=q.dtype, device=x.device)  # (N, 1, 1, S)
+            bias.masked_fill_(~key_mask[:, None, None, :], max(NEG_INF, torch.finfo(q.dtype).min))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (N, h, S, dk)
+            return self.out(y.transpose(1, 2).reshape(n, s, d))  # (N, S, d)
         q, k, v = (
             lin(x).view(n, s, h, dk).transpose(1, 2) for lin in (self.q, self.k, self.v)
         )  # (N, h, S, dk)
