@@ -10,8 +10,9 @@ stays bounded whatever its size.
 Pipeline (issue 3, "Speed"): a thread reads a record batch, carries its last subject over to the next one and
 encodes the whole subjects straight from the frame to padded id tensors (`Encoder.encode_frame`: the same
 tensors as `samples_from_frame` → `Encoder.encode` → `collate`, patients batched by visit count so that most
-batches pad to one visit); meanwhile `SCORERS` threads run the model (one intra-op thread each) on the batches
-of the chunk before, and the main thread writes each chunk's rows back in subject order.
+batches pad to one visit); meanwhile as many threads as torch would use (`torch.get_num_threads()`: the cores
+or OMP_NUM_THREADS) run the model, one intra-op thread each, on the batches of the chunks before, and the main
+thread writes each chunk's rows back in subject order.
 
 Output: one row per (subject, drug) for the top-k drugs of the subject's latest visit: `subject_id`,
 `hadm_id`, `rank` (1 = best), `atc3`, `drug_name`, `score`, `selected` (score ≥ threshold). CSV or parquet by
@@ -42,7 +43,6 @@ from leadercli.data.batching import Encoder
 from leadercli.errors import InputError, SettingsError
 
 T = TypeVar("T")
-SCORERS = 2  # threads running the model, one intra-op thread each (the 2-core reference machine)
 
 REQUIRED = {
     "subject_id": "integer",
@@ -211,19 +211,19 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
     threads = torch.get_num_threads()
     try:
         writer = _open_writer(tmp, output.suffix.lower())
-        # three stages overlap: a thread reads and encodes the next chunk while SCORERS threads run the model
+        # three stages overlap: a thread reads and encodes the next chunk while `threads` threads run the model
         # on the batches of the current one (torch and polars release the GIL), one intra-op thread each
         # (many small ops: threads in parallel beat parallel ops); chunks are written in order
         torch.set_num_threads(1)
         with (
             console.progress("predicting", total=pf.metadata.num_rows) as advance,
             _in_background(encoded_chunks()) as chunks,
-            ThreadPoolExecutor(SCORERS, initializer=torch.set_num_threads, initargs=(1,)) as pool,
+            ThreadPoolExecutor(max(1, threads), initializer=torch.set_num_threads, initargs=(1,)) as pool,
         ):
             pending: deque = deque()  # chunks being scored: ([future (table, samples)], input rows)
             for nrows, batches in chunks:
                 pending.append(([pool.submit(score, b) for b in batches], nrows))
-                while len(pending) > 1:  # the next chunk keeps the scorers busy meanwhile
+                while len(pending) > max(1, threads // 2):  # the next chunks keep the scorers busy meanwhile
                     n_patients, n_rows = _write(pending.popleft(), writer, advance, top_k, n_patients, n_rows)
             while pending:
                 n_patients, n_rows = _write(pending.popleft(), writer, advance, top_k, n_patients, n_rows)

@@ -70,8 +70,10 @@ def test_same_tensors_on_raw_icd_codes_unsorted_with_nulls(tiny_artifact: Path):
     assert prefixed["diagnoses"].explode().drop_nulls().str.starts_with("D9:").all()
     for max_visits, batch_size, by_length in [(10, 16, False), (2, 3, False), (10, 5, True)]:
         _assert_same(art.vocab, prefixed, max_visits, batch_size, by_length)
-    # ordered by admittime (then hadm_id) when there is no visit_no; a profile field missing from the file
+    # ordered by admittime (then hadm_id) when there is no visit_no; a profile field missing from the file;
+    # no medications column
     _assert_same(art.vocab, prefixed.drop("visit_no", "religion"), 10, 8)
+    _assert_same(art.vocab, prefixed.drop("medications"), 3, 8, by_length=True)
 
 
 def _tiny_vocab() -> Vocab:

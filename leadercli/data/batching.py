@@ -132,6 +132,8 @@ class Encoder:
             else ["subject_id", "admittime", "hadm_id"]
         )  # the order rule of samples_from_frame
         df = visits.sort(order)
+        if "medications" not in df.columns:
+            df = df.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("medications"))
         w = _window(df["subject_id"].to_numpy(), max_visits, by_length)
         P = len(w.starts)
         if P == 0:
@@ -172,7 +174,7 @@ class Encoder:
             batch["subject_id"] = torch.from_numpy(sid[p0:p1])
             batch["hadm_id"] = torch.from_numpy(hadm[p0:p1])
             if by_length:
-                batch["sample"] = torch.from_numpy(w.patients[p0:p1].astype(np.int64))
+                batch["sample"] = torch.from_numpy(w.sample[p0:p1].astype(np.int64))
             out.append(batch)
         return out
 
@@ -238,7 +240,7 @@ class _Window:
     """The visits of each patient (runs of rows of a frame sorted by patient) that its sample uses, the
     patients in batching order."""
 
-    patients: np.ndarray  # (P,) index of each patient in frame order (run number)
+    sample: np.ndarray  # (P,) index of each patient's sample (its run of rows, in frame order)
     starts: np.ndarray  # (P,) first row of each patient
     counts: np.ndarray  # (P,) visits of each patient (n_visits, uncapped)
     last: np.ndarray  # (P,) row of the target visit
