@@ -25,12 +25,27 @@ def main() -> None:
 
     t0 = time.perf_counter()
     shape = (
-        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=512)
+        dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=512
+        )
         if args.tiny
-        else dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008, vocab_size=32000)
+        else dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            intermediate_size=11008,
+            vocab_size=32000,
+        )
     )
-    config = LlamaConfig(**shape, num_key_value_heads=shape["num_attention_heads"], max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, rms_norm_eps=1e-5)
+    config = LlamaConfig(
+        **shape,
+        num_key_value_heads=shape["num_attention_heads"],
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        rms_norm_eps=1e-5,
+    )
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     torch.manual_seed(0)

@@ -146,8 +146,14 @@ class TeacherSettings(_Section):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate, linear decay to 0.")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    batch_size: int = Field(4, ge=1, description="Per-device batch size (4 × grad_accum 2 keeps the CPU default near 2 GiB).")
-    grad_accum: int = Field(2, ge=1, description="Gradient accumulation steps (effective batch = batch_size × grad_accum × processes).")
+    batch_size: int = Field(
+        4, ge=1, description="Per-device batch size (4 × grad_accum 2 keeps the CPU default near 2 GiB)."
+    )
+    grad_accum: int = Field(
+        2,
+        ge=1,
+        description="Gradient accumulation steps (effective batch = batch_size × grad_accum × processes).",
+    )
     epochs: float = Field(3.0, gt=0, description="Training length in epochs (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps (reference: 3000 on MIMIC-III).")
     eval_every: int = Field(
@@ -155,7 +161,9 @@ class TeacherSettings(_Section):
         ge=1,
         description="Evaluate on the validation split every N optimizer steps (at least once per epoch).",
     )
-    eval_batch_size: int = Field(16, ge=1, description="Batch size for validation, test and feature extraction.")
+    eval_batch_size: int = Field(
+        16, ge=1, description="Batch size for validation, test and feature extraction."
+    )
     gradient_checkpointing: bool = Field(False)
     threshold: float | None = Field(
         None, gt=0, lt=1, description="Fixed decision threshold; unset = tuned on validation."

@@ -75,5 +75,3 @@ def make_synthetic_artifact(path: Path, n_patients: int = 60, seed: int = 0, sou
     }
     (path / A.MANIFEST).write_text(json.dumps(manifest))
     return path
-
-

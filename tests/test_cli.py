@@ -122,3 +122,16 @@ def test_python_m_leadercli(tmp_path):
         [sys.executable, "-m", "leadercli", "--version"], capture_output=True, text=True, env=env
     )
     assert p.returncode == 0 and p.stdout.startswith("leader ")
+
+
+def test_unexpected_errors_show_no_message(monkeypatch):
+    """An unexpected exception's text may quote data: without --debug only its type and place are printed."""
+    import leadercli.settings as settings_mod
+
+    def boom(*a, **k):
+        raise ValueError("patient 123 has value SECRET")
+
+    monkeypatch.setattr(settings_mod, "load_settings", boom)
+    r = runner.invoke(app, ["config"])
+    assert r.exit_code == 1
+    assert "ValueError" in r.output and "SECRET" not in r.output and "--debug" in r.output

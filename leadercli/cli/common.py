@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -59,9 +58,16 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False) -> T:
     except Exception as exc:  # noqa: BLE001 - the CLI boundary
         if debug:
             raise
+        # the message of an unexpected error may quote data values, so only its type and place are shown
+        tb = exc.__traceback__
+        where = ""
+        while tb is not None:
+            if "leadercli" in tb.tb_frame.f_code.co_filename:
+                where = f" in {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+            tb = tb.tb_next
         console.err.print(
-            f"[bold red]unexpected error:[/bold red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            " (rerun with --debug for the traceback)",
+            f"[bold red]unexpected error:[/bold red] {type(exc).__name__}{where}"
+            " (rerun with --debug for the message and traceback; please report it)",
             highlight=False,
         )
         raise typer.Exit(1) from None
@@ -72,7 +78,3 @@ def load(config: Path | None, **sections: dict[str, Any]):
     from leadercli.settings import load_settings
 
     return load_settings(config, overrides=sections)
-
-
-def is_tty() -> bool:
-    return sys.stdout.isatty()
