@@ -57,6 +57,7 @@ def base_manifest(kind: str, artifact: Artifact) -> dict:
             "path": str(artifact.path.resolve()),
             "source": artifact.source,
             "vocab_hash": artifact.vocab_hash,
+            "content_hash": artifact.content_hash,
             "created_at": artifact.manifest.get("created_at"),
         },
         "labels": artifact.labels,

@@ -148,6 +148,17 @@ class Artifact:
     def vocab_hash(self) -> str:
         return vocab_hash(self.vocab)
 
+    @cached_property
+    def content_hash(self) -> str:
+        """sha256 over the data files (the parquet files are byte-identical when rebuilt from the same inputs
+        and settings, so equal hashes mean the same cohort; the manifest's created_at does not count)."""
+        h = hashlib.sha256()
+        for name in (VISITS, PATIENTS, VOCAB, DDI):
+            with open(self.path / name, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()[:16]
+
     def profile_fields(self) -> tuple[str, ...]:
         return tuple(self.vocab.profile.keys())
 

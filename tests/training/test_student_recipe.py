@@ -220,3 +220,12 @@ def test_checkpoint_round_trip_reproduces_test_metrics(trained):
     got = float(metrics.prauc(s["labels"], s["probs"]).mean())
     want = manifest["metrics"]["test"]["overall"]["point"]["prauc"]
     assert np.isclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_manifest_records_artifact_hashes(trained):
+    from leadercli.data.artifact import Artifact
+
+    m = json.loads(Path("runs/student/manifest.json").read_text())
+    art = Artifact(Path("data/mimic3"))
+    assert m["artifact"]["vocab_hash"] == art.vocab_hash
+    assert m["artifact"]["content_hash"] == art.content_hash and len(art.content_hash) == 16
