@@ -418,6 +418,7 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
     # evaluate at least once per epoch, so short runs (the demo) still log validation PRAUC as they go
     eval_every = max(1, min(cfg.eval_every, micro_per_epoch // cfg.grad_accum))
+    log_every = max(1, total // 20)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=1e-8)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total)
@@ -499,6 +500,9 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
                 step += 1
                 tok_s = seen_tokens / max(time.perf_counter() - t0, 1e-9)
                 advance(1, status=f"loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s")
+                if not console.err.is_terminal and step % log_every == 0 and step % eval_every:
+                    # progress bars do not render into log files: a line every 5 % of the run instead
+                    console.info(f"step {step:5d}/{total}  loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s")
                 if step % eval_every == 0 or step == total:
                     val = evaluate()
                     model.train()
