@@ -568,26 +568,20 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     }
     if main:
         dev = accelerator.device
-        val_p = run_teacher(
-            teacher,
-            tokenizer,
-            ps["val"],
-            np.arange(len(samples["val"])),
-            cfg.eval_batch_size,
-            max_length,
-            dev,
-            progress="validation",
-        )
-        test_p = run_teacher(
-            teacher,
-            tokenizer,
-            ps["test"],
-            np.arange(len(samples["test"])),
-            cfg.eval_batch_size,
-            max_length,
-            dev,
-            progress="test",
-        )
+        probs = {
+            split: run_teacher(
+                teacher,
+                tokenizer,
+                ps[split],
+                np.arange(len(samples[split])),
+                cfg.eval_batch_size,
+                max_length,
+                dev,
+                progress=split,
+            )
+            for split in ("val", "test")
+        }
+        val_p, test_p = probs["val"], probs["test"]
         M = len(artifact.labels)
         yv, yt = _multi_hot(ps["val"].labels, M), _multi_hot(ps["test"].labels, M)
         threshold = choose_threshold(cfg.threshold, yv, val_p)
