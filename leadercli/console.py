@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 from rich.console import Console
@@ -72,13 +72,6 @@ def progress(description: str, total: float | None = None) -> Iterator[callable]
             prog.update(task, advance=n, **{k: v for k, v in fields.items()})
 
         yield advance
-
-
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    with progress(description, total=total) as advance:
-        for item in items:
-            yield item
-            advance(1)
 
 
 @contextlib.contextmanager

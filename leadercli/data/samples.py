@@ -10,7 +10,6 @@ target, uncapped: `n_visits == 1` is the single-visit group of the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import polars as pl
 
@@ -101,8 +100,3 @@ def load_samples(
         patients = patients.filter(pl.col("split") == split)
     visits = artifact.visits().join(patients.select("subject_id"), on="subject_id", how="semi")
     return samples_from_frame(visits, artifact.profile_fields(), max_visits, per_visit, profiles=patients)
-
-
-def read_visits_file(path: Path) -> pl.DataFrame:
-    """Read a user's visits parquet for prediction (schema checks live in leadercli.predict)."""
-    return pl.read_parquet(path)

@@ -63,7 +63,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     try:
         tensors = load_file(str(path / "state.safetensors"))
         meta = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError, Exception) as exc:  # safetensors raises its own error type
+    except Exception as exc:  # noqa: BLE001 - OSError, JSON or safetensors' own error type
         raise ArtifactError(
             f"checkpoint {path} is unreadable ({type(exc).__name__})", "Start again without --resume"
         ) from None
