@@ -266,3 +266,15 @@ def drug_frequency(y_true: np.ndarray) -> np.ndarray:
     """(M,) share of samples in which each drug is true (0.0 for no sample)."""
     t = np.asarray(y_true).astype(bool)
     return t.mean(0) if len(t) else np.zeros(t.shape[1])
+
+
+def choose_threshold(fixed: float | None, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
+    """The decision threshold and how it was chosen (every report states it)."""
+    if fixed is not None:
+        return {"value": float(fixed), "how": "fixed in settings"}
+    if len(y_true) == 0:
+        return {"value": 0.5, "how": "default (empty validation split)"}
+    return {
+        "value": float(tune_threshold(y_true, y_prob)),
+        "how": "tuned on validation (max Jaccard)",
+    }

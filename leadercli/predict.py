@@ -156,7 +156,7 @@ def _apply_prefix(s: pl.Series, col: str) -> pl.Series:
 
 
 def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
-    from leadercli.training.student import load_scorer
+    from leadercli.runs import load_run
 
     cfg = settings.predict
     input_path, output = Path(input_path), Path(output)
@@ -179,13 +179,14 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
         raise InputError(f"{input_path} has no rows", "Pass a file with at least one visit")
 
     model_dir = Path(cfg.model) if cfg.model else default_model(settings)
-    model, encoder, manifest = load_scorer(model_dir)
-    threshold = cfg.threshold if cfg.threshold is not None else manifest["threshold"]["value"]
+    scorer = load_run(model_dir)
+    model, encoder, manifest = scorer, scorer.encoder, scorer.manifest
+    threshold = cfg.threshold if cfg.threshold is not None else scorer.threshold
     top_k = min(cfg.top_k, encoder.n_labels)
     labels = pa.array(encoder.vocab.medications.codes, pa.string())
     names = pa.array(encoder.vocab.medications.titles, pa.string())
     default_version = 9 if manifest.get("artifact", {}).get("source") == "mimic3" else None
-    max_visits = int(_settings_value(model_dir, "samples", "max_visits", settings.samples.max_visits))
+    max_visits = scorer.max_visits
     wanted = [
         c
         for c in pf.schema_arrow.names
@@ -248,15 +249,6 @@ def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
     return PredictSummary(
         n_patients, n_rows, {"codes": dict(unk.codes), "profile": unk.profile}, output, threshold, model_dir
     )
-
-
-def _settings_value(run_dir: Path, section: str, key: str, default):
-    import tomllib
-
-    try:
-        return tomllib.loads((run_dir / "settings.toml").read_text())[section][key]
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return default
 
 
 def _open_writer(path: Path, suffix: str):
@@ -341,9 +333,7 @@ def _score_batch(
 ) -> pa.Table:
     """One batch → its output rows: the top-k drugs of each patient, best first."""
     with torch.inference_mode():  # thread-local: entered in the scoring thread
-        probs = (
-            model.score(batch) if hasattr(model, "score") else torch.sigmoid(model(batch).logits)
-        )  # (B, M)
+        probs = model.score_batch(batch)  # (B, M)
         top = torch.topk(probs, top_k, dim=1)  # (B, k)
     sc = top.values.numpy().astype(np.float32).ravel()  # (B·k,)
     ix = pa.array(top.indices.numpy().ravel())  # (B·k,)

@@ -1,5 +1,16 @@
-"""Run folders: manifests that describe their checkpoint (model config, label list, vocab hash, artifact,
-threshold, metrics) and the checks that make a checkpoint refuse an artifact it was not trained for."""
+"""Run folders: the one place that knows what a run folder holds and how to load it.
+
+- manifests that describe the run (kind, model config, label list and hash, vocab hash, artifact, the input
+  settings — `inputs.samples`, `inputs.prompt` — threshold, metrics), written last so that a manifest means a
+  finished run;
+- the checks that make a run refuse an artifact or a vocabulary it was not trained for;
+- `load_run(path)` → a `Scorer` for every kind of run (student, distilled, teacher, popularity, previous) with
+  one interface: `score_samples(samples)` for all, `score_batch(batch)` for the kinds that read student
+  tensors (`tensor_input`). `leader predict`, `leader report`, `leader distill` and the Python API
+  (`leadercli.Recommender`) load runs only through it.
+
+The resume checkpoint inside a run folder (`checkpoint/`) is `leadercli.checkpoint`'s business.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +30,9 @@ MANIFEST = "manifest.json"
 SETTINGS = "settings.toml"
 LOG = "train_log.jsonl"
 VOCAB_COPY = "vocab.json"
+MODEL_FILE = "model.safetensors"
+KINDS = ("student", "distilled", "teacher", "popularity", "previous")
+TENSOR_KINDS = ("student", "distilled", "popularity", "previous")
 
 
 def now() -> str:
@@ -48,8 +62,9 @@ def read_manifest(run_dir: Path) -> dict:
         raise ArtifactError(f"{path} is not valid JSON ({exc.msg})", "Re-run the training command") from None
 
 
-def base_manifest(kind: str, artifact: Artifact) -> dict:
-    return {
+def base_manifest(kind: str, artifact: Artifact, settings=None) -> dict:
+    """The manifest fields every run has; `settings` adds the input settings that define the run's samples."""
+    out = {
         "kind": kind,
         "leadercli_version": __version__,
         "created_at": now(),
@@ -63,6 +78,24 @@ def base_manifest(kind: str, artifact: Artifact) -> dict:
         "labels": artifact.labels,
         "labels_hash": labels_hash(artifact.labels),
     }
+    if settings is not None:
+        out["inputs"] = {"samples": settings.samples.model_dump(mode="json")}
+    return out
+
+
+def run_samples_settings(manifest: dict, run_dir: Path) -> dict:
+    """The sample settings (`max_visits`, `per_visit`) a run was trained with: from its manifest; runs made
+    before the manifest recorded them fall back to the run's own settings.toml, then to the defaults of the
+    version that wrote them (never to the current settings)."""
+    got = (manifest.get("inputs") or {}).get("samples")
+    if got:
+        return dict(got)
+    import tomllib
+
+    try:
+        return dict(tomllib.loads((Path(run_dir) / SETTINGS).read_text())["samples"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return {"max_visits": 10, "per_visit": False}
 
 
 def check_matches_artifact(manifest: dict, artifact: Artifact, run_dir: Path) -> None:
@@ -82,7 +115,9 @@ def check_matches_artifact(manifest: dict, artifact: Artifact, run_dir: Path) ->
         )
 
 
-def prepare_out_dir(out: Path, resume: bool, checkpoint_name: str = "checkpoint") -> None:
+def prepare_out_dir(
+    out: Path, resume: bool, checkpoint_name: str = "checkpoint"
+) -> None:  # = checkpoint.CHECKPOINT_DIR
     """A fresh run clears a previous run's files; --resume keeps them."""
     if out.exists() and not resume:
         for name in (MANIFEST, LOG, checkpoint_name):
@@ -108,3 +143,188 @@ def read_log(out: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- loading a run ---------------------------------------------------------------------------------------------
+class Scorer:
+    """A finished run, ready to score patients. Attributes: `kind`, `path`, `manifest`, `vocab` (the run's
+    copy), `labels` (drug order of every score matrix), `threshold` (the run's decision threshold),
+    `max_visits` (history the run reads), `encoder` (student tensors; it also counts unknown codes),
+    `tensor_input` (True when `score_batch` works)."""
+
+    tensor_input = False
+
+    def __init__(self, path: Path, manifest: dict, device=None) -> None:
+        import torch
+
+        from leadercli.data.batching import Encoder
+
+        self.path = Path(path)
+        self.manifest = manifest
+        self.kind = manifest["kind"]
+        self.device = device if device is not None else torch.device("cpu")
+        self.vocab = read_run_vocab(self.path, manifest)
+        self.labels = list(self.vocab.medications.codes)
+        self.encoder = Encoder(self.vocab)
+        sp = run_samples_settings(manifest, self.path)
+        self.max_visits = int(sp.get("max_visits", 10))
+        th = manifest.get("threshold")
+        if not isinstance(th, dict) or "value" not in th:
+            raise ArtifactError(
+                f"{self.path / MANIFEST} has no decision threshold",
+                "Retrain the run (its manifest is damaged)",
+            )
+        self.threshold = float(th["value"])
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def score_batch(self, batch):
+        raise NotImplementedError(f"a {self.kind} run does not read student tensors")
+
+    def score_samples(self, samples, batch_size: int = 256, vocab=None, progress: str | None = None):
+        """`Sample`s → probabilities (N, M) float32, in the order of `self.labels`. `vocab` may add titles of
+        codes the run does not know (the teacher's prompts name them; other kinds ignore it)."""
+        raise NotImplementedError
+
+    def parameters(self) -> dict[str, int]:
+        return dict(self.manifest.get("parameters", {}))
+
+    def reset_unknown(self) -> None:
+        from leadercli.data.batching import UnknownCounter
+
+        self.encoder.unknown = UnknownCounter()
+
+
+class TensorScorer(Scorer):
+    """Student, distilled, popularity and previous-visit runs: student tensors in, probabilities out."""
+
+    tensor_input = True
+
+    def __init__(self, path: Path, manifest: dict, device=None) -> None:
+        super().__init__(path, manifest, device)
+        self.module = _load_tensor_model(self.path, manifest, self.encoder)
+        self.module.eval().to(self.device)
+
+    def score_batch(self, batch):
+        """A collated batch (`Encoder.collate` / `encode_frame`) → (B, M) probabilities on the CPU."""
+        import torch
+
+        with torch.inference_mode():
+            b = {k: v.to(self.device) for k, v in batch.items()}
+            return self.module.probs(b).float().cpu()
+
+    def score_samples(self, samples, batch_size: int = 256, vocab=None, progress: str | None = None):
+        import numpy as np
+
+        from leadercli import console
+
+        enc = self.encoder.encode_all(samples)
+        out = []
+        with console.progress(progress or "scoring", total=len(enc)) as advance:
+            for i in range(0, len(enc), batch_size):
+                chunk = enc[i : i + batch_size]
+                out.append(self.score_batch(self.encoder.collate(chunk)).numpy())
+                advance(len(chunk))
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+
+class TeacherRunScorer(Scorer):
+    """A teacher run: prompts rendered from the samples, backbone + LoRA + head, probabilities out."""
+
+    def __init__(self, path: Path, manifest: dict, device=None) -> None:
+        super().__init__(path, manifest, device)
+        from leadercli.models.teacher_infer import TeacherScorer
+
+        self.teacher = TeacherScorer(self.path, self.device, manifest=manifest, vocab=self.vocab)
+        self.module = self.teacher.model
+
+    def score_samples(self, samples, batch_size: int = 16, vocab=None, progress: str | None = None):
+        return self.teacher.score_samples(samples, batch_size, vocab=vocab, progress=progress)
+
+
+def read_run_vocab(run_dir: Path, manifest: dict):
+    """The run's copy of its artifact's vocab, checked against the manifest's label and vocab hashes (a
+    vocab.json with reordered or removed labels would put scores under the wrong drugs)."""
+    from leadercli.data.artifact import Vocab, vocab_hash
+
+    path = Path(run_dir) / VOCAB_COPY
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} is missing", "Retrain the run (its vocab copy is part of the run folder)"
+        )
+    try:
+        vocab = Vocab.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        raise ArtifactError(f"{path} is not a leadercli vocab", "Retrain the run") from None
+    want = manifest.get("labels_hash")
+    if want is not None and labels_hash(vocab.medications.codes) != want:
+        raise ArtifactError(
+            f"{path} does not hold the label list the run was trained with (labels hash differs from "
+            f"{MANIFEST})",
+            "Restore the run folder from a copy or retrain the run",
+        )
+    want_v = (manifest.get("artifact") or {}).get("vocab_hash")
+    if want_v is not None and vocab_hash(vocab) != want_v:
+        raise ArtifactError(
+            f"{path} is not the vocabulary the run was trained with (vocab hash differs from {MANIFEST})",
+            "Restore the run folder from a copy or retrain the run",
+        )
+    return vocab
+
+
+def _load_tensor_model(run_dir: Path, manifest: dict, encoder):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing", "Retrain the run")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__})", "Retrain the run"
+        ) from None
+    kind = manifest["kind"]
+    if kind in ("popularity", "previous"):
+        from leadercli.models.baselines import PopularityModel, PreviousVisitModel
+
+        if "freq" not in state or state["freq"].shape != (encoder.n_labels,):
+            raise ArtifactError(f"{path} does not fit its manifest (drug frequencies)", "Retrain the run")
+        freq = state["freq"]
+        return PopularityModel(freq) if kind == "popularity" else PreviousVisitModel(freq, encoder.med_offset)
+    from leadercli.models.student import StudentConfig, StudentModel
+
+    cfg = manifest.get("model_config")
+    if not isinstance(cfg, dict):
+        raise ArtifactError(f"{Path(run_dir) / MANIFEST} has no model_config", "Retrain the run")
+    try:
+        model = StudentModel(StudentConfig(**cfg))
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{path} does not fit its manifest ({str(exc).splitlines()[0][:120]})", "Retrain the run"
+        ) from None
+    return model
+
+
+def load_run(path: Path | str, device=None) -> Scorer:
+    """A run folder of any kind → its `Scorer`. A folder that is not a finished run is one `ArtifactError`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(
+            f"run folder {path} does not exist",
+            "Pass a run folder written by `leader train student`, `leader distill` or `leader train teacher`",
+        )
+    manifest = read_manifest(path)
+    kind = manifest.get("kind") if isinstance(manifest, dict) else None
+    if kind not in KINDS:
+        raise ArtifactError(
+            f"{path / MANIFEST} is not a leadercli run manifest (kind {kind!r})",
+            "Pass a run folder written by `leader train student`, `leader distill` or `leader train teacher`",
+        )
+    if kind == "teacher":
+        return TeacherRunScorer(path, manifest, device)
+    return TensorScorer(path, manifest, device)

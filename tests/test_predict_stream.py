@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from leadercli.cli.main import app
 from leadercli.data.batching import batches
 from leadercli.data.samples import samples_from_frame
-from leadercli.training.student import load_scorer
+from leadercli.runs import load_run
 
 runner = CliRunner()
 TOP_K = 5
@@ -57,7 +57,8 @@ def workdir(tmp_path_factory, tiny_artifact) -> Path:
 
 
 def _expected(wd: Path, visits: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    model, enc, manifest = load_scorer(wd / "runs" / "student")
+    run = load_run(wd / "runs" / "student")
+    model, enc = run.module, run.encoder
     samples = samples_from_frame(visits, enc.profile_fields, max_visits=10)
     rows = []
     with torch.inference_mode():

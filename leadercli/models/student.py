@@ -223,6 +223,10 @@ class StudentModel(nn.Module):
         logits = self.fc2(F.relu(z))  # (B, M)
         return StudentOutput(logits=logits, z=z, profile=prof)
 
+    def probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Drug probabilities (B, M): the scoring interface shared with the baselines."""
+        return torch.sigmoid(self(batch).logits)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

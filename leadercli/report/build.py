@@ -110,16 +110,6 @@ def _threshold(manifest: dict, run_dir: Path) -> dict:
     return {"value": float(th["value"]), "how": str(th.get("how", "recorded in the run's manifest"))}
 
 
-def _run_max_visits(run_dir: Path, default: int) -> int:
-    """The `samples.max_visits` a run was trained with (its settings.toml), else `default`."""
-    import tomllib
-
-    try:
-        return int(tomllib.loads((Path(run_dir) / runs.SETTINGS).read_text())["samples"]["max_visits"])
-    except (OSError, KeyError, ValueError, tomllib.TOMLDecodeError):
-        return default
-
-
 def multi_hot(samples: list, label_index: dict[str, int]) -> np.ndarray:
     """(N, M) bool: the target visit's drugs of each sample (drugs outside the label list are dropped)."""
     y = np.zeros((len(samples), len(label_index)), dtype=bool)
@@ -180,55 +170,24 @@ def _count_parameters(model) -> dict:
     }
 
 
-def _score_student_like(run_dir: Path, kind: str, samples: list, device, batch_size: int) -> Scored:
-    """Student, distilled and baseline runs: encode + collate beforehand, time the model calls."""
+def _score_run(scorer, samples: list, device, batch_size: int) -> Scored:
+    """Any run through its `runs.Scorer`; tensor runs are encoded and collated beforehand so that only the
+    model calls are timed, the teacher's time includes prompt building and tokenisation."""
     import torch
 
     from leadercli.data.batching import batches
-    from leadercli.training.student import load_scorer
 
-    on = torch.device("cpu") if kind in BASELINES else device  # baselines build CPU tensors inside .score
-    model, encoder, manifest = load_scorer(run_dir, on)
-    cpu_batches = list(batches(encoder.encode_all(samples), batch_size, encoder.collate))
-    subject_ids = np.concatenate([b["subject_id"].numpy() for b in cpu_batches])
-    if hasattr(model, "score"):
-        ready = cpu_batches
-
-        def call(b):
-            return model.score(b).float().cpu().numpy()  # (B, M)
-
+    if scorer.tensor_input:
+        enc = scorer.encoder
+        cpu_batches = list(batches(enc.encode_all(samples), batch_size, enc.collate))
+        subject_ids = np.concatenate([b["subject_id"].numpy() for b in cpu_batches])
+        ready = [{k: v.to(scorer.device) for k, v in b.items()} for b in cpu_batches]
+        outputs, timing = _time_calls(
+            lambda b: scorer.score_batch(b).numpy(), ready, len(samples), scorer.device, batch_size
+        )
     else:
-        ready = [{k: v.to(on) for k, v in b.items()} for b in cpu_batches]
-
-        def call(b):
-            return torch.sigmoid(model(b).logits).float().cpu().numpy()  # (B, M)
-
-    with torch.inference_mode():
-        outputs, timing = _time_calls(call, ready, len(samples), on, batch_size)
-    parameters = _count_parameters(model)
-    if kind in BASELINES:
-        parameters = {
-            "total": 0,
-            "trainable": 0,
-            "from": "baseline (training-split drug frequencies, no weights)",
-        }
-    return Scored(np.concatenate(outputs), subject_ids, parameters, timing)
-
-
-def _score_teacher(run_dir: Path, samples: list, device, batch_size: int) -> Scored:
-    """Teacher runs through `leadercli.training.teacher.load_teacher_scorer` (samples in, probabilities out)."""
-    import torch
-
-    try:
-        from leadercli.training.teacher import load_teacher_scorer
-    except ImportError:
-        raise ArtifactError(
-            f"run {run_dir} is a teacher run, but this installation cannot load teachers",
-            "Report on the student runs only (pass them as arguments)",
-        ) from None
-    scorer = load_teacher_scorer(run_dir, device)
-    chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
-    with torch.inference_mode():
+        subject_ids = np.asarray([s.subject_id for s in samples])
+        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
         outputs, timing = _time_calls(
             lambda chunk: np.asarray(scorer.score_samples(chunk, batch_size), dtype=np.float32),
             chunks,
@@ -236,13 +195,21 @@ def _score_teacher(run_dir: Path, samples: list, device, batch_size: int) -> Sco
             device,
             batch_size,
         )
-    try:
+        timing["includes"] = "prompt building and tokenisation"
+    if scorer.kind in BASELINES:
+        parameters = {
+            "total": 0,
+            "trainable": 0,
+            "from": "baseline (training-split drug frequencies, no weights)",
+        }
+    elif scorer.kind == "teacher":
         counted = {k: int(v) for k, v in scorer.parameters().items()}
-    except (AttributeError, TypeError, ValueError):
-        counted = {}
-    parameters = {**counted, "from": "teacher scorer"} if "total" in counted else None  # None → manifest
-    timing["includes"] = "prompt building and tokenisation"
-    return Scored(np.concatenate(outputs), np.asarray([s.subject_id for s in samples]), parameters, timing)
+        parameters = {**counted, "from": "teacher scorer"} if "total" in counted else None
+    else:
+        parameters = _count_parameters(scorer.module)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return Scored(np.concatenate(outputs), subject_ids, parameters, timing)
 
 
 # -- metrics -------------------------------------------------------------------------------------------
@@ -358,7 +325,7 @@ def build_report(settings, run_dirs: list[Path], output_format: str = "table") -
     Returns the report dict (the content of metrics.json)."""
     import torch
 
-    from leadercli.training.common import resolve_device
+    from leadercli.hardware import resolve_device
 
     _check_format(output_format)
     dirs = resolve_run_dirs(settings, run_dirs)
@@ -385,17 +352,16 @@ def build_report(settings, run_dirs: list[Path], output_format: str = "table") -
     cache: dict[int, list] = {settings.samples.max_visits: base}
     entries = []
     for name, d, m, th in zip(_run_names(dirs), dirs, manifests, thresholds, strict=True):
-        mv = _run_max_visits(d, settings.samples.max_visits)
+        mv = int(runs.run_samples_settings(m, d).get("max_visits", settings.samples.max_visits))
         if mv not in cache:
             cache[mv] = _test_samples(artifact, mv, per_visit)
         samples = cache[mv]
         console.info(
             f"scoring {name} ({m['kind']}) and timing it"
         )  # no spinner: its thread would perturb timings
-        if m["kind"] == "teacher":
-            scored = _score_teacher(d, samples, device, rcfg.latency_batch_size)
-        else:
-            scored = _score_student_like(d, m["kind"], samples, device, rcfg.latency_batch_size)
+        scorer = runs.load_run(d, device)
+        scored = _score_run(scorer, samples, device, rcfg.latency_batch_size)
+        del scorer
         if not np.array_equal(scored.subject_ids, subject_ids):
             raise ArtifactError(
                 f"run {d} scored other patients than the test split", "Report a bug with --debug"

@@ -18,8 +18,8 @@ import torch
 
 from leadercli import console, runs
 from leadercli.errors import ArtifactError
+from leadercli.hardware import resolve_device, set_seed
 from leadercli.settings import Settings
-from leadercli.training.common import resolve_device, set_seed
 from leadercli.training.loop import evaluate_run, fit, summary_line
 from leadercli.training.student import build_student, save_run, setup_data
 
@@ -47,7 +47,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     use_kd, use_align = dcfg.kd and alpha > 0, dcfg.align and beta > 0
     cache, teacher_manifest = (None, None)
     if use_kd:
-        from leadercli.training.teacher import ensure_features
+        from leadercli.models.teacher_infer import ensure_features
 
         # features must exist before the student is built: extraction may need the teacher, not the RNG
         cache, teacher_manifest = ensure_features(settings, teacher_dir, artifact, splits=("train",))
@@ -115,7 +115,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         device,
         settings.report,
     )
-    manifest = runs.base_manifest("distilled", artifact)
+    manifest = runs.base_manifest("distilled", artifact, settings)
     manifest.update(
         {
             "distill": {

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from leadercli import checkpoint as ckpt_io
 from leadercli import console, runs
 from leadercli.data.batching import Encoded, Encoder, batches
-from leadercli.training.common import load_checkpoint, save_checkpoint
 
 # extra(model_output, batch) -> {term name: (weight, loss tensor)}
 ExtraLoss = Callable[[object, dict[str, torch.Tensor]], dict[str, tuple[float, torch.Tensor]]]
@@ -41,10 +41,7 @@ def score(
     model.eval()
     probs, labels, nv = [], [], []
     for batch in batches(encoded, batch_size, encoder.collate):
-        if hasattr(model, "score"):
-            p = model.score(batch)
-        else:
-            p = torch.sigmoid(model({k: v.to(device) for k, v in batch.items()}).logits).cpu()
+        p = model.probs({k: v.to(device) for k, v in batch.items()}).cpu()
         probs.append(p.float().numpy())
         labels.append(batch["labels"].numpy() > 0)
         nv.append(batch["n_visits"].numpy())
@@ -77,13 +74,14 @@ def fit(
         list(extra_modules.parameters()) if extra_modules is not None else []
     )
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt, best_path = out / "checkpoint", out / "checkpoint" / "best.safetensors"
+    ckpt = out / ckpt_io.CHECKPOINT_DIR
+    best_path = ckpt / "best.safetensors"
     start, best, best_epoch, bad = 0, -math.inf, -1, 0
     holder = torch.nn.ModuleDict(
         {"model": model, **({"extra": extra_modules} if extra_modules is not None else {})}
     )
-    if resume and (ckpt / "last").is_dir():
-        st = load_checkpoint(ckpt / "last", holder, optimizer)
+    if resume and ckpt_io.exists(ckpt / "last"):
+        st = ckpt_io.load_state(ckpt / "last", ckpt_io.module_tensors(holder), optimizer)
         start, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
         history = [r for r in runs.read_log(out) if r.get("epoch", -1) < start]
         (out / runs.LOG).write_text("".join(__import__("json").dumps(r) + "\n" for r in history))
@@ -147,9 +145,9 @@ def fit(
         console.info(
             f"epoch {epoch + 1:3d}  {terms_txt}  val PRAUC {val_prauc:.4f}{'  *' if improved else ''}"
         )
-        save_checkpoint(
+        ckpt_io.save_state(
             ckpt / "last",
-            holder,
+            ckpt_io.module_tensors(holder),
             optimizer,
             {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad},
         )
@@ -176,7 +174,7 @@ def evaluate_run(
 ) -> dict:
     """Threshold on validation (unless fixed), then validation and test metrics per group."""
     from leadercli import metrics
-    from leadercli.training.common import choose_threshold
+    from leadercli.metrics import choose_threshold
 
     v = score(model, val, encoder, batch_size, device)
     t = score(model, test, encoder, batch_size, device)

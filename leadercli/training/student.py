@@ -6,23 +6,22 @@ Run it small on CPU:  leader preprocess && leader train student
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
+from leadercli import checkpoint as ckpt_io
 from leadercli import console, runs
 from leadercli.data.artifact import Artifact
 from leadercli.data.batching import Encoder
 from leadercli.data.samples import load_samples
+from leadercli.hardware import resolve_device, set_seed
 from leadercli.settings import Settings
-from leadercli.training.common import resolve_device, set_seed
 from leadercli.training.loop import evaluate_run, fit, summary_line
 
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = runs.MODEL_FILE
 
 
 def setup_data(settings: Settings):
@@ -80,7 +79,7 @@ def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, setti
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     runs.write_json(out / runs.MANIFEST, manifest)
-    ckpt = out / "checkpoint"
+    ckpt = out / ckpt_io.CHECKPOINT_DIR
     if ckpt.exists():
         shutil.rmtree(ckpt)
 
@@ -94,7 +93,7 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     artifact, encoder, splits = setup_data(settings)
     runs.prepare_out_dir(out, resume)
     runs.save_settings(settings, out)
-    manifest = runs.base_manifest(cfg.model, artifact)
+    manifest = runs.base_manifest(cfg.model, artifact, settings)
     ddi = artifact.ddi_index_pairs()
 
     fitted = None
@@ -142,44 +141,3 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     console.info(f"{cfg.model}: {summary_line(result)}")
     console.info(f"saved {out}")
     return out
-
-
-def load_scorer(run_dir: Path, device: torch.device | None = None):
-    """A run folder → (model with .score or forward, Encoder, manifest). Works for student, distilled and baselines."""
-    from safetensors.torch import load_file
-
-    from leadercli.data.artifact import Vocab
-    from leadercli.errors import ArtifactError
-
-    manifest = runs.read_manifest(run_dir)
-    vocab = Vocab.from_json(json.loads((Path(run_dir) / runs.VOCAB_COPY).read_text()))
-    encoder = Encoder(vocab)
-    kind = manifest["kind"]
-    state = load_file(str(Path(run_dir) / MODEL_FILE))
-    if kind in ("popularity", "previous"):
-        from leadercli.models.baselines import PopularityModel, PreviousVisitModel
-
-        freq = state["freq"]
-        model = (
-            PopularityModel(freq) if kind == "popularity" else PreviousVisitModel(freq, encoder.med_offset)
-        )
-    elif kind in ("student", "distilled"):
-        from leadercli.models.student import StudentConfig, StudentModel
-
-        model = StudentModel(StudentConfig(**manifest["model_config"]))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ArtifactError(
-                f"{run_dir}/{MODEL_FILE} does not fit its manifest ({str(exc).splitlines()[0]})",
-                "Retrain the run",
-            ) from None
-    else:
-        raise ArtifactError(
-            f"run {run_dir} is a {kind!r} run, which this loader does not score",
-            "Pass a student, distilled or baseline run",
-        )
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model, encoder, manifest

@@ -15,338 +15,29 @@ import json
 import math
 import shutil
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from leadercli import checkpoint as ckpt_io
 from leadercli import console, runs
 from leadercli.data.artifact import Artifact
-from leadercli.data.samples import Sample, load_samples
+from leadercli.data.samples import load_samples
 from leadercli.errors import ArtifactError, ModelError
+from leadercli.hardware import resolve_device
+from leadercli.models.teacher_infer import (
+    _collate,
+    _unwrap,
+    make_prompts,
+    prompt_config,
+    run_teacher,
+    write_features,
+)
 from leadercli.settings import Settings
-from leadercli.training.common import optimizer_tensors, restore_optimizer
 
-FEATURES_DIR = "features"
 BEST_DIR = "best"
-CKPT_DIR = "checkpoint"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# -- prompts --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PromptSet:
-    prompts: list[str]
-    labels: list[list[int]]  # label indices per sample
-    subject_ids: list[int]
-    hadm_ids: list[int]
-    n_visits: list[int]
-    stats: dict
-
-
-def make_prompts(samples: list[Sample], vocab, tokenizer, prompt_cfg: dict, max_length: int) -> PromptSet:
-    """Render and fit every sample's prompt to the backbone's length (history first, never the cue)."""
-    from leadercli.data.prompts import fit_prompt
-    from leadercli.models.teacher import needs_eos
-
-    extra = 1 if needs_eos(tokenizer) else 0
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]) + extra
-
-    idx = vocab.medications.index
-    prompts, labels = [], []
-    totals = {"history_dropped": 0, "codes_dropped": 0, "truncated": 0, "untitled_codes": 0, "tokens": 0}
-    for s in samples:
-        text, st = fit_prompt(s, vocab, count, max_length, **prompt_cfg)
-        prompts.append(text)
-        labels.append(sorted({idx[c] for c in s.target.medications if c in idx}))
-        for k in totals:
-            totals[k] += int(st[k])
-    totals["mean_tokens"] = totals.pop("tokens") / max(len(samples), 1)
-    return PromptSet(
-        prompts,
-        labels,
-        [s.subject_id for s in samples],
-        [s.hadm_id for s in samples],
-        [s.n_visits for s in samples],
-        totals,
-    )
-
-
-def prompt_config(cfg) -> dict:
-    return {
-        "history_visits": cfg.history_visits,
-        "include_profile": cfg.include_profile,
-        "pronoun": cfg.pronoun,
-    }
-
-
-def _collate(
-    ps: PromptSet, idx: np.ndarray, tokenizer, max_length: int, n_labels: int
-) -> dict[str, torch.Tensor]:
-    from leadercli.models.teacher import encode_prompts
-
-    enc = encode_prompts(tokenizer, [ps.prompts[i] for i in idx], max_length)
-    y = torch.zeros(len(idx), n_labels)
-    for r, i in enumerate(idx):
-        y[r, ps.labels[i]] = 1.0
-    enc["labels"] = y
-    return enc
-
-
-# -- scoring and features -------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def run_teacher(
-    model,
-    tokenizer,
-    ps: PromptSet,
-    idx: np.ndarray,
-    batch_size: int,
-    max_length: int,
-    device,
-    want: str = "probs",
-    progress: str | None = None,
-) -> np.ndarray:
-    """Probabilities (N, M) or pooled features (N, d) for the samples `idx` of a PromptSet (eval mode)."""
-    model.eval()
-    outs = []
-    n_labels = model.n_labels if hasattr(model, "n_labels") else _unwrap(model).n_labels
-    with console.progress(progress or "scoring", total=len(idx)) as advance:
-        for i in range(0, len(idx), batch_size):
-            chunk = idx[i : i + batch_size]
-            b = _collate(ps, chunk, tokenizer, max_length, n_labels)
-            o = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
-            x = torch.sigmoid(o.logits) if want == "probs" else o.pooled
-            outs.append(x.float().cpu().numpy())
-            advance(len(chunk))
-    width = n_labels if want == "probs" else _unwrap(model).hidden_size
-    return np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
-
-
-def _unwrap(model):
-    from leadercli.models.teacher import _unwrap as unwrap
-
-    return unwrap(model)
-
-
-def features_path(teacher_dir: Path, split: str) -> Path:
-    return Path(teacher_dir) / FEATURES_DIR / f"{split}.safetensors"
-
-
-def _feature_meta(manifest: dict, artifact: Artifact, split: str) -> dict[str, str]:
-    b = manifest["backbone"]
-    return {
-        "backbone": str(b["name"]),
-        "config_hash": str(b["config_hash"]),
-        "hidden_size": str(b["hidden_size"]),
-        "vocab_hash": artifact.vocab_hash,
-        "split": split,
-        "prompt_template": manifest["prompt"]["template_version"],
-    }
-
-
-def write_features(
-    model,
-    tokenizer,
-    manifest: dict,
-    artifact: Artifact,
-    samples: dict[str, list[Sample]],
-    out: Path,
-    batch_size: int,
-    max_length: int,
-    device,
-    accelerator=None,
-) -> None:
-    """Pooled teacher states per sample → features/<split>.safetensors (fp16), keyed by subject_id.
-    Under several processes each rank writes its shard and the main process merges them."""
-    from leadercli.models.features import merge_feature_shards, save_features
-
-    rank = accelerator.process_index if accelerator is not None else 0
-    world = accelerator.num_processes if accelerator is not None else 1
-    vocab = artifact.vocab
-    pcfg = manifest["prompt"]["options"]
-    for split, ss in samples.items():
-        ps = make_prompts(ss, vocab, tokenizer, pcfg, max_length)
-        idx = np.arange(rank, len(ss), world)
-        feats = run_teacher(
-            model,
-            tokenizer,
-            ps,
-            idx,
-            batch_size,
-            max_length,
-            device,
-            want="features",
-            progress=f"teacher features ({split})",
-        )
-        meta = _feature_meta(manifest, artifact, split)
-        target = features_path(out, split)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sids = torch.tensor([ps.subject_ids[i] for i in idx], dtype=torch.int64)
-        hids = torch.tensor([ps.hadm_ids[i] for i in idx], dtype=torch.int64)
-        if world == 1:
-            save_features(target, sids, hids, torch.from_numpy(feats), meta)
-            continue
-        shard = target.with_name(f"{split}.rank{rank}.safetensors")
-        save_features(shard, sids, hids, torch.from_numpy(feats), meta)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            shards = [target.with_name(f"{split}.rank{r}.safetensors") for r in range(world)]
-            merge_feature_shards(shards, target)
-            for s in shards:
-                s.unlink()
-        accelerator.wait_for_everyone()
-
-
-def ensure_features(settings: Settings, teacher_dir: Path, artifact: Artifact, splits=("train",)):
-    """The teacher's feature cache for `splits`, computed first when missing or made by another backbone /
-    artifact. Returns (FeatureCache of the first split, teacher manifest)."""
-    from leadercli.models.features import FeatureCache, load_features
-
-    manifest = runs.read_manifest(teacher_dir)
-    if manifest.get("kind") != "teacher":
-        raise ArtifactError(
-            f"{teacher_dir} is not a teacher run (kind {manifest.get('kind')!r})",
-            "Pass --teacher runs/teacher",
-        )
-    runs.check_matches_artifact(manifest, artifact, teacher_dir)
-    stale = []
-    for split in splits:
-        p = features_path(teacher_dir, split)
-        if not p.is_file():
-            stale.append(split)
-            continue
-        meta = load_features(p)[3]
-        want = _feature_meta(manifest, artifact, split)
-        if any(
-            meta.get(k) != want[k] for k in ("config_hash", "hidden_size", "vocab_hash", "prompt_template")
-        ):
-            stale.append(split)
-    if stale:
-        console.info(
-            f"teacher features for {', '.join(stale)} are missing or stale: computing them with {teacher_dir}"
-        )
-        device = _device(settings)
-        model, tokenizer = _load_trained(teacher_dir, manifest, device)
-        sp = settings.samples
-        ss = {s: load_samples(artifact, s, sp.max_visits, sp.per_visit) for s in stale}
-        write_features(
-            model,
-            tokenizer,
-            manifest,
-            artifact,
-            ss,
-            Path(teacher_dir),
-            settings.teacher.eval_batch_size,
-            manifest["max_length"],
-            device,
-        )
-    sids, hids, feats, meta = load_features(features_path(teacher_dir, splits[0]))
-    return FeatureCache(sids, hids, feats, meta), manifest
-
-
-def _device(settings: Settings) -> torch.device:
-    from leadercli.training.common import resolve_device
-
-    return resolve_device(settings.hardware)
-
-
-def _load_trained(run_dir: Path, manifest: dict, device, dtype=torch.float32):
-    from leadercli.models.teacher import load_teacher
-
-    model, tokenizer = load_teacher(
-        run_dir, manifest.get("base_model"), len(manifest["labels"]), manifest["pooling"], dtype
-    )
-    return model.to(device), tokenizer
-
-
-class TeacherScorer:
-    """A trained teacher run as a scorer of samples (used by `leader report`)."""
-
-    def __init__(self, run_dir: Path, device: torch.device | None = None) -> None:
-        self.run_dir = Path(run_dir)
-        self.manifest = runs.read_manifest(self.run_dir)
-        self.device = device or torch.device("cpu")
-        self.model, self.tokenizer = _load_trained(self.run_dir, self.manifest, self.device)
-        self.vocab = (
-            Artifact(self.manifest["artifact"]["path"]).vocab
-            if Path(self.manifest["artifact"]["path"]).is_dir()
-            else None
-        )
-
-    def prompts(self, samples: list[Sample], vocab=None) -> PromptSet:
-        vocab = vocab or self.vocab
-        return make_prompts(
-            samples, vocab, self.tokenizer, self.manifest["prompt"]["options"], self.manifest["max_length"]
-        )
-
-    def score_samples(self, samples: list[Sample], batch_size: int = 32, vocab=None) -> np.ndarray:
-        ps = self.prompts(samples, vocab)
-        return run_teacher(
-            self.model,
-            self.tokenizer,
-            ps,
-            np.arange(len(samples)),
-            batch_size,
-            self.manifest["max_length"],
-            self.device,
-        )
-
-    def parameters(self) -> dict[str, int]:
-        return dict(self.manifest.get("parameters", {}))
-
-
-def load_teacher_scorer(run_dir: Path, device: torch.device | None = None) -> TeacherScorer:
-    return TeacherScorer(run_dir, device)
-
-
-# -- checkpoints (trainable weights + optimizer only; never pickle) -------------------------------------
-
-
-def _trainable(model) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in _unwrap(model).named_parameters() if p.requires_grad}
-
-
-def _save_ckpt(path: Path, model, optimizer, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    params = _trainable(model)
-    tensors = {f"param.{n}": p.detach().float().cpu().contiguous() for n, p in params.items()}
-    tensors.update(optimizer_tensors(optimizer))
-    tensors["rng.torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "state.safetensors"))
-    groups = optimizer.state_dict()["param_groups"]
-    (tmp / "state.json").write_text(json.dumps({"state": state, "optim_groups": groups}))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
-def _load_ckpt(path: Path, model, optimizer) -> dict:
-    try:
-        tensors = load_file(str(path / "state.safetensors"))
-        meta = json.loads((path / "state.json").read_text())
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own type
-        raise ArtifactError(
-            f"teacher checkpoint {path} is unreadable ({type(exc).__name__})", "Start again without --resume"
-        ) from None
-    params = _trainable(model)
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[f"param.{n}"].to(p.dtype))
-    restore_optimizer(optimizer, tensors, meta["optim_groups"])
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta["state"]
 
 
 # -- the recipe -----------------------------------------------------------------------------------------
@@ -360,11 +51,11 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
 
     from leadercli import metrics
     from leadercli.data.prompts import TEMPLATE_VERSION
+    from leadercli.metrics import choose_threshold
     from leadercli.models.teacher import build_teacher, save_teacher
-    from leadercli.training.common import choose_threshold
 
     cfg, hw = settings.teacher, settings.hardware
-    device = _device(settings)
+    device = resolve_device(settings.hardware)
     cpu = device.type == "cpu"
     mixed = "no" if cpu or hw.precision == "fp32" else hw.precision
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed)
@@ -424,23 +115,19 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total)
     model.to(accelerator.device)
     start_step, best, best_step = 0, -math.inf, -1
-    ckpt = out / CKPT_DIR
+    ckpt = out / ckpt_io.CHECKPOINT_DIR
     if main:
-        runs.prepare_out_dir(out, resume, CKPT_DIR)
+        runs.prepare_out_dir(out, resume, ckpt_io.CHECKPOINT_DIR)
         if not resume and (out / BEST_DIR).exists():
             shutil.rmtree(out / BEST_DIR)
         runs.save_settings(settings, out)
     accelerator.wait_for_everyone()
-    if resume and (ckpt / "state.json").is_file():
-        s = _load_ckpt(ckpt, model, optimizer)
+    if resume and ckpt_io.exists(ckpt):
+        s = ckpt_io.load_state(ckpt, ckpt_io.trainable_tensors(_unwrap(model)), optimizer, scheduler)
         start_step, best, best_step = s["step"], s["best"], s["best_step"]
         if main:  # log lines written after the checkpoint belong to the interrupted attempt
             kept = [r for r in runs.read_log(out) if r.get("step", 0) <= start_step]
             (out / runs.LOG).write_text("".join(json.dumps(r) + "\n" for r in kept))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for _ in range(start_step):
-                scheduler.step()
         console.info(f"resuming at step {start_step}/{total} (best val PRAUC {best:.4f} at step {best_step})")
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -522,11 +209,12 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
                     record["best"] = improved
                     if main:
                         runs.append_log(out, record)
-                        _save_ckpt(
+                        ckpt_io.save_state(
                             ckpt,
-                            accelerator.unwrap_model(model),
+                            ckpt_io.trainable_tensors(accelerator.unwrap_model(model)),
                             optimizer,
                             {"step": step, "best": best, "best_step": best_step},
+                            scheduler,
                         )
                         console.info(
                             f"step {step:5d}  loss {record['loss']:.4f}  val PRAUC {val:.4f}"
@@ -542,7 +230,7 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     teacher = accelerator.unwrap_model(model)
     if (out / BEST_DIR / "head.safetensors").is_file():
         _restore_best(teacher, out / BEST_DIR)
-    manifest = runs.base_manifest("teacher", artifact) | {
+    manifest = runs.base_manifest("teacher", artifact, settings) | {
         "base_model": cfg.base_model,
         "backbone": info["backbone"],
         "backbone_kind": info["kind"],

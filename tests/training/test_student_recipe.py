@@ -211,10 +211,11 @@ def test_checkpoint_round_trip_reproduces_test_metrics(trained):
     from leadercli import metrics
     from leadercli.data.artifact import Artifact
     from leadercli.data.samples import load_samples
+    from leadercli.runs import load_run
     from leadercli.training.loop import score
-    from leadercli.training.student import load_scorer
 
-    model, encoder, manifest = load_scorer(Path("runs/student"))
+    run = load_run(Path("runs/student"))
+    model, encoder, manifest = run.module, run.encoder, run.manifest
     art = Artifact(Path("data/mimic3"))
     s = score(model, encoder.encode_all(load_samples(art, "test")), encoder, 64, torch.device("cpu"))
     got = float(metrics.prauc(s["labels"], s["probs"]).mean())

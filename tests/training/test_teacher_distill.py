@@ -223,9 +223,9 @@ def test_torchrun_two_cpu_processes(teacher_wd, tmp_path):
 
 def test_teacher_resume_equals_uninterrupted(teacher_wd, tmp_path, monkeypatch):
     """Interrupted after its first evaluation checkpoint, a resumed teacher run ends with the same weights."""
-    from leadercli.training import teacher as recipe
+    from leadercli import checkpoint as recipe
 
-    real = recipe._save_ckpt
+    real = recipe.save_state
     calls = {"n": 0}
 
     def crash_after_first(*args, **kwargs):
@@ -234,7 +234,7 @@ def test_teacher_resume_equals_uninterrupted(teacher_wd, tmp_path, monkeypatch):
         if calls["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe, "_save_ckpt", crash_after_first)
+    monkeypatch.setattr(recipe, "save_state", crash_after_first)
     out = tmp_path / "resumed"
     cwd = os.getcwd()
     os.chdir(teacher_wd)
@@ -242,7 +242,7 @@ def test_teacher_resume_equals_uninterrupted(teacher_wd, tmp_path, monkeypatch):
         r = runner.invoke(app, ["train", "teacher", "-q", "--out", str(out)])
         assert r.exit_code == 130 and (out / "checkpoint" / "state.json").is_file()
         assert not (out / "manifest.json").exists()
-        monkeypatch.setattr(recipe, "_save_ckpt", real)
+        monkeypatch.setattr(recipe, "save_state", real)
         r = runner.invoke(app, ["train", "teacher", "-q", "--out", str(out), "--resume"])
     finally:
         os.chdir(cwd)

@@ -1,0 +1,295 @@
+"""Teacher inference: prompts for a model's samples, scoring, pooled features and the feature cache of a
+teacher run (DESIGN §4; reference §3 "Prediction / saving for offline KD", §7 item 18).
+
+Used by the teacher recipe (validation, test scores, features), by `leader distill` (features) and by
+`leadercli.runs.load_run` (a teacher run as a scorer for `leader predict` / `leader report`); it never imports
+`leadercli.training`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from leadercli import console, runs
+from leadercli.data.artifact import Artifact
+from leadercli.data.samples import Sample, load_samples
+from leadercli.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from leadercli.settings import Settings
+
+FEATURES_DIR = "features"
+
+
+# -- prompts --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptSet:
+    prompts: list[str]
+    labels: list[list[int]]  # label indices per sample
+    subject_ids: list[int]
+    hadm_ids: list[int]
+    n_visits: list[int]
+    stats: dict
+
+
+def make_prompts(samples: list[Sample], vocab, tokenizer, prompt_cfg: dict, max_length: int) -> PromptSet:
+    """Render and fit every sample's prompt to the backbone's length (history first, never the cue)."""
+    from leadercli.data.prompts import fit_prompt
+    from leadercli.models.teacher import needs_eos
+
+    extra = 1 if needs_eos(tokenizer) else 0
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]) + extra
+
+    idx = vocab.medications.index
+    prompts, labels = [], []
+    totals = {"history_dropped": 0, "codes_dropped": 0, "truncated": 0, "untitled_codes": 0, "tokens": 0}
+    for s in samples:
+        text, st = fit_prompt(s, vocab, count, max_length, **prompt_cfg)
+        prompts.append(text)
+        labels.append(sorted({idx[c] for c in s.target.medications if c in idx}))
+        for k in totals:
+            totals[k] += int(st[k])
+    totals["mean_tokens"] = totals.pop("tokens") / max(len(samples), 1)
+    return PromptSet(
+        prompts,
+        labels,
+        [s.subject_id for s in samples],
+        [s.hadm_id for s in samples],
+        [s.n_visits for s in samples],
+        totals,
+    )
+
+
+def prompt_config(cfg) -> dict:
+    return {
+        "history_visits": cfg.history_visits,
+        "include_profile": cfg.include_profile,
+        "pronoun": cfg.pronoun,
+    }
+
+
+def _collate(
+    ps: PromptSet, idx: np.ndarray, tokenizer, max_length: int, n_labels: int
+) -> dict[str, torch.Tensor]:
+    from leadercli.models.teacher import encode_prompts
+
+    enc = encode_prompts(tokenizer, [ps.prompts[i] for i in idx], max_length)
+    y = torch.zeros(len(idx), n_labels)
+    for r, i in enumerate(idx):
+        y[r, ps.labels[i]] = 1.0
+    enc["labels"] = y
+    return enc
+
+
+# -- scoring and features -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def run_teacher(
+    model,
+    tokenizer,
+    ps: PromptSet,
+    idx: np.ndarray,
+    batch_size: int,
+    max_length: int,
+    device,
+    want: str = "probs",
+    progress: str | None = None,
+) -> np.ndarray:
+    """Probabilities (N, M) or pooled features (N, d) for the samples `idx` of a PromptSet (eval mode)."""
+    model.eval()
+    outs = []
+    n_labels = model.n_labels if hasattr(model, "n_labels") else _unwrap(model).n_labels
+    with console.progress(progress or "scoring", total=len(idx)) as advance:
+        for i in range(0, len(idx), batch_size):
+            chunk = idx[i : i + batch_size]
+            b = _collate(ps, chunk, tokenizer, max_length, n_labels)
+            o = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
+            x = torch.sigmoid(o.logits) if want == "probs" else o.pooled
+            outs.append(x.float().cpu().numpy())
+            advance(len(chunk))
+    width = n_labels if want == "probs" else _unwrap(model).hidden_size
+    return np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
+
+
+def _unwrap(model):
+    from leadercli.models.teacher import _unwrap as unwrap
+
+    return unwrap(model)
+
+
+def features_path(teacher_dir: Path, split: str) -> Path:
+    return Path(teacher_dir) / FEATURES_DIR / f"{split}.safetensors"
+
+
+def _feature_meta(manifest: dict, artifact: Artifact, split: str) -> dict[str, str]:
+    b = manifest["backbone"]
+    return {
+        "backbone": str(b["name"]),
+        "config_hash": str(b["config_hash"]),
+        "hidden_size": str(b["hidden_size"]),
+        "vocab_hash": artifact.vocab_hash,
+        "split": split,
+        "prompt_template": manifest["prompt"]["template_version"],
+    }
+
+
+def write_features(
+    model,
+    tokenizer,
+    manifest: dict,
+    artifact: Artifact,
+    samples: dict[str, list[Sample]],
+    out: Path,
+    batch_size: int,
+    max_length: int,
+    device,
+    accelerator=None,
+) -> None:
+    """Pooled teacher states per sample → features/<split>.safetensors (fp16), keyed by subject_id.
+    Under several processes each rank writes its shard and the main process merges them."""
+    from leadercli.models.features import merge_feature_shards, save_features
+
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    vocab = artifact.vocab
+    pcfg = manifest["prompt"]["options"]
+    for split, ss in samples.items():
+        ps = make_prompts(ss, vocab, tokenizer, pcfg, max_length)
+        idx = np.arange(rank, len(ss), world)
+        feats = run_teacher(
+            model,
+            tokenizer,
+            ps,
+            idx,
+            batch_size,
+            max_length,
+            device,
+            want="features",
+            progress=f"teacher features ({split})",
+        )
+        meta = _feature_meta(manifest, artifact, split)
+        target = features_path(out, split)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sids = torch.tensor([ps.subject_ids[i] for i in idx], dtype=torch.int64)
+        hids = torch.tensor([ps.hadm_ids[i] for i in idx], dtype=torch.int64)
+        if world == 1:
+            save_features(target, sids, hids, torch.from_numpy(feats), meta)
+            continue
+        shard = target.with_name(f"{split}.rank{rank}.safetensors")
+        save_features(shard, sids, hids, torch.from_numpy(feats), meta)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shards = [target.with_name(f"{split}.rank{r}.safetensors") for r in range(world)]
+            merge_feature_shards(shards, target)
+            for s in shards:
+                s.unlink()
+        accelerator.wait_for_everyone()
+
+
+def ensure_features(settings: Settings, teacher_dir: Path, artifact: Artifact, splits=("train",)):
+    """The teacher's feature cache for `splits`, computed first when missing or made by another backbone /
+    artifact. Returns (FeatureCache of the first split, teacher manifest)."""
+    from leadercli.models.features import FeatureCache, load_features
+
+    manifest = runs.read_manifest(teacher_dir)
+    if manifest.get("kind") != "teacher":
+        raise ArtifactError(
+            f"{teacher_dir} is not a teacher run (kind {manifest.get('kind')!r})",
+            "Pass --teacher runs/teacher",
+        )
+    runs.check_matches_artifact(manifest, artifact, teacher_dir)
+    stale = []
+    for split in splits:
+        p = features_path(teacher_dir, split)
+        if not p.is_file():
+            stale.append(split)
+            continue
+        meta = load_features(p)[3]
+        want = _feature_meta(manifest, artifact, split)
+        if any(
+            meta.get(k) != want[k] for k in ("config_hash", "hidden_size", "vocab_hash", "prompt_template")
+        ):
+            stale.append(split)
+    if stale:
+        console.info(
+            f"teacher features for {', '.join(stale)} are missing or stale: computing them with {teacher_dir}"
+        )
+        from leadercli.hardware import resolve_device
+
+        device = resolve_device(settings.hardware)
+        model, tokenizer = _load_trained(teacher_dir, manifest, device)
+        sp = settings.samples
+        ss = {s: load_samples(artifact, s, sp.max_visits, sp.per_visit) for s in stale}
+        write_features(
+            model,
+            tokenizer,
+            manifest,
+            artifact,
+            ss,
+            Path(teacher_dir),
+            settings.teacher.eval_batch_size,
+            manifest["max_length"],
+            device,
+        )
+    sids, hids, feats, meta = load_features(features_path(teacher_dir, splits[0]))
+    return FeatureCache(sids, hids, feats, meta), manifest
+
+
+def _load_trained(run_dir: Path, manifest: dict, device, dtype=torch.float32):
+    from leadercli.models.teacher import load_teacher
+
+    model, tokenizer = load_teacher(
+        run_dir, manifest.get("base_model"), len(manifest["labels"]), manifest["pooling"], dtype
+    )
+    return model.to(device), tokenizer
+
+
+class TeacherScorer:
+    """A trained teacher run as a scorer of samples (behind `leadercli.runs.load_run` for teacher runs)."""
+
+    def __init__(
+        self, run_dir: Path, device: torch.device | None = None, manifest: dict | None = None, vocab=None
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.manifest = manifest if manifest is not None else runs.read_manifest(self.run_dir)
+        self.device = device or torch.device("cpu")
+        self.vocab = vocab if vocab is not None else runs.read_run_vocab(self.run_dir, self.manifest)
+        self.model, self.tokenizer = _load_trained(self.run_dir, self.manifest, self.device)
+
+    def prompts(self, samples: list[Sample], vocab=None) -> PromptSet:
+        return make_prompts(
+            samples,
+            vocab or self.vocab,
+            self.tokenizer,
+            self.manifest["prompt"]["options"],
+            self.manifest["max_length"],
+        )
+
+    def score_samples(
+        self, samples: list[Sample], batch_size: int = 16, vocab=None, progress: str | None = None
+    ) -> np.ndarray:
+        """Probabilities (N, M); `vocab` may be the run's vocab extended with titles of unseen codes."""
+        ps = self.prompts(samples, vocab)
+        return run_teacher(
+            self.model,
+            self.tokenizer,
+            ps,
+            np.arange(len(samples)),
+            batch_size,
+            self.manifest["max_length"],
+            self.device,
+            progress=progress or "teacher scoring",
+        )
+
+    def parameters(self) -> dict[str, int]:
+        return dict(self.manifest.get("parameters", {}))
