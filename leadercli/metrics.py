@@ -16,8 +16,10 @@ Conventions (N samples, M drugs = labels):
   (tied scores form one threshold); 0.0 for a sample with no true drug (scikit-learn also gives 0.0).
 - DDI rate: pooled over all predicted pairs i < j of all samples: #interacting / #pairs (0.0 if no pair).
 - Groups by the number of visits of the patient INCLUDING the target visit: single = 1, multi > 1.
-- Bootstrap: `rounds` subsamples of `int(fraction * N)` samples without replacement (numpy Generator seeded
-  with `seed`); mean and population std (ddof=0) of each metric over the rounds.
+- Bootstrap (`BOOTSTRAP_METHOD`): `rounds` resamples of n of n samples WITH replacement (numpy Generator
+  seeded with `seed`), vectorised: per-sample values are gathered through an (rounds, n) index matrix, in
+  chunks. Every metric gets the mean, std (ddof=1) and 95 % percentile interval over the rounds. Two runs on
+  the same samples are compared by a paired bootstrap of the difference (`paired_difference`).
 """
 
 from __future__ import annotations
@@ -171,17 +173,79 @@ def groups(n_visits: np.ndarray) -> dict[str, np.ndarray]:
     return {"overall": np.ones(v.shape, dtype=bool), "single": v == 1, "multi": v > 1}
 
 
-def _bootstrap(
-    values: dict[str, np.ndarray], rounds: int, fraction: float, seed: int
-) -> dict[str, dict[str, float]]:
-    n = len(values["prauc"])
-    size = max(1, int(fraction * n))
+# -- bootstrap -----------------------------------------------------------------------------------------
+
+BOOTSTRAP_METHOD = (
+    "non-parametric bootstrap: each round resamples n of the n patients of a group with replacement and "
+    "recomputes every metric (per-patient means; the DDI rate as pooled ratio); mean and std (ddof=1) over the "
+    "rounds, 95 % percentile interval (2.5th–97.5th percentile of the rounds)"
+)
+PAIRED_METHOD = (
+    "paired bootstrap: the same resampled patients score both runs, the interval is the 2.5th–97.5th "
+    "percentile of the per-round difference; two runs are not distinguishable when that interval covers 0"
+)
+_CHUNK_CELLS = 2_000_000  # resampled (round, patient) cells per chunk: bounds memory at ~16 MB of indices
+
+
+def resample_indices(n: int, rounds: int, seed: int):
+    """Yield (r, n) int index blocks, `rounds` rows in all: every row draws n of n patients with replacement.
+
+    Deterministic in (n, rounds, seed): two calls with the same arguments give the same rows, which is what
+    pairs the bootstrap of two runs scored on the same patients."""
+    if n < 1 or rounds < 1:
+        raise ValueError("the bootstrap needs at least one sample and one round")
     rng = np.random.default_rng(seed)
-    runs = [summarize(values, rng.choice(n, size=size, replace=False)) for _ in range(rounds)]
+    step = max(1, _CHUNK_CELLS // n)
+    for start in range(0, rounds, step):
+        yield rng.integers(0, n, size=(min(step, rounds - start), n))  # (r, n)
+
+
+def replicates(values: dict[str, np.ndarray], rounds: int, seed: int) -> dict[str, np.ndarray]:
+    """{metric: (rounds,) value of the metric in each bootstrap round} from `per_sample` values."""
+    n = len(values["prauc"])
+    means = [k for k in METRICS if k != "ddi_rate"]
+    out: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
+    for idx in resample_indices(n, rounds, seed):  # (r, n)
+        for k in means:
+            out[k].append(values[k][idx].mean(1))  # (r,)
+        out["ddi_rate"].append(_div(values["ddi_interacting"][idx].sum(1), values["ddi_pairs"][idx].sum(1)))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def interval(reps: np.ndarray) -> dict[str, float]:
+    """{"mean", "std" (ddof=1; 0 for one round), "lo", "hi" (95 % percentile interval)} of bootstrap rounds."""
+    r = np.asarray(reps, dtype=np.float64)
+    lo, hi = np.percentile(r, [2.5, 97.5])
     return {
-        k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
-        for k in METRICS
+        "mean": float(r.mean()),
+        "std": float(r.std(ddof=1)) if len(r) > 1 else 0.0,
+        "lo": float(lo),
+        "hi": float(hi),
     }
+
+
+def summarize_replicates(reps: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    return {k: interval(reps[k]) for k in METRICS}
+
+
+def paired_difference(
+    reps_a: dict[str, np.ndarray],
+    reps_b: dict[str, np.ndarray],
+    point_a: dict[str, float],
+    point_b: dict[str, float],
+    keys: tuple[str, ...] = ("prauc", "jaccard", "f1"),
+) -> dict[str, dict]:
+    """{metric: {"diff" (point a − b), "mean", "std", "lo", "hi", "distinguishable"}} for two runs whose
+    replicates were drawn with the same (n, rounds, seed) on the same patients (`replicates`)."""
+    out = {}
+    for k in keys:
+        d = interval(np.asarray(reps_a[k]) - np.asarray(reps_b[k]))
+        out[k] = {
+            "diff": float(point_a[k] - point_b[k]),
+            **d,
+            "distinguishable": bool(d["lo"] > 0 or d["hi"] < 0),
+        }
+    return out
 
 
 def bootstrap(
@@ -189,16 +253,17 @@ def bootstrap(
     y_prob: np.ndarray,
     threshold: float,
     ddi_pairs: np.ndarray,
-    rounds: int = 10,
-    fraction: float = 0.8,
+    rounds: int = 1000,
+    fraction: float | None = None,
     seed: int = 42,
 ) -> dict[str, dict[str, float]]:
-    """{metric: {"mean", "std"}} over `rounds` subsamples of int(fraction·N) samples without replacement
-    (seeded numpy Generator; std with ddof=0). Raises ValueError for no sample."""
+    """{metric: {"mean", "std", "lo", "hi"}} over `rounds` resamples of n of n samples with replacement
+    (`BOOTSTRAP_METHOD`). `fraction` is accepted for old callers and ignored. ValueError for no sample."""
+    del fraction  # removed: subsampling without replacement understated the uncertainty (issue 13)
     values = per_sample(y_true, y_prob, threshold, ddi_pairs)
     if len(values["prauc"]) == 0:
         raise ValueError("bootstrap needs at least one sample")
-    return _bootstrap(values, rounds, fraction, seed)
+    return summarize_replicates(replicates(values, rounds, seed))
 
 
 def evaluate_groups(
@@ -207,14 +272,17 @@ def evaluate_groups(
     threshold: float,
     ddi_pairs: np.ndarray,
     n_visits: np.ndarray,
-    rounds: int = 10,
-    fraction: float = 0.8,
+    rounds: int = 1000,
+    fraction: float | None = None,
     seed: int = 42,
+    keep_replicates: bool = False,
 ) -> dict[str, dict]:
     """{group: {"n": int, "point": evaluate(...), "bootstrap": bootstrap(...)}} for overall/single/multi.
 
-    A group without samples gets {"n": 0, "point": None, "bootstrap": None}. Each group's bootstrap uses the
-    same `seed`."""
+    A group without samples gets {"n": 0, "point": None, "bootstrap": None}. Each group is resampled within
+    itself with the same `seed`. `fraction` is accepted for old callers and ignored. `keep_replicates` adds
+    "replicates" ({metric: (rounds,) array}, not JSON) for paired comparisons (`paired_difference`)."""
+    del fraction
     values = per_sample(y_true, y_prob, threshold, ddi_pairs)
     if len(np.asarray(n_visits)) != len(values["prauc"]):
         raise ValueError("n_visits must have one entry per sample")
@@ -225,7 +293,10 @@ def evaluate_groups(
             out[name] = {"n": 0, "point": None, "bootstrap": None}
             continue
         sub = {k: a[mask] for k, a in values.items()}
-        out[name] = {"n": n, "point": summarize(sub), "bootstrap": _bootstrap(sub, rounds, fraction, seed)}
+        reps = replicates(sub, rounds, seed)
+        out[name] = {"n": n, "point": summarize(sub), "bootstrap": summarize_replicates(reps)}
+        if keep_replicates:
+            out[name]["replicates"] = reps
     return out
 
 

@@ -228,10 +228,18 @@ class PredictSettings(_Section):
 class ReportSettings(_Section):
     """`leader report`."""
 
-    bootstrap_rounds: int = Field(10, ge=1)
-    bootstrap_fraction: float = Field(0.8, gt=0, le=1)
-    seed: int = Field(42)
+    bootstrap_rounds: int = Field(
+        1000,
+        ge=1,
+        description="Bootstrap rounds (n of n patients with replacement; 95 % percentile intervals).",
+    )
+    bootstrap_fraction: float | None = Field(
+        None, description="Removed: accepted and ignored (the bootstrap now resamples n of n patients)."
+    )
+    seed: int = Field(42, description="Seed of the bootstrap resampling.")
     latency_batch_size: int = Field(32, ge=1, description="Batch size for the efficiency measurement.")
+    latency_repeats: int = Field(5, ge=1, description="Timed passes; the fastest one counts (best of k).")
+    latency_patients: int = Field(256, ge=1, description="Test patients in each timed pass.")
 
 
 class Settings(BaseSettings):

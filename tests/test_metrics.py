@@ -134,32 +134,97 @@ def _random(n=50, m=12, seed=1):
 def test_bootstrap_deterministic_and_sane():
     t, s = _random()
     pairs = np.array([[0, 1], [2, 3]])
-    a = mt.bootstrap(t, s, 0.5, pairs, rounds=5, fraction=0.8, seed=7)
-    b = mt.bootstrap(t, s, 0.5, pairs, rounds=5, fraction=0.8, seed=7)
-    c = mt.bootstrap(t, s, 0.5, pairs, rounds=5, fraction=0.8, seed=8)
+    a = mt.bootstrap(t, s, 0.5, pairs, rounds=50, seed=7)
+    b = mt.bootstrap(t, s, 0.5, pairs, rounds=50, seed=7)
+    c = mt.bootstrap(t, s, 0.5, pairs, rounds=50, seed=8)
     assert a == b
     assert a != c
     assert set(a) == set(mt.METRICS)
     full = mt.evaluate(t, s, 0.5, pairs)
     for k in mt.METRICS:
-        assert a[k]["std"] >= 0
+        assert set(a[k]) == {"mean", "std", "lo", "hi"}
+        assert a[k]["std"] >= 0 and a[k]["lo"] <= a[k]["mean"] <= a[k]["hi"]
         assert abs(a[k]["mean"] - full[k]) < 0.2 * max(1.0, full[k])
-    # fraction 1.0 → every round is the full set: std 0, mean = point estimate
-    d = mt.bootstrap(t, s, 0.5, pairs, rounds=3, fraction=1.0)
-    for k in mt.METRICS:
-        assert d[k]["mean"] == pytest.approx(full[k])
-        assert d[k]["std"] == pytest.approx(0.0, abs=1e-12)
+    # `fraction` is accepted for old callers and ignored
+    assert mt.bootstrap(t, s, 0.5, pairs, rounds=50, fraction=0.8, seed=7) == a
+
+
+def test_bootstrap_resamples_with_replacement_n_of_n():
+    rows = np.concatenate(list(mt.resample_indices(50, 7, seed=3)))
+    assert rows.shape == (7, 50) and rows.min() >= 0 and rows.max() < 50
+    assert all(len(np.unique(r)) < 50 for r in rows)  # duplicates: drawn with replacement
+    # chunked draws (many rounds on many samples) are deterministic too
+    big = [b.shape for b in mt.resample_indices(300_000, 20, seed=1)]
+    assert sum(r for r, _ in big) == 20 and len(big) > 1
+    # the std of a mean of n values is about sd / sqrt(n), not half of it (the old 80 % draw)
+    rng = np.random.default_rng(0)
+    values = {k: rng.random(400) for k in mt.METRICS if k != "ddi_rate"}
+    values |= {"ddi_interacting": np.zeros(400), "ddi_pairs": np.ones(400)}
+    reps = mt.replicates(values, 2000, seed=0)
+    se = values["prauc"].std() / np.sqrt(400)
+    assert mt.interval(reps["prauc"])["std"] == pytest.approx(se, rel=0.1)
+
+
+def _population(n: int, rng: np.random.Generator, m: int = 8):
+    """A synthetic recommender: drugs true with probability 0.3, scores informative but noisy."""
+    t = rng.random((n, m)) < 0.3
+    s = np.clip(0.35 * t + 0.65 * rng.random((n, m)), 0, 1)
+    return t, s
+
+
+def test_bootstrap_interval_covers_the_true_mean_at_the_nominal_rate():
+    rng = np.random.default_rng(2024)
+    pairs = np.array([[0, 1], [2, 3], [4, 5]])
+    big_t, big_s = _population(400_000, rng)
+    truth = mt.evaluate(big_t, big_s, 0.5, pairs)  # the population value (its own error is ~1e-4)
+    reps, n = 200, 200
+    hits = {k: 0 for k in ("prauc", "jaccard", "f1", "ddi_rate")}
+    for i in range(reps):
+        t, s = _population(n, rng)
+        b = mt.bootstrap(t, s, 0.5, pairs, rounds=1000, seed=i)
+        for k in hits:
+            hits[k] += b[k]["lo"] <= truth[k] <= b[k]["hi"]
+    coverage = {k: v / reps for k, v in hits.items()}
+    for k, c in coverage.items():
+        assert 0.90 <= c <= 0.99, f"{k}: 95 % interval covered the true mean in {c:.1%} of {reps} samples"
+
+
+def test_paired_bootstrap_tells_runs_apart_only_when_they_differ():
+    rng = np.random.default_rng(5)
+    t, s = _population(300, rng)
+    pairs = np.zeros((0, 2), int)
+    twin = np.clip(s + rng.normal(0, 1e-3, s.shape), 0, 1)  # identical up to noise
+    better = np.clip(0.6 * t + 0.4 * rng.random(t.shape), 0, 1)  # clearly better ranking
+    nv = np.full(300, 2)
+
+    def run(p):
+        return mt.evaluate_groups(t, p, 0.5, pairs, nv, rounds=1000, seed=11, keep_replicates=True)["overall"]
+
+    a, b, c = run(s), run(twin), run(better)
+    same = mt.paired_difference(b["replicates"], a["replicates"], b["point"], a["point"])
+    assert not same["prauc"]["distinguishable"]
+    assert same["prauc"]["lo"] <= 0 <= same["prauc"]["hi"]
+    diff = mt.paired_difference(c["replicates"], a["replicates"], c["point"], a["point"])
+    assert diff["prauc"]["distinguishable"] and diff["prauc"]["lo"] > 0
+    assert diff["prauc"]["diff"] == pytest.approx(c["point"]["prauc"] - a["point"]["prauc"])
+    # pairing matters: the paired interval is narrower than the two runs' own intervals suggest
+    width = diff["prauc"]["hi"] - diff["prauc"]["lo"]
+    assert width < (a["bootstrap"]["prauc"]["hi"] - a["bootstrap"]["prauc"]["lo"]) * np.sqrt(2)
 
 
 def test_evaluate_groups():
     t, s = _random(n=20)
     n_visits = np.array([1] * 5 + [3] * 15)
-    out = mt.evaluate_groups(t, s, 0.4, np.zeros((0, 2), int), n_visits, rounds=3, fraction=0.8, seed=1)
+    out = mt.evaluate_groups(t, s, 0.4, np.zeros((0, 2), int), n_visits, rounds=30, fraction=0.8, seed=1)
     assert [out[k]["n"] for k in ("overall", "single", "multi")] == [20, 5, 15]
     assert out["single"]["point"] == mt.evaluate(t[:5], s[:5], 0.4, np.zeros((0, 2), int))
-    assert out["multi"]["bootstrap"] == mt.bootstrap(t[5:], s[5:], 0.4, np.zeros((0, 2), int), 3, 0.8, 1)
+    assert out["multi"]["bootstrap"] == mt.bootstrap(t[5:], s[5:], 0.4, np.zeros((0, 2), int), 30, None, 1)
+    assert "replicates" not in out["overall"]
     none = mt.evaluate_groups(t, s, 0.4, np.zeros((0, 2), int), np.full(20, 2), rounds=2)
     assert none["single"] == {"n": 0, "point": None, "bootstrap": None}
+    # one patient: every round is that patient, a zero-width interval (the report flags such groups)
+    one = mt.evaluate_groups(t[:2], s[:2], 0.4, np.zeros((0, 2), int), np.array([1, 2]), rounds=20)
+    assert one["single"]["bootstrap"]["prauc"]["std"] == 0.0
 
 
 def test_tune_threshold_matches_brute_force():

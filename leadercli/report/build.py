@@ -294,7 +294,7 @@ def _header(
         },
         "bootstrap": {
             "rounds": rcfg.bootstrap_rounds,
-            "fraction": rcfg.bootstrap_fraction,
+            "method": metrics.BOOTSTRAP_METHOD,
             "seed": rcfg.seed,
         },
         "true_ddi_rate": metrics.ddi_rate(y_true, ddi),
@@ -650,8 +650,7 @@ def print_tables(report: dict) -> None:
 
     b = report["bootstrap"]
     table = Table(
-        title=f"Test split, {report['samples']['n']} patients — mean ± std over {b['rounds']} rounds of "
-        f"{b['fraction']:.0%}",
+        title=f"Test split, {report['samples']['n']} patients — mean ± std over {b['rounds']} bootstrap rounds",
         title_justify="left",
     )
     from rich.console import Console

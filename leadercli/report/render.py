@@ -109,7 +109,7 @@ def blocks(report: dict, figures: list[dict]) -> list[tuple]:
             "p",
             f"Test split: {s['n']} patients — {g['single']} single-visit and {g['multi']} multi-visit "
             f"({s['group_rule']}). Every number below is the mean ± std over {b['rounds']} bootstrap rounds of "
-            f"{b['fraction']:.0%} of the patients (without replacement, seed {b['seed']}); point values on the whole "
+            f"n of n patients (with replacement, seed {b['seed']}); point values on the whole "
             "split are in metrics.json.",
         )
     )

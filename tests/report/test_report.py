@@ -100,7 +100,7 @@ def test_metrics_match_independent_computation(work: Path, tiny_artifact: Path) 
     assert report["samples"]["n"] == n == 12
     single = int((t["n_visits"] == 1).sum())
     assert report["samples"]["groups"] == {"overall": n, "single": single, "multi": n - single}
-    assert report["bootstrap"] == {"rounds": 10, "fraction": 0.8, "seed": 42}
+    assert report["bootstrap"]["rounds"] == 1000 and report["bootstrap"]["seed"] == 42
     assert report["created_at"]
 
     pop = run_entry(report, "popularity")
