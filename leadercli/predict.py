@@ -1,34 +1,41 @@
-"""`leader predict`: checkpoint → batched inference → ranked table.
+"""`leader predict`: a run of any kind → batched inference → ranked drugs per patient.
 
-Input: a parquet file in the artifact's `visits.parquet` schema — `subject_id`, `hadm_id`, `diagnoses`,
-`procedures` (list[str]), `admittime` and/or `visit_no` for the order, optional `medications` (history
-drugs; the latest visit's own drugs are ignored) and optional profile columns. Codes may be prefixed
-(`D9:4019`, `P10:0DTJ4ZZ`) or raw ICD codes with an `icd_version` column (9/10) per visit. Rows of one subject
-must be contiguous (as in the artifact, sorted by subject); the file is streamed in record batches so memory
-stays bounded whatever its size.
+Input (`read_input`): a parquet or CSV file in the artifact's `visits.parquet` schema, or a prediction input
+folder written by `leader preprocess --for-run` (its `visits.parquet`; its `codes.parquet` gives the teacher
+the titles of codes the run has never seen). Columns: `subject_id`, `hadm_id`, `diagnoses`, `procedures`
+(list[str]; in CSV `;`-separated codes), `admittime` and/or `visit_no` for the order, optional `medications`
+(history drugs; the latest visit's own drugs are ignored), optional `icd_version` and profile columns. Codes
+may be prefixed (`D9:4019`, `P10:0DTJ4ZZ`) or raw ICD codes with an `icd_version` column (9/10) per visit.
+Rows of one subject must be contiguous (as in the artifact, sorted by subject); the file is streamed in
+record batches so memory stays bounded whatever its size.
 
 Pipeline (issue 3, "Speed"): a thread reads a record batch, carries its last subject over to the next one and
 encodes the whole subjects straight from the frame to padded id tensors (`Encoder.encode_frame`: the same
 tensors as `samples_from_frame` → `Encoder.encode` → `collate`, patients batched by visit count so that most
-batches pad to one visit); meanwhile as many threads as torch would use (`torch.get_num_threads()`: the cores
-or OMP_NUM_THREADS) run the model, one intra-op thread each, on the batches of the chunks before, and the main
-thread writes each chunk's rows back in subject order.
+batches pad to one visit); meanwhile as many threads as torch would use (`torch.get_num_threads()`) run the
+model, one intra-op thread each, on the batches of the chunks before, and the main thread writes each chunk's
+rows back in subject order. A teacher run scores each chunk's samples through its prompts instead (slow on a
+CPU: a progress bar with ETA).
 
-Output: one row per (subject, drug) for the top-k drugs of the subject's latest visit: `subject_id`,
-`hadm_id`, `rank` (1 = best), `atc3`, `drug_name`, `score`, `selected` (score ≥ threshold). CSV or parquet by
-extension, written to a temporary file and renamed into place.
+Output: one row per (subject, drug) for the top-k drugs of the subject's latest visit, plus every drug with
+score ≥ threshold ranked below k: `subject_id`, `hadm_id`, `rank` (1 = best), `atc3`, `drug_name`, `score`,
+`selected`, `ddi_dropped` (selected by score but dropped by `--max-ddi-pairs`, `leadercli.selection`),
+`n_unknown_codes` (codes of the target visit unknown to the model). CSV or parquet by extension, written to a
+temporary file and renamed into place, with a sidecar `<output>.meta.json` (run, label hash, threshold,
+version, input sha256, counts, time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,18 +45,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from leadercli import console
+from leadercli import __version__, console
 from leadercli.data.batching import Encoder
 from leadercli.errors import InputError, SettingsError
 
 T = TypeVar("T")
 
+INPUT_MANIFEST_KIND = "prediction-input"
+INPUT_VISITS = "visits.parquet"
+INPUT_CODES = "codes.parquet"
 REQUIRED = {
     "subject_id": "integer",
     "hadm_id": "integer",
     "diagnoses": "list of strings",
     "procedures": "list of strings",
 }
+OPTIONAL = {"medications": "list of strings", "icd_version": "integer", "visit_no": "integer"}
+LIST_COLUMNS = ("diagnoses", "procedures", "medications")
 OUT_SCHEMA = pa.schema(
     [
         ("subject_id", pa.int64()),
@@ -59,8 +71,34 @@ OUT_SCHEMA = pa.schema(
         ("drug_name", pa.string()),
         ("score", pa.float32()),
         ("selected", pa.bool_()),
+        ("ddi_dropped", pa.bool_()),
+        ("n_unknown_codes", pa.int32()),
     ]
 )
+MOSTLY_UNKNOWN = 0.5  # a target visit with more than this share of unknown codes is "mostly unknown"
+
+
+@dataclass
+class PredictOptions:
+    top_k: int = 20
+    threshold: float | None = None  # None = the run's
+    max_ddi_pairs: int | None = None  # None = no DDI cap
+    batch_size: int = 4096
+
+
+@dataclass
+class Counts:
+    patients: int = 0
+    rows: int = 0
+    selected: int = 0
+    beyond_top_k: int = 0  # selected drugs written although ranked below --top-k
+    ddi_dropped: int = 0
+    mostly_unknown: int = 0  # patients whose target visit has > MOSTLY_UNKNOWN unknown codes
+    no_known_code: int = 0  # patients whose target visit has no code the model knows
+
+    def add(self, other: Counts) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
 @dataclass
@@ -71,34 +109,125 @@ class PredictSummary:
     output: Path
     threshold: float
     model: Path
+    counts: Counts = field(default_factory=Counts)
+    meta: dict = field(default_factory=dict)
 
 
 def default_model(settings) -> Path:
-    for p in (settings.paths.distilled, settings.paths.student):
+    for p in (settings.paths.distilled, settings.paths.student, settings.paths.teacher):
         if (Path(p) / "manifest.json").is_file():
             return Path(p)
     raise SettingsError(
-        f"no trained model found (looked in {settings.paths.distilled} and {settings.paths.student})",
+        f"no trained model found (looked in {settings.paths.distilled}, {settings.paths.student} and "
+        f"{settings.paths.teacher})",
         "Train one with `leader train student` or `leader distill`, or pass --model RUN_DIR",
     )
 
 
+# -- input ----------------------------------------------------------------------------------------------------
+@dataclass
+class PredictInput:
+    """A validated input: where its rows come from, how many there are and, for a prediction input folder,
+    its manifest and the titles of every code (`titles`: kind → {code: title})."""
+
+    path: Path  # the file that is read
+    kind: str  # "parquet" or "csv"
+    num_rows: int | None
+    columns: list[str]
+    manifest: dict | None = None
+    titles: dict[str, dict[str, str]] | None = None
+
+    def batches(self, columns: list[str], rows: int) -> Iterator[pl.DataFrame]:
+        if self.kind == "parquet":
+            pf = pq.ParquetFile(self.path)
+            for rb in pf.iter_batches(batch_size=rows, columns=columns):
+                yield _check_ids(self.path, pl.from_arrow(rb))
+        else:
+            yield from _csv_batches(self.path, columns, rows)
+
+
+def read_input(path: Path) -> PredictInput:
+    """Open and check an input file or prediction input folder (schema and types; nothing is read in full)."""
+    path = Path(path)
+    manifest = titles = None
+    if path.is_dir():
+        folder = path
+        path = folder / INPUT_VISITS
+        if not path.is_file():
+            raise InputError(
+                f"input folder {folder} has no {INPUT_VISITS}",
+                "Pass a visits file, or a folder written by `leader preprocess --for-run`",
+            )
+    if not path.is_file():
+        raise InputError(
+            f"input file {path} does not exist",
+            "Pass a visits parquet/CSV or a folder written by `leader preprocess --for-run`",
+        )
+    side = path.parent / "manifest.json"
+    if path.name == INPUT_VISITS and side.is_file():
+        import json
+
+        try:
+            m = json.loads(side.read_text())
+        except (OSError, ValueError):
+            m = None
+        if isinstance(m, dict) and m.get("kind") == INPUT_MANIFEST_KIND:
+            manifest = m
+            titles = _read_titles(path.parent / INPUT_CODES)
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes[-1:] == [".parquet"]:
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(
+                f"{path} is not a readable parquet file ({str(exc).splitlines()[0][:120]})",
+                "Write it with pyarrow/polars, or rebuild it with `leader preprocess --for-run`",
+            ) from None
+        _check_schema(path, pf.schema_arrow)
+        n = pf.metadata.num_rows
+        if n == 0:
+            raise InputError(f"{path} has no rows", "Pass a file with at least one visit")
+        return PredictInput(path, "parquet", n, list(pf.schema_arrow.names), manifest, titles)
+    if suffixes[-1:] == [".csv"] or suffixes[-2:] == [".csv", ".gz"]:
+        from leadercli.data.tables import read_header
+
+        header = [h.strip() for h in read_header(path)]
+        _check_csv_header(path, header)
+        return PredictInput(path, "csv", None, header, manifest, titles)
+    raise InputError(f"input {path} must end in .parquet or .csv", "Convert it, e.g. with polars")
+
+
+def _read_titles(path: Path) -> dict[str, dict[str, str]] | None:
+    if not path.is_file():
+        return None
+    try:
+        df = pl.read_parquet(path, columns=["kind", "code", "title"])
+    except (pl.exceptions.PolarsError, OSError):
+        raise InputError(
+            f"{path} is unreadable", "Rebuild the input folder with `leader preprocess --for-run`"
+        ) from None
+    out: dict[str, dict[str, str]] = {}
+    for kind, code, title in df.iter_rows():
+        if title:
+            out.setdefault(kind, {})[code] = title
+    return out
+
+
 def _check_schema(path: Path, schema: pa.Schema) -> None:
     names = set(schema.names)
-    for col, kind in REQUIRED.items():
+    for col, kind in {**REQUIRED, **OPTIONAL}.items():
         if col not in names:
-            raise InputError(
-                f"{path}: column '{col}' is missing",
-                f"Provide '{col}' ({kind}); see the README's visits schema",
-            )
+            if col in REQUIRED:
+                raise InputError(
+                    f"{path}: column '{col}' is missing",
+                    f"Provide '{col}' ({kind}); see the README's visits schema",
+                )
+            continue
         t = schema.field(col).type
-        ok = (
-            pa.types.is_integer(t)
-            if kind == "integer"
-            else (pa.types.is_list(t) or pa.types.is_large_list(t))
-        )
-        if ok and kind != "integer":
-            ok = (
+        if kind == "integer":
+            ok = pa.types.is_integer(t)
+        else:
+            ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
                 pa.types.is_string(t.value_type)
                 or pa.types.is_large_string(t.value_type)
                 or pa.types.is_null(t.value_type)
@@ -111,6 +240,113 @@ def _check_schema(path: Path, schema: pa.Schema) -> None:
         raise InputError(
             f"{path}: needs an 'admittime' or 'visit_no' column to order visits", "Add one and retry"
         )
+
+
+def _check_csv_header(path: Path, header: list[str]) -> None:
+    for col, kind in REQUIRED.items():
+        if col not in header:
+            hint = "`;`-separated codes" if kind.startswith("list") else kind
+            raise InputError(
+                f"{path}: column '{col}' is missing",
+                f"Provide '{col}' ({hint}); see the README's visits schema",
+            )
+    if "admittime" not in header and "visit_no" not in header:
+        raise InputError(
+            f"{path}: needs an 'admittime' or 'visit_no' column to order visits", "Add one and retry"
+        )
+
+
+def _csv_batches(path: Path, columns: list[str], rows: int) -> Iterator[pl.DataFrame]:
+    """CSV → frames of about `rows` rows with the parquet schema: ids and visit_no as integers, list columns
+    split on `;`, admittime parsed; a value of the wrong type is an InputError naming the column."""
+    import pyarrow.csv as pacsv
+
+    from leadercli.data.tables import read_header
+
+    header = [h.strip() for h in read_header(path)]
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 22),
+            convert_options=pacsv.ConvertOptions(
+                column_types={h: pa.string() for h in header}, include_columns=columns
+            ),
+        )
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(
+            f"{path} is not a readable CSV file ({str(exc).splitlines()[0][:120]})", "Check the file"
+        ) from None
+    buf: list[pl.DataFrame] = []
+    n = 0
+    while True:
+        try:
+            rb = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(
+                f"{path} is not a readable CSV file ({str(exc).splitlines()[0][:120]})", "Check the file"
+            ) from None
+        buf.append(_typed_csv_frame(path, pl.from_arrow(rb)))
+        n += rb.num_rows
+        if n >= rows:
+            yield pl.concat(buf)
+            buf, n = [], 0
+    if buf:
+        yield pl.concat(buf)
+
+
+def _typed_csv_frame(path: Path, df: pl.DataFrame) -> pl.DataFrame:
+    exprs = []
+    for col in df.columns:
+        c = pl.col(col).str.strip_chars()
+        if col in ("subject_id", "hadm_id", "visit_no", "icd_version"):
+            bad = df.select(
+                (c.is_not_null() & (c != "") & c.cast(pl.Int64, strict=False).is_null()).sum()
+            ).item()
+            if bad:
+                raise InputError(
+                    f"{path}: column '{col}' has {bad:,} values that are not whole numbers", "Fix the column"
+                )
+            exprs.append(c.cast(pl.Int64, strict=False).alias(col))
+        elif col in LIST_COLUMNS:
+            exprs.append(
+                pl.when(c.is_null() | (c == ""))
+                .then(pl.lit([], dtype=pl.List(pl.Utf8)))
+                .otherwise(
+                    c.str.split(";")
+                    .list.eval(pl.element().str.strip_chars())
+                    .list.eval(pl.element().filter(pl.element() != ""))
+                )
+                .alias(col)
+            )
+        elif col == "admittime":
+            from leadercli.data.tables import _DATETIME_FORMATS
+
+            parsed = pl.coalesce(
+                [c.str.to_datetime(f, time_unit="us", strict=False) for f in _DATETIME_FORMATS]
+            )
+            bad = df.select((c.is_not_null() & (c != "") & parsed.is_null()).sum()).item()
+            if bad:
+                raise InputError(
+                    f"{path}: column 'admittime' has {bad:,} values that are not dates (YYYY-MM-DD hh:mm:ss)",
+                    "Fix the column",
+                )
+            exprs.append(parsed.alias(col))
+        else:
+            exprs.append(c.alias(col))
+    return _check_ids(path, df.select(exprs))
+
+
+def _check_ids(path: Path, df: pl.DataFrame) -> pl.DataFrame:
+    for col in ("subject_id", "hadm_id"):
+        nulls = df[col].null_count()
+        if nulls:
+            raise InputError(
+                f"{path}: column '{col}' has {nulls:,} empty values",
+                "Every visit needs a subject_id and a hadm_id",
+            )
+    return df
 
 
 def _prefix_raw(df: pl.DataFrame, path: Path, default_version: int | None) -> pl.DataFrame:
@@ -155,100 +391,173 @@ def _apply_prefix(s: pl.Series, col: str) -> pl.Series:
     return res["c"]
 
 
-def predict_file(settings, input_path: Path, output: Path) -> PredictSummary:
+# -- output checks --------------------------------------------------------------------------------------------
+def check_output(output: Path, input_path: Path) -> None:
+    """Refuse an output that would replace the input or cannot be written, before any work is done."""
+    if output.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"output {output} must end in .csv or .parquet", "Choose e.g. -o recs.csv")
+    src = Path(input_path)
+    candidates = [src, src / INPUT_VISITS] if src.is_dir() else [src]
+    if any(output.resolve() == c.resolve() for c in candidates):
+        raise InputError(f"output {output} is the input file", "Choose another -o; inputs are never replaced")
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder", "Pass a file name ending in .csv or .parquet")
+    parent = output.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"output folder {parent} cannot be created ({probe} is a file)", "Choose another -o")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {probe} is not writable", "Choose another -o")
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+def predict_file(
+    settings, input_path: Path, output: Path, max_ddi_pairs: int | None = None
+) -> PredictSummary:
+    """`leader predict INPUT -o OUTPUT`: the whole command, output written atomically with its sidecar."""
     from leadercli.runs import load_run
 
     cfg = settings.predict
     input_path, output = Path(input_path), Path(output)
-    if output.suffix.lower() not in (".csv", ".parquet"):
-        raise InputError(f"output {output} must end in .csv or .parquet", "Choose e.g. -o recs.csv")
-    if not input_path.is_file():
-        raise InputError(
-            f"input file {input_path} does not exist",
-            "Pass a visits parquet (e.g. data/mimic3/visits.parquet)",
-        )
-    try:
-        pf = pq.ParquetFile(input_path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(
-            f"{input_path} is not a readable parquet file ({str(exc).splitlines()[0]})",
-            "Write it with pyarrow/polars",
-        ) from None
-    _check_schema(input_path, pf.schema_arrow)
-    if pf.metadata.num_rows == 0:
-        raise InputError(f"{input_path} has no rows", "Pass a file with at least one visit")
-
+    check_output(output, input_path)
+    src = read_input(input_path)
     model_dir = Path(cfg.model) if cfg.model else default_model(settings)
-    scorer = load_run(model_dir)
-    model, encoder, manifest = scorer, scorer.encoder, scorer.manifest
-    threshold = cfg.threshold if cfg.threshold is not None else scorer.threshold
-    top_k = min(cfg.top_k, encoder.n_labels)
-    labels = pa.array(encoder.vocab.medications.codes, pa.string())
-    names = pa.array(encoder.vocab.medications.titles, pa.string())
-    default_version = 9 if manifest.get("artifact", {}).get("source") == "mimic3" else None
-    max_visits = scorer.max_visits
-    wanted = [
-        c
-        for c in pf.schema_arrow.names
-        if c
-        in set(REQUIRED) | {"admittime", "visit_no", "medications", "icd_version", *encoder.profile_fields}
-    ]
-
-    def encoded_chunks() -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
-        seen = _SeenSubjects()
-        for nrows, df in _subject_chunks(pf, input_path, wanted, max(cfg.batch_size * 2, 1024)):
-            yield (
-                nrows,
-                _encode_chunk(df, input_path, encoder, seen, default_version, max_visits, cfg.batch_size),
-            )
-
-    def score(batch: dict[str, torch.Tensor]) -> tuple[pa.Table, np.ndarray]:
-        return _score_batch(model, batch, top_k, threshold, labels, names), batch["sample"].numpy()
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    writer = None
-    n_patients = n_rows = 0
-    threads = torch.get_num_threads()
+    stop = threading.Event()
+    hasher = ThreadPoolExecutor(1)
+    digest = hasher.submit(_sha256, src.path, stop)
     try:
-        writer = _open_writer(tmp, output.suffix.lower())
-        # three stages overlap: a thread reads and encodes the next chunk while `threads` threads run the model
-        # on the batches of the current one (torch and polars release the GIL), one intra-op thread each
-        # (many small ops: threads in parallel beat parallel ops); chunks are written in order
-        torch.set_num_threads(1)
-        with (
-            console.progress("predicting", total=pf.metadata.num_rows) as advance,
-            _in_background(encoded_chunks()) as chunks,
-            ThreadPoolExecutor(max(1, threads), initializer=torch.set_num_threads, initargs=(1,)) as pool,
-        ):
-            pending: deque = deque()  # chunks being scored: ([future (table, samples)], input rows)
-            for nrows, batches in chunks:
-                pending.append(([pool.submit(score, b) for b in batches], nrows))
-                while len(pending) > max(1, threads // 2):  # the next chunks keep the scorers busy meanwhile
-                    n_patients, n_rows = _write(pending.popleft(), writer, advance, top_k, n_patients, n_rows)
-            while pending:
-                n_patients, n_rows = _write(pending.popleft(), writer, advance, top_k, n_patients, n_rows)
-        writer.close()
+        scorer = load_run(model_dir)
+        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size)
+        _check_input_run(src, scorer)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
         writer = None
-        os.replace(tmp, output)
-    finally:
-        torch.set_num_threads(threads)
-        if writer is not None:
+        try:
+            writer = _open_writer(tmp, output.suffix.lower())
+            counts = Counts()
+            with console.progress("predicting", total=src.num_rows) as advance:
+                for table, nrows, c in predict_stream(scorer, src, opts):
+                    writer.write_table(table)
+                    counts.add(c)
+                    advance(nrows, status=f"{counts.patients:,} patients")
             writer.close()
-        if tmp.exists():
-            tmp.unlink()
-    unk = encoder.unknown
+            writer = None
+            if counts.patients == 0:
+                raise InputError(f"{src.path} has no visits", "Pass a file with at least one visit")
+            meta = _meta(scorer, src, opts, counts, digest.result(), output)
+            from leadercli.runs import write_json
+
+            os.replace(tmp, output)
+            write_json(Path(f"{output}.meta.json"), meta)
+        finally:
+            if writer is not None:
+                writer.close()
+            if tmp.exists():
+                tmp.unlink()
+    finally:
+        stop.set()
+        hasher.shutdown(wait=True)
+    unk = scorer.encoder.unknown
+    _report(counts, unk, opts, scorer)
+    threshold = opts.threshold if opts.threshold is not None else scorer.threshold
+    console.out.print(
+        f"wrote {counts.rows:,} rows for {counts.patients:,} patients to {output} "
+        f"(model {model_dir}, {scorer.kind}, threshold {threshold:.2f})",
+        highlight=False,
+    )
+    return PredictSummary(
+        counts.patients,
+        counts.rows,
+        {"codes": dict(unk.codes), "profile": unk.profile},
+        output,
+        threshold,
+        model_dir,
+        counts,
+        meta,
+    )
+
+
+def _check_input_run(src: PredictInput, scorer) -> None:
+    if src.manifest is None:
+        return
+    want = (src.manifest.get("run") or {}).get("labels_hash")
+    if want is not None and want != scorer.manifest.get("labels_hash"):
+        console.info(
+            f"note: {src.path.parent} was built for run {src.manifest['run'].get('path')}, not for "
+            f"{scorer.path}: codes are counted against {scorer.path}'s vocabulary"
+        )
+
+
+def _report(counts: Counts, unk, opts: PredictOptions, scorer) -> None:
     console.info(
         f"unknown codes: {unk.codes['diagnoses']:,} diagnoses, {unk.codes['procedures']:,} procedures, "
         f"{unk.codes['medications']:,} history drugs, {unk.profile:,} profile values (mapped to UNK)"
     )
-    console.out.print(
-        f"wrote {n_rows:,} rows for {n_patients:,} patients to {output} (model {model_dir}, threshold {threshold:.2f})",
-        highlight=False,
-    )
-    return PredictSummary(
-        n_patients, n_rows, {"codes": dict(unk.codes), "profile": unk.profile}, output, threshold, model_dir
-    )
+    if counts.mostly_unknown:
+        console.info(
+            f"warning: {counts.mostly_unknown:,} of {counts.patients:,} patients have a target visit whose codes "
+            f"are mostly unknown to the model ({counts.no_known_code:,} with no known code): their ranking "
+            "leans on the drug frequencies the model learned; check `n_unknown_codes`"
+        )
+    if counts.beyond_top_k:
+        console.info(
+            f"{counts.beyond_top_k:,} selected drugs ranked below --top-k {opts.top_k} were written too "
+            "(every selected drug is in the output)"
+        )
+    if opts.max_ddi_pairs is not None:
+        console.info(
+            f"--max-ddi-pairs {opts.max_ddi_pairs}: {counts.ddi_dropped:,} selected drugs dropped "
+            f"(column ddi_dropped), {len(scorer.ddi_pairs())} interacting pairs known to the run"
+        )
+
+
+def _meta(scorer, src: PredictInput, opts: PredictOptions, counts: Counts, sha: str, output: Path) -> dict:
+    from leadercli.runs import now
+
+    threshold = opts.threshold if opts.threshold is not None else scorer.threshold
+    return {
+        "format": 1,
+        "output": output.name,
+        "created_at": now(),
+        "leadercli_version": __version__,
+        "model": {
+            "path": str(scorer.path.resolve()),
+            "kind": scorer.kind,
+            "labels_hash": scorer.manifest.get("labels_hash"),
+            "vocab_hash": (scorer.manifest.get("artifact") or {}).get("vocab_hash"),
+            "created_at": scorer.manifest.get("created_at"),
+        },
+        "threshold": {
+            "value": threshold,
+            "how": "--threshold" if opts.threshold is not None else scorer.manifest["threshold"].get("how"),
+        },
+        "top_k": opts.top_k,
+        "max_ddi_pairs": opts.max_ddi_pairs,
+        "input": {"path": str(src.path.resolve()), "sha256": sha, "format": src.kind},
+        "counts": {
+            "patients": counts.patients,
+            "rows": counts.rows,
+            "selected": counts.selected,
+            "selected_beyond_top_k": counts.beyond_top_k,
+            "ddi_dropped": counts.ddi_dropped,
+            "patients_mostly_unknown": counts.mostly_unknown,
+            "patients_without_known_code": counts.no_known_code,
+            "unknown_codes": dict(scorer.encoder.unknown.codes),
+            "unknown_profile_values": scorer.encoder.unknown.profile,
+        },
+    }
+
+
+def _sha256(path: Path, stop: threading.Event) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            if stop.is_set():
+                return ""
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _open_writer(path: Path, suffix: str):
@@ -259,20 +568,190 @@ def _open_writer(path: Path, suffix: str):
     return pacsv.CSVWriter(path, OUT_SCHEMA)
 
 
-def _subject_chunks(
-    pf: pq.ParquetFile, path: Path, columns: list[str], rows: int
-) -> Iterator[tuple[int, pl.DataFrame]]:
-    """Record batches of `rows` rows → (rows read, frame of whole subjects): the last subject of a batch is
-    carried over to the next one, as its visits may continue there."""
-    carry: pl.DataFrame | None = None
-    for rb in pf.iter_batches(batch_size=rows, columns=columns):
-        for col in ("subject_id", "hadm_id"):
-            if rb.column(col).null_count:
-                raise InputError(
-                    f"{path}: column '{col}' has {rb.column(col).null_count:,} empty values",
-                    "Every visit needs a subject_id and a hadm_id",
+# -- scoring --------------------------------------------------------------------------------------------------
+def predict_stream(scorer, src: PredictInput, opts: PredictOptions) -> Iterator[tuple[pa.Table, int, Counts]]:
+    """The input's subjects → output tables in subject order, with the input rows each one consumed."""
+    encoder = scorer.encoder
+    wanted = [
+        c
+        for c in src.columns
+        if c
+        in set(REQUIRED) | {"admittime", "visit_no", "medications", "icd_version", *encoder.profile_fields}
+    ]
+    chunk_rows = max(opts.batch_size * 2, 1024) if scorer.tensor_input else max(opts.batch_size, 64)
+    chunks = _subject_chunks(src.batches(wanted, chunk_rows))
+    yield from _score_chunks(scorer, chunks, src, opts)
+
+
+def predict_frame(scorer, frame: pl.DataFrame, opts: PredictOptions, titles=None) -> pl.DataFrame:
+    """One in-memory visits frame → the output table as a polars frame (the Python API's path; the same
+    encoding and scoring as the file path)."""
+    src = PredictInput(Path("<frame>"), "frame", frame.height, list(frame.columns), None, titles)
+    _check_frame(frame)
+    order = (
+        ["subject_id", "visit_no"] if "visit_no" in frame.columns else ["subject_id", "admittime", "hadm_id"]
+    )
+    frame = frame.sort(order, maintain_order=True)
+    tables = [t for t, _, _ in _score_chunks(scorer, iter([(frame.height, frame)]), src, opts)]
+    table = pa.concat_tables(tables) if tables else OUT_SCHEMA.empty_table()
+    return pl.from_arrow(table)
+
+
+def _check_frame(frame: pl.DataFrame) -> None:
+    schema = frame.head(0).to_arrow().schema
+    _check_schema(Path("<frame>"), schema)
+    _check_ids(Path("<frame>"), frame)
+
+
+def _score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
+    from leadercli.selection import ddi_matrix
+
+    encoder = scorer.encoder
+    threshold = opts.threshold if opts.threshold is not None else scorer.threshold
+    top_k = min(opts.top_k, encoder.n_labels)
+    labels = pa.array(encoder.vocab.medications.codes, pa.string())
+    names = pa.array(encoder.vocab.medications.titles, pa.string())
+    adj = ddi_matrix(scorer.ddi_pairs(), encoder.n_labels) if opts.max_ddi_pairs is not None else None
+    default_version = 9 if (scorer.manifest.get("artifact") or {}).get("source") == "mimic3" else None
+    seen = _SeenSubjects()
+    rows_fn = _Rows(top_k, threshold, adj, opts.max_ddi_pairs, labels, names)
+
+    def encoded() -> Iterator[tuple[int, pl.DataFrame, list[dict[str, torch.Tensor]]]]:
+        for nrows, df in chunks:
+            df, batches = _encode_chunk(
+                df, src.path, encoder, seen, default_version, scorer.max_visits, opts.batch_size
+            )
+            yield nrows, df, batches
+
+    if not scorer.tensor_input:
+        vocab = _titled_vocab(encoder.vocab, src.titles)
+        for nrows, df, batches in encoded():
+            if not batches:
+                yield OUT_SCHEMA.empty_table(), nrows, Counts()
+                continue
+            from leadercli.data.samples import samples_from_frame
+
+            samples = samples_from_frame(df, encoder.profile_fields, scorer.max_visits)
+            probs = torch.from_numpy(scorer.score_samples(samples, vocab=vocab))  # (P, M)
+            table, counts = _ordered([rows_fn(probs[b["sample"]], b) for b in batches])
+            yield table, nrows, counts
+        return
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # three stages overlap: a thread reads and encodes the next chunk while `threads` threads run the model
+        # on the batches of the current one (torch and polars release the GIL), one intra-op thread each
+        # (many small ops: threads in parallel beat parallel ops); chunks are written in order
+        with (
+            _in_background(encoded()) as stream,
+            ThreadPoolExecutor(max(1, threads), initializer=torch.set_num_threads, initargs=(1,)) as pool,
+        ):
+            pending: deque = deque()  # chunks being scored: ([future], input rows)
+            for nrows, _df, batches in stream:
+                pending.append(
+                    ([pool.submit(lambda b: rows_fn(scorer.score_batch(b), b), b) for b in batches], nrows)
                 )
-        df = pl.from_arrow(rb)
+                while len(pending) > max(1, threads // 2):  # the next chunks keep the scorers busy meanwhile
+                    futures, n = pending.popleft()
+                    table, counts = _ordered([f.result() for f in futures])
+                    yield table, n, counts
+            while pending:
+                futures, n = pending.popleft()
+                table, counts = _ordered([f.result() for f in futures])
+                yield table, n, counts
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _titled_vocab(vocab, titles: dict[str, dict[str, str]] | None):
+    """The run's vocab, extended with the titles of codes it does not know (for the teacher's prompts)."""
+    if not titles:
+        return vocab
+    from leadercli.data.artifact import CodeList, Vocab
+
+    lists = {}
+    for kind in ("diagnoses", "procedures", "medications"):
+        cl = getattr(vocab, kind)
+        extra = [(c, t) for c, t in sorted(titles.get(kind, {}).items()) if c not in cl.index]
+        lists[kind] = CodeList(cl.codes + [c for c, _ in extra], cl.titles + [t for _, t in extra])
+    return Vocab(**lists, profile=vocab.profile)
+
+
+class _Rows:
+    """Probabilities of one batch → its output rows (top-k plus every selected drug), in batch order, and
+    the counts; `sample` of each row keeps the patient's place in the chunk."""
+
+    def __init__(self, top_k, threshold, adj, max_pairs, labels: pa.Array, names: pa.Array) -> None:
+        self.top_k, self.threshold, self.adj, self.max_pairs = top_k, threshold, adj, max_pairs
+        self.labels, self.names = labels, names
+
+    def __call__(
+        self, probs: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[pa.Table, np.ndarray, Counts]:
+        from leadercli.selection import limit_ddi
+
+        B, M = probs.shape
+        sel = probs >= self.threshold  # (B, M)
+        if self.adj is not None:
+            kept, dropped = limit_ddi(probs, sel, self.adj, self.max_pairs)
+        else:
+            kept, dropped = sel, torch.zeros_like(sel)
+        n_sel = sel.sum(1)  # (B,)
+        k = int(min(M, max(self.top_k, int(n_sel.max()) if B else 0)))
+        top = torch.topk(probs, k, dim=1)  # (B, k)
+        rank = torch.arange(1, k + 1).expand(B, k)
+        sel_k = sel.gather(1, top.indices)
+        keep = (rank <= self.top_k) | sel_k  # (B, k)
+        kf = keep.numpy().ravel()
+        n_unknown = batch["n_unknown"].numpy()
+        n_codes = batch["n_codes"].numpy()
+        per_patient = keep.sum(1).numpy()
+        ix = pa.array(top.indices.numpy().ravel()[kf])
+        table = pa.table(
+            {
+                "subject_id": np.repeat(batch["subject_id"].numpy(), per_patient),
+                "hadm_id": np.repeat(batch["hadm_id"].numpy(), per_patient),
+                "rank": rank.numpy().ravel()[kf].astype(np.int32),
+                "atc3": self.labels.take(ix),
+                "drug_name": self.names.take(ix),
+                "score": top.values.numpy().astype(np.float32).ravel()[kf],
+                "selected": kept.gather(1, top.indices).numpy().ravel()[kf],
+                "ddi_dropped": dropped.gather(1, top.indices).numpy().ravel()[kf],
+                "n_unknown_codes": np.repeat(n_unknown.astype(np.int32), per_patient),
+            },
+            schema=OUT_SCHEMA,
+        )
+        counts = Counts(
+            patients=B,
+            rows=table.num_rows,
+            selected=int(kept.sum()),
+            beyond_top_k=int((sel_k & (rank > self.top_k)).sum()),
+            ddi_dropped=int(dropped.sum()),
+            mostly_unknown=int((n_unknown > MOSTLY_UNKNOWN * n_codes).sum()),
+            no_known_code=int(((n_unknown == n_codes) & (n_codes > 0)).sum()),
+        )
+        return table, np.repeat(batch["sample"].numpy(), per_patient), counts
+
+
+def _ordered(results: list[tuple[pa.Table, np.ndarray, Counts]]) -> tuple[pa.Table, Counts]:
+    """The batches of one chunk (in visit-count order) → one table in sample (subject) order, each patient's
+    rows together and by rank."""
+    counts = Counts()
+    if not results:
+        return OUT_SCHEMA.empty_table(), counts
+    tables, samples, cs = zip(*results, strict=True)
+    for c in cs:
+        counts.add(c)
+    order = np.argsort(np.concatenate(samples), kind="stable")  # rows of a patient keep their rank order
+    return pa.concat_tables(tables).take(pa.array(order)), counts
+
+
+def _subject_chunks(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Frames of rows → (rows read, frame of whole subjects): the last subject of a frame is carried over to
+    the next one, as its visits may continue there."""
+    carry: pl.DataFrame | None = None
+    for df in frames:
         nrows = df.height
         if carry is not None:
             df = pl.concat([carry, df], how="vertical_relaxed")
@@ -313,10 +792,10 @@ def _encode_chunk(
     default_version: int | None,
     max_visits: int,
     batch_size: int,
-) -> list[dict[str, torch.Tensor]]:
-    """Whole subjects → collated batches (`Encoder.encode_frame`: same tensors as samples + collate)."""
+) -> tuple[pl.DataFrame, list[dict[str, torch.Tensor]]]:
+    """Whole subjects → (the prefixed frame, its collated batches; `Encoder.encode_frame`)."""
     if df.height == 0:
-        return []
+        return df, []
     if not seen.add(df["subject_id"].to_numpy()):
         raise InputError(
             f"{path}: rows of a subject are not contiguous",
@@ -325,49 +804,7 @@ def _encode_chunk(
     if "medications" not in df.columns:
         df = df.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("medications"))
     df = _prefix_raw(df, path, default_version)
-    return encoder.encode_frame(df, max_visits, batch_size, labels=False, by_length=True)
-
-
-def _score_batch(
-    model, batch: dict[str, torch.Tensor], top_k: int, threshold: float, labels: pa.Array, names: pa.Array
-) -> pa.Table:
-    """One batch → its output rows: the top-k drugs of each patient, best first."""
-    with torch.inference_mode():  # thread-local: entered in the scoring thread
-        probs = model.score_batch(batch)  # (B, M)
-        top = torch.topk(probs, top_k, dim=1)  # (B, k)
-    sc = top.values.numpy().astype(np.float32).ravel()  # (B·k,)
-    ix = pa.array(top.indices.numpy().ravel())  # (B·k,)
-    B = top.values.shape[0]
-    return pa.table(
-        {
-            "subject_id": np.repeat(batch["subject_id"].numpy(), top_k),
-            "hadm_id": np.repeat(batch["hadm_id"].numpy(), top_k),
-            "rank": np.tile(np.arange(1, top_k + 1, dtype=np.int32), B),
-            "atc3": labels.take(ix),
-            "drug_name": names.take(ix),
-            "score": sc,
-            "selected": sc >= threshold,
-        },
-        schema=OUT_SCHEMA,
-    )
-
-
-def _write(
-    chunk: tuple[list[Future], int], writer, advance, top_k: int, n_patients: int, n_rows: int
-) -> tuple[int, int]:
-    """Wait for the batches of one chunk and write their rows in sample (subject) order: the batches are in
-    visit-count order (`by_length`), each patient's `top_k` rows together. Advances the progress bar by the
-    chunk's input rows."""
-    futures, nrows = chunk
-    if futures:
-        tables, samples = zip(*(f.result() for f in futures), strict=True)
-        order = np.argsort(np.concatenate(samples))  # (P,) batch position of each sample, in sample order
-        rows = (order[:, None] * top_k + np.arange(top_k)).ravel()  # (P·k,)
-        table = pa.concat_tables(tables).take(rows)
-        writer.write_table(table)
-        n_patients, n_rows = n_patients + len(order), n_rows + table.num_rows
-    advance(nrows, status=f"{n_patients:,} patients")
-    return n_patients, n_rows
+    return df, encoder.encode_frame(df, max_visits, batch_size, labels=False, by_length=True)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ MANIFEST = "manifest.json"
 SETTINGS = "settings.toml"
 LOG = "train_log.jsonl"
 VOCAB_COPY = "vocab.json"
+DDI_COPY = "ddi.parquet"
 MODEL_FILE = "model.safetensors"
 KINDS = ("student", "distilled", "teacher", "popularity", "previous")
 TENSOR_KINDS = ("student", "distilled", "popularity", "previous")
@@ -129,6 +130,12 @@ def prepare_out_dir(
     out.mkdir(parents=True, exist_ok=True)
 
 
+def copy_artifact_files(artifact: Artifact, out: Path) -> None:
+    """The artifact files a run needs to predict without its artifact: the vocab and the DDI pairs."""
+    shutil.copyfile(artifact.path / "vocab.json", out / VOCAB_COPY)
+    shutil.copyfile(artifact.path / DDI_COPY, out / DDI_COPY)
+
+
 def save_settings(settings, out: Path) -> None:
     (out / SETTINGS).write_text(settings.to_toml())
 
@@ -190,6 +197,30 @@ class Scorer:
 
     def parameters(self) -> dict[str, int]:
         return dict(self.manifest.get("parameters", {}))
+
+    def ddi_pairs(self):
+        """The run's interacting drug pairs as label-index pairs (K, 2) int64: its copy of the artifact's
+        ddi.parquet, else the artifact's own (runs made before the copy existed); empty when neither is there."""
+        import numpy as np
+        import polars as pl
+
+        if getattr(self, "_ddi", None) is None:
+            path = self.path / DDI_COPY
+            if not path.is_file():
+                path = Path((self.manifest.get("artifact") or {}).get("path", "")) / DDI_COPY
+            pairs = np.zeros((0, 2), np.int64)
+            if path.is_file():
+                try:
+                    df = pl.read_parquet(path, columns=["atc3_a", "atc3_b"])
+                except (pl.exceptions.PolarsError, OSError):
+                    raise ArtifactError(
+                        f"{path} is unreadable", "Retrain the run or rebuild the artifact"
+                    ) from None
+                idx = self.vocab.medications.index
+                got = [(idx[a], idx[b]) for a, b in df.iter_rows() if a in idx and b in idx]
+                pairs = np.asarray(got, dtype=np.int64).reshape(-1, 2)
+            self._ddi = pairs
+        return self._ddi
 
     def reset_unknown(self) -> None:
         from leadercli.data.batching import UnknownCounter

@@ -83,7 +83,13 @@ def test_streamed_output_equals_training_path(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     r = runner.invoke(app, ["predict", "big.parquet", "-o", "out.csv", "--top-k", str(TOP_K)])
     assert r.exit_code == 0, r.output
-    got = pl.read_csv("out.csv")
+    full = pl.read_csv("out.csv")
+    # every selected drug is written, also below the top k; the rest are the top k of each patient
+    beyond = full.filter(pl.col("rank") > TOP_K)
+    assert beyond["selected"].all()
+    m = re.search(r"([\d,]+) selected drugs ranked below --top-k", r.output)
+    assert (m and int(m.group(1).replace(",", "")) == beyond.height) or beyond.height == 0
+    got = full.filter(pl.col("rank") <= TOP_K).drop("ddi_dropped", "n_unknown_codes", "selected")
     want, unknown = _expected(workdir, pl.read_parquet("big.parquet"))
     assert got.height == want.height == TOP_K * 1500
     assert got.select("subject_id", "hadm_id", "rank", "atc3").equals(want.drop("score"))

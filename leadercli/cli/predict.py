@@ -1,4 +1,4 @@
-"""`leader predict`: a parquet file of visits → ranked drug recommendations (CSV or parquet)."""
+"""`leader predict`: visits (parquet, CSV or a `preprocess --for-run` folder) → ranked drugs (CSV or parquet)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,28 @@ def register(app: typer.Typer) -> None:
             "leader predict data/mimic3/visits.parquet -o recs.csv",
             "leader predict visits.parquet -o recs.parquet --model runs/student --top-k 10",
             "leader predict visits.parquet -o recs.csv --threshold 0.3",
+            "leader predict data/new-patients -o recs.csv --model runs/distilled --max-ddi-pairs 0",
+            "leader predict visits.csv -o recs.parquet --model runs/teacher",
         ),
     )(predict)
 
 
 def predict(
-    input: Annotated[Path, typer.Argument(help="Visits parquet (the artifact's visits.parquet schema).")],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="Visits in the artifact's visits.parquet schema: a .parquet or .csv file (list columns as "
+            "`;`-separated codes), or a folder written by `leader preprocess --for-run`."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .csv or .parquet.")],
     model: Annotated[
-        Path | None, typer.Option("--model", help="Run folder. Default: runs/distilled, else runs/student.")
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Run folder of any kind (distilled, student, teacher, popularity, previous). "
+            "Default: runs/distilled, else runs/student, else runs/teacher.",
+        ),
     ] = None,
     top_k: Annotated[
         int | None, typer.Option("--top-k", help="Drugs per patient in the output (default 20).")
@@ -36,20 +49,30 @@ def predict(
             "--threshold", help="Score at or above which a drug is `selected`. Default: the model's."
         ),
     ] = None,
+    max_ddi_pairs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-ddi-pairs",
+            min=0,
+            help="Drop the lowest-scored selected drugs of interacting pairs (the run's DDI pairs) until at "
+            "most N interacting pairs remain per patient; dropped drugs are marked in `ddi_dropped`.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Rank drugs for the latest visit of every subject in INPUT and write one row per (subject, drug).
 
-    Columns: subject_id, hadm_id, rank, atc3, drug_name, score, selected. The input is streamed in batches;
-    the output is written atomically. Codes unknown to the model are counted and reported.
+    Columns: subject_id, hadm_id, rank, atc3, drug_name, score, selected, ddi_dropped, n_unknown_codes. Every
+    selected drug is written, also beyond --top-k. The input is streamed in batches; the output is written
+    atomically, with a sidecar OUTPUT.meta.json (model, label hash, threshold, version, input sha256, counts).
     """
 
     def body() -> None:
         from leadercli.predict import predict_file
 
         settings = load(config, predict={"model": model, "top_k": top_k, "threshold": threshold})
-        predict_file(settings, input, output)
+        predict_file(settings, input, output, max_ddi_pairs=max_ddi_pairs)
 
     run(body, quiet=quiet, debug=debug)

@@ -125,7 +125,9 @@ class Encoder:
         (the target visit's drugs; prediction never reads them). `by_length=True` batches the patients in
         ascending number of kept visits (stable), as `batches(..., order=...)` would, so that most batches pad
         to few visits; each batch then also holds `sample` (B,) int64, the index of each patient among the
-        samples (frame order)."""
+        samples (frame order). With `labels=False` each batch also holds `n_unknown` (B,) int64, the codes of
+        the target visit (diagnoses + procedures) that the vocabulary does not know, and `n_codes` (B,) int64,
+        all codes of the target visit."""
         order = (
             ["subject_id", "visit_no"]
             if "visit_no" in visits.columns
@@ -157,6 +159,14 @@ class Encoder:
         n_visits = w.counts.astype(np.int64)  # (P,)
         if labels:
             lab_p, lab_i = self._target_labels(df["medications"], w.last)
+        else:
+            target_row = np.cumsum(w.length) - 1  # (P,) the target's index among the window rows
+            R = len(w.rows)
+            unk = np.bincount(diag.row[diag.ids == UNK_DIAG], minlength=R) + np.bincount(
+                proc.row[proc.ids == UNK_PROC], minlength=R
+            )  # (R,)
+            n_unknown = unk[target_row].astype(np.int64)  # (P,)
+            n_codes = (diag.lens + proc.lens)[target_row].astype(np.int64)  # (P,)
         out = []
         for p0 in range(0, P, batch_size):
             p1 = min(p0 + batch_size, P)
@@ -170,6 +180,9 @@ class Encoder:
             }
             if labels:
                 batch.update(self._label_tensors(lab_p, lab_i, p0, p1))
+            else:
+                batch["n_unknown"] = torch.from_numpy(n_unknown[p0:p1])
+                batch["n_codes"] = torch.from_numpy(n_codes[p0:p1])
             batch["n_visits"] = torch.from_numpy(n_visits[p0:p1])
             batch["subject_id"] = torch.from_numpy(sid[p0:p1])
             batch["hadm_id"] = torch.from_numpy(hadm[p0:p1])

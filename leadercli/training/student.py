@@ -70,7 +70,7 @@ def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, setti
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE)
     )
-    shutil.copyfile(artifact.path / "vocab.json", out / runs.VOCAB_COPY)
+    runs.copy_artifact_files(artifact, out)
     runs.save_settings(settings, out)
     if config is not None:
         manifest["model_config"] = asdict(config)
