@@ -6,3 +6,13 @@ distillation and profile alignment (`leader distill`) → ranked ATC level-3 dru
 """
 
 __version__ = "0.1.0"
+__all__ = ["Recommender", "__version__"]
+
+
+def __getattr__(name: str):
+    # lazy, so that `import leadercli` (and `leader --help`) does not import torch
+    if name == "Recommender":
+        from leadercli.api import Recommender
+
+        return Recommender
+    raise AttributeError(f"module 'leadercli' has no attribute {name!r}")

@@ -36,7 +36,7 @@ def run_demo(settings: Settings, workdir: Path | None = None) -> dict:
 
     result = stage("1/6 preprocess", lambda: preprocess(settings))
     print_summary(result)
-    settings.paths.artifact = Path(result.out_dir) if hasattr(result, "out_dir") else settings.artifact_dir()
+    settings.paths.artifact = result.path
     stage("2/6 train teacher", lambda: train_teacher(settings))
     stage("3/6 distill", lambda: distill(settings))
     student = settings.model_copy(deep=True)

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
             "leader preprocess --source mimic4",
             "leader preprocess --source mimic3 --raw /data/mimic-iii-1.4 --out data/mimic3-full",
             "leader preprocess --source mimic4 --raw /data/mimic-iv-2.2/hosp --aux sample_data/aux",
+            "leader preprocess --for-run runs/distilled --raw /data/new-admissions --out data/new-patients",
         ),
     )(preprocess)
 
@@ -38,7 +39,20 @@ def preprocess(
         Path | None, typer.Option("--aux", help="Folder with the mapping files. Default: the bundled copies.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Artifact folder to write. Default: data/<source>.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder to write. Default: data/<source> (an artifact), with --for-run data/new-patients.",
+        ),
+    ] = None,
+    for_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--for-run",
+            help="New patients: write a prediction input for this run instead of an artifact — every admission "
+            "with a diagnosis or procedure, no split, the run's vocabulary (needs --raw). "
+            "Example: --for-run runs/distilled",
+        ),
     ] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
@@ -49,9 +63,27 @@ def preprocess(
     Maps NDC → ATC level 3, keeps admissions with a diagnosis, a procedure and a mapped drug, orders visits by
     admission time, splits patients 80/10/10, fits vocabularies on the training patients and writes
     manifest.json, visits.parquet, patients.parquet, vocab.json and ddi.parquet atomically.
+
+    With --for-run RUN it prepares new patients for `leader predict` instead: visits.parquet, codes.parquet
+    and manifest.json, the latest admission of each patient being the one to prescribe for.
     """
 
     def body() -> None:
+        if for_run is not None:
+            from leadercli.data.newcohort import build_for_run
+            from leadercli.data.newcohort import print_summary as summary
+            from leadercli.errors import SettingsError
+
+            if raw is None:
+                raise SettingsError(
+                    "--for-run needs --raw: the folder with the new patients' tables",
+                    "Example: leader preprocess --for-run runs/distilled --raw /data/new-admissions",
+                )
+            settings = load(config, data={"source": _source(source)}, paths={"aux": aux})
+            result = build_for_run(settings, for_run, raw, out or Path("data/new-patients"), _source(source))
+            summary(result)
+            return
+
         from leadercli.data.preprocess import preprocess as do_preprocess
         from leadercli.data.preprocess import print_summary
 

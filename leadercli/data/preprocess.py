@@ -108,7 +108,8 @@ class RawData:
     source_version: str
 
 
-def read_raw(files: dict[str, Path], source: str) -> RawData:
+def read_raw(files: dict[str, Path], source: str, allow_empty_prescriptions: bool = False) -> RawData:
+    """Scan and collect the raw tables (`allow_empty_prescriptions`: a new cohort may have none yet)."""
     specs = tables.SPECS[source]
     scans = {role: tables.scan_table(path, specs[role]) for role, path in files.items()}
     counts: dict[str, dict] = {}
@@ -136,6 +137,7 @@ def read_raw(files: dict[str, Path], source: str) -> RawData:
         rx = tables.collect(
             scans["prescriptions"],
             lambda lf: lf.group_by(["subject_id", "hadm_id", "ndc"]).agg(pl.len().alias("n")),
+            allow_empty=allow_empty_prescriptions,
         )
     with console.step("Reading ICD dictionaries"):
         d_dx = tables.collect(scans["d_diagnoses"])

@@ -1,0 +1,111 @@
+"""The Python API: `from leadercli import Recommender`.
+
+    rec = Recommender.load("runs/distilled")          # any run kind: distilled, student, teacher, baselines
+    recs = rec.predict(visits)                       # polars or pandas frame in the visits schema
+    recs = rec.predict_raw("new_raw/", source="mimic4")  # raw tables → `preprocess --for-run` → predict
+
+Both return a polars DataFrame with exactly the columns and rows of the file `leader predict` writes (the same
+encoding, scoring, threshold, top-k and DDI rule: `leadercli.predict.predict_frame`), sorted by subject and
+rank. Nothing is written by `predict`; `predict_raw` builds its prediction input in a temporary folder (or
+`out=` to keep it).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class Recommender:
+    """A loaded run that ranks drugs for visits frames."""
+
+    def __init__(self, scorer, settings=None) -> None:
+        self.scorer = scorer
+        self.settings = settings
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | None = None, settings=None) -> Recommender:
+        """Load a run folder of any kind (`leadercli.runs.load_run`). `device`: "cpu", "cuda", … (default cpu)."""
+        import torch
+
+        from leadercli.runs import load_run
+
+        return cls(load_run(Path(run_dir), torch.device(device) if device else None), settings)
+
+    @property
+    def kind(self) -> str:
+        return self.scorer.kind
+
+    @property
+    def labels(self) -> list[str]:
+        """The ATC-3 codes the run ranks, in score order."""
+        return list(self.scorer.labels)
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold
+
+    def predict(
+        self,
+        visits: Any,
+        top_k: int = 20,
+        threshold: float | None = None,
+        max_ddi_pairs: int | None = None,
+        titles: dict[str, dict[str, str]] | None = None,
+    ):
+        """Rank drugs for the latest visit of every subject in `visits` (polars or pandas DataFrame, the
+        artifact's visits schema). Returns a polars DataFrame: subject_id, hadm_id, rank, atc3, drug_name,
+        score, selected, ddi_dropped, n_unknown_codes. `titles` (kind → {code: title}) names codes the run
+        does not know, for a teacher's prompts."""
+        import polars as pl
+
+        from leadercli.errors import InputError
+        from leadercli.predict import PredictOptions, predict_frame
+
+        frame = visits if isinstance(visits, pl.DataFrame) else _from_other(visits)
+        if frame.height == 0:
+            raise InputError("the visits frame has no rows", "Pass at least one visit")
+        self.scorer.reset_unknown()
+        opts = PredictOptions(top_k=top_k, threshold=threshold, max_ddi_pairs=max_ddi_pairs, batch_size=4096)
+        return predict_frame(self.scorer, frame, opts, titles)
+
+    def predict_raw(
+        self,
+        raw_dir: str | Path,
+        source: str | None = None,
+        out: str | Path | None = None,
+        aux: str | Path | None = None,
+        **predict_options,
+    ):
+        """Raw MIMIC tables of new patients → ranked drugs: `leader preprocess --for-run` and `predict` in one
+        call. `out` keeps the prediction input folder; by default it is built in a temporary folder."""
+        import polars as pl
+
+        from leadercli.data.newcohort import build_for_run
+        from leadercli.predict import INPUT_CODES, _read_titles
+        from leadercli.settings import load_settings
+
+        settings = self.settings or load_settings(None, overrides={"paths": {"aux": aux}})
+        with tempfile.TemporaryDirectory(prefix="leader-new-") as tmp:
+            target = Path(out) if out is not None else Path(tmp) / "input"
+            result = build_for_run(settings, self.scorer.path, Path(raw_dir), target, source)
+            visits = pl.read_parquet(result.path / "visits.parquet")
+            titles = _read_titles(result.path / INPUT_CODES)
+            return self.predict(visits, titles=titles, **predict_options)
+
+
+def _from_other(visits: Any):
+    import polars as pl
+
+    from leadercli.errors import InputError
+
+    try:
+        return (
+            pl.from_pandas(visits) if type(visits).__module__.startswith("pandas") else pl.DataFrame(visits)
+        )
+    except Exception:  # noqa: BLE001 - any conversion failure is the caller's input
+        raise InputError(
+            f"visits must be a polars or pandas DataFrame, not {type(visits).__name__}",
+            "Pass a frame in the visits schema (see the README)",
+        ) from None

@@ -1,0 +1,294 @@
+"""`leader preprocess --for-run RUN --raw DIR`: raw tables of new patients → a prediction input folder.
+
+The job `leader` exists for: patients the run has never seen, whose latest admission has no prescriptions yet.
+Unlike `leader preprocess` there is no split, no refit and no vocabulary filter — the run's vocabulary and
+label list are used as they are (`leader predict` maps the codes the run does not know to UNK and counts them):
+
+- every admission with at least one diagnosis or procedure and an admit time is a visit, ordered by admit
+  time (ties by hadm_id); the latest one is the visit to prescribe for and needs no prescription; earlier
+  visits keep their mapped drugs (NDC → ATC-3 by the same two routes as `leader preprocess`) as history;
+- codes keep the prefixed form (`D10:I10`) — no frequency filter — and `codes.parquet` keeps the title of
+  every code from the raw D_ICD tables and the WHO ATC names, so that a code unknown to the run is still known
+  by name (the teacher's prompts use it) and counted;
+- the profile columns are those of the run's vocabulary (MIMIC-III / MIMIC-IV admission fields, gender, age
+  group), filled as `leader preprocess` fills them.
+
+Files (written to a temporary sibling folder, renamed into place when complete):
+
+| file | content |
+|---|---|
+| `visits.parquet` | the artifact's visits schema (`subject_id`, `hadm_id`, `admittime`, `visit_no`, `diagnoses`, `procedures`, `medications`, profile columns), sorted by subject and visit |
+| `codes.parquet` | `kind`, `code`, `title`, `known` (in the run's vocabulary), `visits` (visits carrying it) |
+| `manifest.json` | `kind = "prediction-input"`, the run (path, kind, label hash, vocab hash), source, input files with size and sha256, counts per step, per kind the number of codes / code rows unknown to the run (all visits and target visits) |
+
+Building it costs no more than `leader preprocess` on the same tables (the same scans, no vocabulary fit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from leadercli import __version__, console
+from leadercli.data import artifact as A
+from leadercli.data import cohort, mapping, tables, vocab
+from leadercli.errors import ArtifactError, InputError
+
+KIND = "prediction-input"
+KEYS = cohort.KEYS
+CODES = "codes.parquet"
+
+
+@dataclass
+class NewCohortResult:
+    path: Path
+    manifest: dict
+
+
+def check_target(target: Path) -> None:
+    """Only an empty folder or an earlier prediction input folder may be replaced."""
+    if target.exists() and not target.is_dir():
+        raise InputError(f"output {target} exists and is not a folder", "Choose another --out")
+    if target.is_dir() and any(target.iterdir()):
+        m = target / A.MANIFEST
+        try:
+            kind = json.loads(m.read_text()).get("kind") if m.is_file() else None
+        except (OSError, ValueError):
+            kind = None
+        if kind != KIND:
+            raise InputError(
+                f"output folder {target} exists and is not a prediction input folder",
+                "Choose another --out or remove the folder",
+            )
+
+
+def build_for_run(
+    settings, run_dir: Path, raw_dir: Path, out: Path, source: str | None = None
+) -> NewCohortResult:
+    """Read the raw tables of `raw_dir` and write the prediction input folder `out` for the run `run_dir`."""
+    from leadercli import runs
+    from leadercli.data.bundled import bundled_aux
+    from leadercli.data.preprocess import _hash_all, read_raw
+
+    t0 = time.perf_counter()
+    run_dir, raw_dir, out = Path(run_dir), Path(raw_dir), Path(out)
+    if not run_dir.is_dir():
+        raise ArtifactError(
+            f"run folder {run_dir} does not exist",
+            "Pass --for-run with a folder written by `leader train` / `leader distill`",
+        )
+    manifest = runs.read_manifest(run_dir)
+    if manifest.get("kind") not in runs.KINDS:
+        raise ArtifactError(
+            f"{run_dir} is not a leadercli run (kind {manifest.get('kind')!r})", "Pass another --for-run"
+        )
+    voc = runs.read_run_vocab(run_dir, manifest)
+    run_source = (manifest.get("artifact") or {}).get("source")
+    source = source or run_source or settings.data.source
+    if run_source and source != run_source:
+        console.info(f"note: the run was trained on {run_source} data; reading {raw_dir} as {source}")
+    if out.resolve() == raw_dir.resolve() or raw_dir.resolve() in out.resolve().parents:
+        raise InputError(
+            f"--out {out} is inside the raw folder {raw_dir}", "Write the input folder elsewhere"
+        )
+    check_target(out)
+    aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
+    raw_files = tables.locate_raw(raw_dir, source)
+    aux_files = tables.locate_aux(aux_dir, settings.data.ddi_file)
+    console.info(f"Building a prediction input for {run_dir} from {raw_dir} ({source})")
+
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashes = pool.submit(_hash_all, {**raw_files, **{f"aux.{k}": v for k, v in aux_files.items()}}, stop)
+        try:
+            raw = read_raw(raw_files, source, allow_empty_prescriptions=True)
+            visits, codes, counts = _assemble(raw, raw_files, aux_files, voc, source)
+        except BaseException:
+            stop.set()
+            raise
+        file_info = hashes.result()
+
+    out_manifest = {
+        "format": 1,
+        "kind": KIND,
+        "source": source,
+        "source_version": raw.source_version,
+        "leadercli_version": __version__,
+        "run": {
+            "path": str(run_dir.resolve()),
+            "kind": manifest.get("kind"),
+            "labels_hash": manifest.get("labels_hash"),
+            "vocab_hash": (manifest.get("artifact") or {}).get("vocab_hash"),
+        },
+        "inputs": {"raw_dir": str(raw_dir), "aux_dir": str(aux_dir), "files": file_info},
+        "tables": raw.counts,
+        **counts,
+        "elapsed_s": round(time.perf_counter() - t0, 2),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with console.step(f"Writing {out}"):
+        _write(out, visits, codes, out_manifest)
+    console.info(f"Wrote {out} in {out_manifest['elapsed_s']:.1f} s")
+    return NewCohortResult(out, out_manifest)
+
+
+def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: A.Vocab, source: str):
+    steps: list[dict] = []
+
+    def record(step: str, description: str, frame: pl.DataFrame) -> None:
+        per = frame.group_by("subject_id").len()
+        steps.append(
+            {"step": step, "description": description, "visits": frame.height, "patients": per.height}
+        )
+
+    with console.step("Mapping NDC → RXCUI → ATC-3"):
+        ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
+        if raw.prescriptions.height:
+            meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map)
+            meds = meds.filter(pl.col("hadm_id").is_not_null() & pl.col("subject_id").is_not_null())
+        else:
+            meds = pl.DataFrame(schema={"subject_id": pl.Int64, "hadm_id": pl.Int64, "atc3": pl.String})
+            coverage = {"rows": 0, "row_coverage": 0.0, "ndc_coverage": 0.0}
+
+    with console.step("Building the visits"):
+        keys = pl.concat([raw.diagnoses.select(KEYS), raw.procedures.select(KEYS)]).unique().sort(KEYS)
+        record("dx_or_px", "admissions with a diagnosis or a procedure", keys)
+        ordered = cohort.order_visits(keys, raw.admissions)
+        record("admitted", "... and an ADMISSIONS row with an admit time", ordered)
+        if ordered.height == 0:
+            raise InputError(
+                f"no admission in {raw_files['admissions'].parent} has a diagnosis or procedure and an admit time",
+                "Check --source and --raw (ADMISSIONS.admittime must be filled)",
+            )
+        empty = pl.lit([], dtype=pl.List(pl.String))
+        visits = (
+            ordered.join(cohort.code_lists(raw.diagnoses, "diagnoses", True), on=KEYS, how="left")
+            .join(cohort.code_lists(raw.procedures, "procedures", True), on=KEYS, how="left")
+            .join(cohort.code_lists(meds.rename({"atc3": "code"}), "medications", False), on=KEYS, how="left")
+            .with_columns(pl.col(c).fill_null(empty) for c in ("diagnoses", "procedures", "medications"))
+        )
+        fields = tuple(voc.profile.keys())
+        visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
+        missing = [f for f in fields if f not in visits.columns]
+        visits = visits.with_columns(pl.lit(A.UNKNOWN).alias(f) for f in missing)
+        visits = visits.select(
+            pl.col("subject_id").cast(pl.Int64),
+            pl.col("hadm_id").cast(pl.Int64),
+            pl.col("admittime").cast(pl.Datetime("us")),
+            pl.col("visit_no").cast(pl.Int32),
+            "diagnoses",
+            "procedures",
+            "medications",
+            *fields,
+        ).sort(["subject_id", "visit_no"])
+
+    with console.step("Titles and unknown codes"):
+        titles = {
+            "diagnoses": vocab.icd_titles(raw.d_diagnoses, "diagnoses", source),
+            "procedures": vocab.icd_titles(raw.d_procedures, "procedures", source),
+            "medications": vocab.atc3_names(aux_files["who_atc"]),
+        }
+        is_target = pl.col("visit_no") == pl.col("visit_no").max().over("subject_id")
+        codes_parts, unknown = [], {}
+        for kind in A.CODE_KINDS:
+            long = visits.select("subject_id", is_target.alias("target"), pl.col(kind).alias("code")).explode(
+                "code"
+            )
+            long = long.filter(pl.col("code").is_not_null())
+            known = pl.col("code").is_in(pl.Series(getattr(voc, kind).codes, dtype=pl.String))
+            per_code = (
+                long.group_by("code")
+                .agg(pl.len().alias("visits"))
+                .with_columns(known.alias("known"), pl.lit(kind).alias("kind"))
+                .join(titles[kind], on="code", how="left")
+                .with_columns(pl.col("title").fill_null(""))
+            )
+            codes_parts.append(
+                per_code.select("kind", "code", "title", "known", pl.col("visits").cast(pl.Int64))
+            )
+            unk_rows = long.filter(~known)
+            unknown[kind] = {
+                "codes": per_code.height,
+                "unknown_codes": int((~per_code["known"]).sum()),
+                "rows": long.height,
+                "unknown_rows": unk_rows.height,
+                "target_rows": int(long["target"].sum()),
+                "unknown_target_rows": int(unk_rows["target"].sum()),
+                "untitled_codes": int((per_code["title"] == "").sum()),
+            }
+        codes = pl.concat(codes_parts).sort(["kind", "code"])
+
+    n_vis = visits.group_by("subject_id").len()
+    counts = {
+        "cohort_steps": steps,
+        "patients": n_vis.height,
+        "visits": visits.height,
+        "single_visit_patients": int((n_vis["len"] == 1).sum()),
+        "multi_visit_patients": int((n_vis["len"] >= 2).sum()),
+        "target_visits_with_prescriptions": int(
+            visits.filter(is_target & (pl.col("medications").list.len() > 0)).height
+        ),
+        "ndc_mapping": coverage,
+        "unknown": unknown,
+    }
+    return visits, codes, counts
+
+
+def _write(target: Path, visits: pl.DataFrame, codes: pl.DataFrame, manifest: dict) -> None:
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    old: Path | None = None
+    try:
+        visits.write_parquet(tmp / A.VISITS, compression="zstd", statistics=True)
+        codes.write_parquet(tmp / CODES, compression="zstd", statistics=True)
+        (tmp / A.MANIFEST).write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        check_target(target)
+        if target.exists():
+            old = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            target.rename(old)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            old.rename(target)
+            old = None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def print_summary(result: NewCohortResult) -> None:
+    from rich.table import Table
+
+    m = result.manifest
+    table = Table(title=f"prediction input for {m['run']['path']}: {result.path}", header_style="bold")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("patients", f"{m['patients']:,}")
+    table.add_row("visits", f"{m['visits']:,}")
+    table.add_row(
+        "single-visit / multi-visit patients",
+        f"{m['single_visit_patients']:,} / {m['multi_visit_patients']:,}",
+    )
+    for kind, u in m["unknown"].items():
+        table.add_row(
+            f"{kind}: codes unknown to the run",
+            f"{u['unknown_codes']:,} of {u['codes']:,} ({u['unknown_target_rows']:,} of {u['target_rows']:,} in target visits)",
+        )
+    console.out.print(table)
