@@ -1,13 +1,19 @@
-"""`leader report`: evaluate runs on the test split → metrics.json, report.md, report.html."""
+"""`leader report`: evaluate runs on the test split → metrics.json, report.md, report.html; tables on stdout.
+
+Run it small on CPU:  leader train student && leader report
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from leadercli.cli.common import ConfigOpt, DataOpt, DebugOpt, QuietOpt, examples, load, run
+
+FORMATS = ("table", "json")
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +37,7 @@ def report(
     out: Annotated[
         Path | None, typer.Option("--output", "-o", help="Report folder. Default: report/.")
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="table (rich table on stdout) or json.")] = "table",
+    format: Annotated[str, typer.Option("--format", help="table (tables on stdout) or json.")] = "table",
     predictions: Annotated[
         Path | None,
         typer.Option(
@@ -47,23 +53,92 @@ def report(
     """Evaluate runs on the artifact's test split: PRAUC, Jaccard, F1, DDI rate, #drugs per group (overall,
     single-visit, multi-visit) with bootstrap mean ± std, plus parameters and inference speed.
 
+    Every metric comes with a 95 % bootstrap interval (1,000 resamples of the test patients with replacement);
+    each run is compared with the best one by a paired bootstrap, and with the popularity floor (fitted on the
+    training split when no popularity run is given): runs that do not beat it are marked. Also: the
+    accuracy–DDI trade-off for at most N = 0, 1, 2, ∞ interacting pairs, and latency (best of k) with the
+    threads, CPU and load recorded.
+
     Writes metrics.json, report.md, report.html (self-contained, plots inline) and the plots as PNG files to
     the report folder, replacing an old report only when the new one is complete. With --predictions, a file
-    written by `leader predict` is scored against the true drugs instead (drugs outside its top-k score 0).
+    written by `leader predict` is scored against the true drugs instead (drugs absent from it score 0).
     """
 
     def body() -> None:
+        from leadercli import console
         from leadercli.errors import SettingsError
+
+        if format not in FORMATS:
+            raise SettingsError(f"--format {format!r} is not known", "Use --format table or --format json")
+        if predictions is not None and runs:
+            raise SettingsError(
+                "pass either run folders or --predictions, not both", "Make two reports with -o"
+            )
         from leadercli.report.build import build_report, report_from_predictions
 
         settings = load(config, paths={"artifact": data, "report": out})
         if predictions is not None:
-            if runs:
-                raise SettingsError(
-                    "pass either run folders or --predictions, not both", "Make two reports with -o"
-                )
-            report_from_predictions(settings, predictions, output_format=format)
+            result = report_from_predictions(settings, predictions, log=console.info)
         else:
-            build_report(settings, runs or [], output_format=format)
+            result = build_report(settings, runs or [], log=console.info)
+        if format == "json":
+            text = json.dumps({k: v for k, v in result.items() if k != "output"}, indent=2, allow_nan=False)
+            console.out.file.write(text + "\n")
+            console.out.file.flush()
+        else:
+            print_tables(result)
 
     run(body, quiet=quiet or format == "json", debug=debug)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]], left: int = 1):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i < left else "right", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def print_tables(report: dict) -> None:
+    """The report on stdout, stacked so that it reads at 80 columns: a summary of the runs, one metrics table
+    per run (groups across, mean ± std over the 95 % interval), the DDI trade-off, efficiency, call-outs."""
+    from leadercli import console
+    from leadercli.report import render
+
+    out = console.out
+    s, b = report["samples"], report["bootstrap"]
+    out.print(
+        f"Test split: {s['n']} patients; bootstrap mean ± std [95 % interval], {b['rounds']} resamples of n of n "
+        "with replacement; paired bootstrap against the best run and the popularity floor.",
+        highlight=False,
+        soft_wrap=False,  # prose wraps at the console width, as the tables do
+    )
+    out.print(_table("Runs compared (overall PRAUC)", *render.summary_rows(report, with_kind=False)))
+    for entry in report["runs"]:
+        th = entry["threshold"]
+        title = f"{render.run_label(entry)} ({entry['kind']}) — threshold {th['value']:.4g}, {th['how']}"
+        out.print(_table(title, *render.run_card(report, entry)))
+    header, rows = render.ddi_rows(report)
+    if rows:
+        out.print(
+            _table("Accuracy–DDI trade-off (at most N interacting pairs; ∞ = no cap)", header, rows, left=2)
+        )
+    header, rows = render.efficiency_rows(report, narrow=True)
+    if rows:
+        eff = report["efficiency"]
+        threads = (eff.get("machine") or {}).get("torch_threads")
+        title = f"Efficiency on {eff['device']}, {threads} threads, batch {eff['batch_size']} (best of k)"
+        out.print(_table(title, header, rows))
+        line = render.machine_line(report)
+        if line:
+            out.print(line, highlight=False, soft_wrap=False)
+    for note in render.notes(report):
+        out.print(f"- {note}", highlight=False, soft_wrap=False)
+    out.print(
+        f"report written to {report['output']}/ (metrics.json, report.md, report.html, plots)",
+        highlight=False,
+    )

@@ -1,9 +1,15 @@
 """`leader report`: runs (or a predictions file) → metrics.json, report.md, report.html and PNG plots.
 
-- `build`  — resolve runs and artifact, score the test split, metrics per group with bootstrap mean ± std
-  (DESIGN §5, leader-reference.md §5), efficiency (parameters, latency, throughput), atomic write, stdout.
-- `plots`  — matplotlib figures (Agg backend, one figure per PNG file) drawn from the report dict.
-- `render` — report.md (PNGs beside it) and a self-contained report.html (inline CSS, images as data: URIs).
+One module per job; none prints (the command, `cli/report.py`, prints the tables):
+- `score_runs`        — run folders → scores on the test split, latency best-of-k with the machine recorded,
+  the popularity floor (fitted on the training split when no popularity run is given) → report dict.
+- `score_predictions` — a `leader predict` file → the same report dict.
+- `evaluate`          — metrics of scored runs: per group with bootstrap intervals (n of n with replacement),
+  small groups flagged, paired comparison with the best run and the floor, over-prediction, DDI trade-off.
+- `write`             — JSON-safe conversion and the atomic write of the report folder.
+- `build`             — score + write in one call (`build_report`, `report_from_predictions`).
+- `render`            — report.md / report.html blocks and the text rows of the terminal tables.
+- `plots`             — matplotlib figures (Agg backend, one figure per PNG file) drawn from the report dict.
 """
 
 from leadercli.report.build import build_report, report_from_predictions

@@ -18,11 +18,18 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from leadercli.cli.main import app
-from leadercli.report import build
+from leadercli.report import score_runs
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
-PLOTS = {"metrics.png", "drug_counts.png", "per_drug_f1.png", "ddi_rate.png", "latency.png"}
+PLOTS = {
+    "metrics.png",
+    "drug_counts.png",
+    "per_drug_f1.png",
+    "ddi_rate.png",
+    "ddi_tradeoff.png",
+    "latency.png",
+}
 
 
 def invoke(*args: str):
@@ -44,7 +51,7 @@ def work(tiny_artifact: Path, tmp_path_factory) -> Path:
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setattr(build, "MIN_TIMED_SECONDS", 0.02)  # keep the timing loop short on the shared CPU
+        mp.setattr(score_runs, "MIN_TIMED_SECONDS", 0.02)  # keep the timing loop short on the shared CPU
         for args in (
             ("train", "teacher", "-q"),
             ("train", "student", "-q"),
@@ -52,15 +59,27 @@ def work(tiny_artifact: Path, tmp_path_factory) -> Path:
         ):
             r = invoke(*args)
             assert r.exit_code == 0, r.output
-        r = invoke("report", "runs/teacher", "runs/student", "runs/popularity", "-q")
+        make_worse_run(root / "runs/popularity", root / "runs/worse")
+        r = invoke("report", "runs/teacher", "runs/student", "runs/popularity", "runs/worse", "-q")
         assert r.exit_code == 0, r.output
+        (root / "stdout.txt").write_text(r.stdout)
     return root
+
+
+def make_worse_run(src: Path, dst: Path) -> None:
+    """A copy of the popularity run that ranks drugs by 1 − frequency: clearly below the popularity floor."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(str(dst / "model.safetensors"))
+    state["freq"] = 1.0 - state["freq"]
+    save_file(state, str(dst / "model.safetensors"))
 
 
 @pytest.fixture()
 def in_work(work: Path, monkeypatch) -> Path:
     monkeypatch.chdir(work)
-    monkeypatch.setattr(build, "MIN_TIMED_SECONDS", 0.02)
+    monkeypatch.setattr(score_runs, "MIN_TIMED_SECONDS", 0.02)
     return work
 
 
@@ -86,6 +105,12 @@ def truth(artifact: Path) -> dict:
     }
 
 
+def truth_ids(artifact: Path) -> list[int]:
+    """Test subjects in ascending order (the order of `truth`)."""
+    patients = pl.read_parquet(artifact / "patients.parquet")
+    return sorted(patients.filter(pl.col("split") == "test")["subject_id"].to_list())
+
+
 def run_entry(report: dict, name: str) -> dict:
     return next(r for r in report["runs"] if r["name"] == name)
 
@@ -94,8 +119,8 @@ def test_metrics_match_independent_computation(work: Path, tiny_artifact: Path) 
     report = json.loads((work / "report" / "metrics.json").read_text())
     t = truth(tiny_artifact)
     n = len(t["y_test"])
-    assert [r["name"] for r in report["runs"]] == ["teacher", "student", "popularity"]
-    assert [r["kind"] for r in report["runs"]] == ["teacher", "student", "popularity"]
+    assert [r["name"] for r in report["runs"]] == ["teacher", "student", "popularity", "worse"]
+    assert [r["kind"] for r in report["runs"]] == ["teacher", "student", "popularity", "popularity"]
     assert report["artifact"]["path"] == str(tiny_artifact.resolve())
     assert report["samples"]["n"] == n == 12
     single = int((t["n_visits"] == 1).sum())
@@ -153,11 +178,16 @@ def test_efficiency_recorded(work: Path) -> None:
     assert student["efficiency"]["parameters"]["total"] == s_manifest["parameters"]["total"] > 0
     assert student["efficiency"]["parameters"]["trainable"] == s_manifest["parameters"]["trainable"]
     assert pop["efficiency"]["parameters"]["total"] == 0
+    threads = report["efficiency"]["machine"]["torch_threads"]
     for e in (student["efficiency"], pop["efficiency"]):
-        assert e["device"] == "cpu" and e["batch_size"] == 32
-        assert e["latency_ms_per_patient"] > 0
-        assert e["timed_patients"] == 12 * e["timed_passes"]
+        assert e["device"] == "cpu" and e["batch_size"] == 32 and e["threads"] == threads >= 1
+        assert e["timed_patients_per_pass"] == 12 and e["timed_passes"] >= 5  # report.latency_repeats
+        assert 0 < e["latency_ms_per_patient"] <= e["median_ms_per_patient"]  # best of k ≤ median
+        assert e["latency_ms_per_patient"] == pytest.approx(1000 * e["best_pass_seconds"] / 12)
         assert e["throughput_patients_per_s"] == pytest.approx(1000 / e["latency_ms_per_patient"], rel=1e-9)
+    machine = report["efficiency"]["machine"]
+    assert machine["cpu_model"] and machine["logical_cpus"] >= 1
+    assert len(machine["load_before"]) == 3 and len(machine["load_after"]) == 3
     teacher = run_entry(report, "teacher")
     t_manifest = json.loads((work / "runs/teacher/manifest.json").read_text())
     assert teacher["threshold"] == t_manifest["threshold"]
@@ -166,11 +196,154 @@ def test_efficiency_recorded(work: Path) -> None:
         teacher["efficiency"]["parameters"]["trainable"] < teacher["efficiency"]["parameters"]["total"]
     )  # LoRA
     assert teacher["efficiency"]["device"] == "cpu" and teacher["groups"]["overall"]["n"] == 12
+    assert teacher["efficiency"]["threads"] == student["efficiency"]["threads"]
     ratio = report["efficiency"]["teacher_student_latency_ratio"]
     assert set(ratio) == {"student"}  # baselines are not students
     assert ratio["student"] == pytest.approx(
         teacher["efficiency"]["latency_ms_per_patient"] / student["efficiency"]["latency_ms_per_patient"]
     )
+    md = (work / "report" / "report.md").read_text()
+    assert "torch threads" in md and machine["cpu_model"] in md and "load average" in md
+
+
+def test_intervals_comparison_and_method(work: Path) -> None:
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    assert report["bootstrap"]["rounds"] == 1000
+    assert "with replacement" in report["bootstrap"]["method"]
+    for run in report["runs"]:
+        for g in ("overall", "single", "multi"):
+            grp = run["groups"][g]
+            assert grp["small"] == (0 < grp["n"] < 100)
+            for key in ("prauc", "jaccard", "f1", "ddi_rate", "avg_drugs"):
+                st = grp["bootstrap"][key]
+                assert st["lo"] - 1e-12 <= st["mean"] <= st["hi"] + 1e-12 and st["std"] >= 0
+    best = report["comparison"]["best"]
+    points = {r["name"]: r["groups"]["overall"]["point"]["prauc"] for r in report["runs"]}
+    assert points[best] == max(points.values())
+    for run in report["runs"]:
+        if run["name"] == best:
+            assert run["vs_best"] is None
+            continue
+        d = run["vs_best"]["groups"]["overall"]["prauc"]
+        assert d["diff"] == pytest.approx(points[run["name"]] - points[best])
+        assert d["distinguishable"] == (not (d["lo"] <= 0 <= d["hi"]))
+    md = (work / "report" / "report.md").read_text()
+    assert "## Method" in md and "paired bootstrap" in md and "with replacement" in md
+    assert "## Runs compared" in md
+
+
+def test_popularity_floor_marks_a_worse_model(work: Path) -> None:
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    assert report["comparison"]["floor"]["run"] == "popularity"  # the first popularity run given
+    worse = run_entry(report, "worse")
+    assert worse["vs_floor"]["status"] == "below" and worse["vs_floor"]["beats"] is False
+    assert worse["vs_floor"]["diff"] < 0
+    not_beating = report["comparison"]["floor"]["not_beating"]
+    assert "worse" in not_beating
+    assert run_entry(report, "popularity")["vs_floor"] is None
+    for run in report["runs"]:
+        if run["vs_floor"] is not None:
+            assert (run["name"] in not_beating) == (not run["vs_floor"]["beats"])
+    md = (work / "report" / "report.md").read_text()
+    html = (work / "report" / "report.html").read_text()
+    terminal = (work / "stdout.txt").read_text()
+    for name in not_beating:
+        for text in (md, html, terminal):
+            assert f"{name} does not beat the popularity floor" in text
+            assert f"{name} ▼" in text
+
+
+def test_popularity_floor_fitted_when_no_popularity_run(in_work: Path) -> None:
+    r = invoke("report", "runs/student", "-o", "report-floor")
+    assert r.exit_code == 0, r.output
+    report = json.loads((in_work / "report-floor" / "metrics.json").read_text())
+    assert [x["name"] for x in report["runs"]] == ["student", "popularity"]
+    fitted = report["runs"][1]
+    assert fitted["fitted_by_report"] is True and fitted["run_dir"] is None and fitted["kind"] == "popularity"
+    assert report["comparison"]["floor"]["run"] == "popularity"
+    assert report["runs"][0]["vs_floor"]["status"] in ("above", "not distinguishable", "below")
+    # the same model and threshold as `leader train student --model popularity`
+    trained = run_entry(json.loads((in_work / "report" / "metrics.json").read_text()), "popularity")
+    assert fitted["threshold"]["value"] == trained["threshold"]["value"]
+    for key in ("prauc", "jaccard", "f1", "ddi_rate", "avg_drugs"):
+        assert fitted["groups"]["overall"]["point"][key] == pytest.approx(
+            trained["groups"]["overall"]["point"][key], abs=1e-12
+        )
+    assert fitted["efficiency"]["parameters"]["total"] == 0
+
+
+def test_small_groups_flagged_everywhere(work: Path) -> None:
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    assert set(report["samples"]["small_groups"]) == {"overall", "single", "multi"}  # 12 test patients
+    md = (work / "report" / "report.md").read_text()
+    html = (work / "report" / "report.html").read_text()
+    terminal = (work / "stdout.txt").read_text()
+    for text in (md, html, terminal):
+        assert "fewer than 100 patients" in text
+        assert "12 †" in text
+
+
+def test_terminal_tables_fit_80_columns(work: Path) -> None:
+    terminal = (work / "stdout.txt").read_text()
+    tables = [line for line in terminal.splitlines() if "±" in line or "[" in line]
+    assert tables, terminal
+    assert max(len(line) for line in terminal.splitlines() if not line.startswith("- ")) <= 80
+    assert "±" in terminal and "[" in terminal  # std and interval, not only means
+    assert "Accuracy–DDI trade-off" in terminal and "∞" in terminal
+
+
+def test_ddi_tradeoff(work: Path) -> None:
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    assert report["ddi_tradeoff"]["max_pairs"] == [0, 1, 2, None]
+    some_pairs = False
+    for run in report["runs"]:
+        t = run["ddi_tradeoff"]
+        assert [p["max_pairs"] for p in t] == [0, 1, 2, None]
+        assert t[0]["ddi_rate"] == 0.0 and t[0]["avg_interacting_pairs"] == 0.0
+        for a, b in zip(t, t[1:], strict=False):  # a smaller cap keeps a subset
+            assert (
+                a["avg_drugs"] <= b["avg_drugs"] and a["avg_interacting_pairs"] <= b["avg_interacting_pairs"]
+            )
+            assert a["ddi_rate"] <= b["ddi_rate"] + 1e-12
+            assert a["avg_dropped"] >= b["avg_dropped"]
+        assert [p["avg_interacting_pairs"] <= n for p, n in zip(t[:3], (0, 1, 2), strict=True)] == [True] * 3
+        point = run["groups"]["overall"]["point"]
+        assert t[-1]["avg_dropped"] == 0.0
+        for key in ("jaccard", "f1", "ddi_rate", "avg_drugs"):
+            assert t[-1][key] == pytest.approx(point[key], abs=1e-9)  # no cap = the run's own selection
+        some_pairs |= t[-1]["ddi_rate"] > 0
+    assert some_pairs  # the fixture's pairs occur among selected drugs: N = 0 really removes something
+    md = (work / "report" / "report.md").read_text()
+    assert "## Accuracy–DDI trade-off" in md and "| worse | ∞ |" in md
+
+
+def test_plots_cover_present_drugs_and_label_every_axis(work: Path) -> None:
+    from leadercli.report import plots
+
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    present = np.asarray(report["drugs"]["test_frequency"]) > 0
+    assert report["drugs"]["present_in_test"] == int(present.sum())
+    idx, freq, split, left_out = plots.per_drug_points(report)
+    assert split == "training" and present[idx].all()
+    assert len(idx) + left_out == present.sum()
+    for draw in (
+        plots.plot_metrics,
+        plots.plot_drug_counts,
+        plots.plot_per_drug_f1,
+        plots.plot_ddi,
+        plots.plot_ddi_tradeoff,
+        plots.plot_latency,
+    ):
+        fig = draw(report)
+        for ax in fig.axes:
+            if ax.get_visible():
+                assert ax.get_xlabel() and ax.get_ylabel(), f"{draw.__name__}: an axis without a label"
+    fig = plots.plot_per_drug_f1(report)
+    for ax in [a for a in fig.axes if a.get_visible()]:
+        assert len(ax.collections[0].get_offsets()) == len(idx)
+    md = (work / "report" / "report.md").read_text()
+    assert f"one of the {int(present.sum())} drugs present in the test split" in md
+    assert "Selected vs true #drugs" in md and "drugs per patient against" in md
 
 
 def test_report_files(work: Path) -> None:
@@ -195,7 +368,7 @@ def test_format_json_prints_only_json(in_work: Path) -> None:
     printed = json.loads(r.stdout)
     written = json.loads((in_work / "report-json" / "metrics.json").read_text())
     assert printed == written
-    assert [x["name"] for x in printed["runs"]] == ["popularity"]
+    assert [x["name"] for x in printed["runs"]] == ["popularity"]  # the floor itself: none fitted
 
 
 def test_default_runs_and_errors(in_work: Path, tmp_path: Path, monkeypatch) -> None:
@@ -205,7 +378,8 @@ def test_default_runs_and_errors(in_work: Path, tmp_path: Path, monkeypatch) -> 
     assert [x["name"] for x in default["runs"]] == [
         "teacher",
         "student",
-    ]  # paths.teacher/student; no distilled
+        "popularity",
+    ]  # paths.teacher/student (no distilled), and the popularity floor fitted by the report
 
     before = (in_work / "report" / "metrics.json").read_bytes()
     r = invoke("report", "runs/missing")
@@ -239,31 +413,39 @@ def test_predictions_file(in_work: Path, tiny_artifact: Path) -> None:
     t = truth(tiny_artifact)
     assert entry["predictions"]["matched_test_patients"] == 12
     assert entry["predictions"]["ignored_other_subjects"] == t["n_other"]
+    assert [x["name"] for x in pred["runs"]] == ["recs", "popularity"]  # the floor, fitted on train
+    assert pred["runs"][1]["fitted_by_report"] and pred["comparison"]["floor"]["run"] == "popularity"
     # all 12 drugs are in the file, so it must reproduce the run's own evaluation exactly
     for key in ("prauc", "jaccard", "f1", "ddi_rate", "avg_drugs"):
         assert entry["groups"]["overall"]["point"][key] == pytest.approx(
             pop["groups"]["overall"]["point"][key], abs=1e-9
         )
+        assert pred["runs"][1]["groups"]["overall"]["point"][key] == pytest.approx(
+            pop["groups"]["overall"]["point"][key], abs=1e-9
+        )
+    assert entry["vs_floor"]["diff"] == pytest.approx(0.0, abs=1e-9)
+    assert entry["vs_floor"]["status"] != "above"  # the floor itself does not beat the floor
     assert entry["threshold"]["value"] == pytest.approx(
         min(f for f in t["freq"].astype(float) if f >= pop["threshold"]["value"]), abs=1e-6
     )
     assert "latency.png" not in {p.name for p in (in_work / "report-pred").glob("*.png")}
 
-    # top-3: the other drugs score 0
+    # top-3: drugs outside the file score 0 (the file may hold selected drugs beyond the top-k)
     r = invoke("predict", visits, "-o", "recs3.csv", "--model", "runs/popularity", "--top-k", "3", "-q")
     assert r.exit_code == 0, r.output
     r = invoke("report", "--predictions", "recs3.csv", "-o", "report-pred3", "-q")
     assert r.exit_code == 0, r.output
     top3 = json.loads((in_work / "report-pred3" / "metrics.json").read_text())["runs"][0]
-    # the same three drugs (the most frequent) for everyone: read them back from the file, the rest score 0
-    recs = pl.read_csv(in_work / "recs3.csv").unique(["atc3", "score"])
-    assert recs.height == 3
-    kept = np.zeros(len(t["labels"]))
-    for code, score in recs.select("atc3", "score").iter_rows():
-        kept[t["labels"].index(code)] = score
-    expected = np.mean([average_precision_score(row, kept) for row in t["y_test"]])
+    recs = pl.read_csv(in_work / "recs3.csv")
+    test_ids = sorted(set(recs["subject_id"].to_list()) & set(truth_ids(tiny_artifact)))
+    kept = np.zeros((len(test_ids), len(t["labels"])))
+    row = {s: i for i, s in enumerate(test_ids)}
+    for sid, code, score in recs.select("subject_id", "atc3", "score").iter_rows():
+        if sid in row:
+            kept[row[sid], t["labels"].index(code)] = score
+    expected = np.mean([average_precision_score(y, k) for y, k in zip(t["y_test"], kept, strict=True)])
     assert top3["groups"]["overall"]["point"]["prauc"] == pytest.approx(expected, abs=1e-6)
-    assert top3["predictions"]["top_k"] == 3
+    assert top3["predictions"]["top_k"] >= 3
 
     pl.read_csv(in_work / "recs.csv").drop("score").write_csv(in_work / "bad.csv")
     r = invoke("report", "--predictions", "bad.csv", "-o", "report-bad")
