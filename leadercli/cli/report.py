@@ -117,7 +117,11 @@ def print_tables(report: dict) -> None:
         highlight=False,
         soft_wrap=False,  # prose wraps at the console width, as the tables do
     )
-    out.print(_table("Runs compared (overall PRAUC)", *render.summary_rows(report, with_kind=False)))
+    out.print(
+        _table(
+            "Runs compared (overall PRAUC on the whole split)", *render.summary_rows(report, with_kind=False)
+        )
+    )
     for entry in report["runs"]:
         th = entry["threshold"]
         title = f"{render.run_label(entry)} ({entry['kind']}) — threshold {th['value']:.4g}, {th['how']}"

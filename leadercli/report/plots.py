@@ -231,9 +231,13 @@ def plot_ddi_tradeoff(report: dict):
         t = r["ddi_tradeoff"]
         xs, ys = [p["ddi_rate"] for p in t], [p["jaccard"] for p in t]
         ax.plot(xs, ys, marker="o", color=colors[index[r["name"]]], label=r["name"])
+        labels: dict[tuple[float, float], list[str]] = {}  # caps that give the same point share one label
         for p, xv, yv in zip(t, xs, ys, strict=True):
-            n = "∞" if p["max_pairs"] is None else str(p["max_pairs"])
-            ax.annotate(f"N={n}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+            labels.setdefault((xv, yv), []).append("∞" if p["max_pairs"] is None else str(p["max_pairs"]))
+        for (xv, yv), ns in labels.items():
+            ax.annotate(
+                f"N={', '.join(ns)}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize="x-small"
+            )
     ax.axvline(report["true_ddi_rate"], color="0.3", linestyle="--", label="true drugs' DDI rate")
     ax.set_xlabel("DDI rate of the selected drugs (lower is safer)")
     ax.set_ylabel("Jaccard (test split, overall)")

@@ -312,6 +312,7 @@ def blocks(report: dict, figures: list[dict]) -> list[tuple]:
     if call_outs:
         out.append(("ul", call_outs))
     out.append(("h2", "Runs compared"))
+    out.append(("p", "Overall PRAUC on the whole test split; Δ and its interval from the paired bootstrap."))
     out.append(("table", *summary_rows(report)))
     out.append(("h2", "Metrics"))
     out.append(("table", *metric_rows(report)))
