@@ -20,8 +20,7 @@ from leadercli import console, runs
 from leadercli.errors import ArtifactError
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.settings import Settings
-from leadercli.training.loop import evaluate_run, fit, summary_line
-from leadercli.training.student import build_student, save_run, setup_data
+from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
 REFERENCE_WEIGHTS = {"mimic3": (0.4, 0.005), "mimic4": (0.8, 0.01)}  # (alpha, beta), reference scripts
 

@@ -1,5 +1,6 @@
-"""The student's training loop, shared by `leader train student` and `leader distill` (a component, not a
-base class): Adam, constant LR (the reference's StepLR(gamma=0) zeroes it — §7.22), early stopping on
+"""Student components shared by `leader train student` and `leader distill` (components, not a base class;
+the recipes never import each other): data setup, the model from settings, the training loop, evaluation and
+the run's final files. The loop: Adam, constant LR (the reference's StepLR(gamma=0) zeroes it — §7.22), early stopping on
 validation PRAUC with patience, a safetensors checkpoint after every epoch for `--resume`, best weights kept.
 
 Determinism: the epoch's shuffling is a pure function of (seed, epoch), dropout draws from torch's global RNG
@@ -9,8 +10,9 @@ which the checkpoint saves — so an interrupted and resumed run reaches the sam
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from leadercli import checkpoint as ckpt_io
 from leadercli import console, runs
+from leadercli.data.artifact import Artifact
 from leadercli.data.batching import Encoded, Encoder, batches
+from leadercli.data.samples import load_samples
+from leadercli.settings import Settings
 
 # extra(model_output, batch) -> {term name: (weight, loss tensor)}
 ExtraLoss = Callable[[object, dict[str, torch.Tensor]], dict[str, tuple[float, torch.Tensor]]]
@@ -207,3 +212,64 @@ def summary_line(result: dict) -> str:
         f"test PRAUC {o['prauc']:.4f}  Jaccard {o['jaccard']:.4f}  F1 {o['f1']:.4f}  DDI {o['ddi_rate']:.4f}"
         f"  #drugs {o['avg_drugs']:.2f}  (threshold {result['threshold']['value']:.2f}, {result['threshold']['how']})"
     )
+
+
+# -- data, model and run files ---------------------------------------------------------------------------
+def setup_data(settings: Settings):
+    """Artifact → encoder and encoded train/val/test samples (shared with `leader distill`)."""
+    artifact = Artifact(settings.artifact_dir())
+    encoder = Encoder(artifact.vocab)
+    sp = settings.samples
+    with console.step("loading samples"):
+        splits = {
+            s: encoder.encode_all(load_samples(artifact, s, sp.max_visits, sp.per_visit))
+            for s in ("train", "val", "test")
+        }
+    console.info(
+        f"samples: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}; "
+        f"{encoder.n_labels} drugs, {encoder.vocab_size} code ids"
+    )
+    if not splits["train"]:
+        from leadercli.errors import ArtifactError
+
+        raise ArtifactError(
+            f"artifact {artifact.path} has no training patients", "Re-run `leader preprocess` with more data"
+        )
+    return artifact, encoder, splits
+
+
+def build_student(encoder: Encoder, cfg):
+    from leadercli.models.student import StudentConfig, StudentModel
+
+    config = StudentConfig(
+        vocab_size=encoder.vocab_size,
+        n_labels=encoder.n_labels,
+        med_offset=encoder.med_offset,
+        profile_sizes=encoder.profile_sizes,
+        hidden=cfg.hidden,
+        heads=cfg.heads,
+        ff=cfg.ff,
+        dropout=cfg.dropout,
+        attn_dropout=cfg.attn_dropout,
+        head_hidden=cfg.head_hidden,
+    )
+    return StudentModel(config), config
+
+
+def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, settings: Settings) -> None:
+    """Final files: weights, manifest (self-describing), the artifact's vocab (predict needs no artifact)."""
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / runs.MODEL_FILE)
+    )
+    runs.copy_artifact_files(artifact, out)
+    runs.save_settings(settings, out)
+    if config is not None:
+        manifest["model_config"] = asdict(config)
+    manifest["parameters"] = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    runs.write_json(out / runs.MANIFEST, manifest)
+    ckpt = out / ckpt_io.CHECKPOINT_DIR
+    if ckpt.exists():
+        shutil.rmtree(ckpt)

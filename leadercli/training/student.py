@@ -6,82 +6,12 @@ Run it small on CPU:  leader preprocess && leader train student
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from leadercli import checkpoint as ckpt_io
 from leadercli import console, runs
-from leadercli.data.artifact import Artifact
-from leadercli.data.batching import Encoder
-from leadercli.data.samples import load_samples
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.settings import Settings
-from leadercli.training.loop import evaluate_run, fit, summary_line
-
-MODEL_FILE = runs.MODEL_FILE
-
-
-def setup_data(settings: Settings):
-    """Artifact → encoder and encoded train/val/test samples (shared with `leader distill`)."""
-    artifact = Artifact(settings.artifact_dir())
-    encoder = Encoder(artifact.vocab)
-    sp = settings.samples
-    with console.step("loading samples"):
-        splits = {
-            s: encoder.encode_all(load_samples(artifact, s, sp.max_visits, sp.per_visit))
-            for s in ("train", "val", "test")
-        }
-    console.info(
-        f"samples: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}; "
-        f"{encoder.n_labels} drugs, {encoder.vocab_size} code ids"
-    )
-    if not splits["train"]:
-        from leadercli.errors import ArtifactError
-
-        raise ArtifactError(
-            f"artifact {artifact.path} has no training patients", "Re-run `leader preprocess` with more data"
-        )
-    return artifact, encoder, splits
-
-
-def build_student(encoder: Encoder, cfg):
-    from leadercli.models.student import StudentConfig, StudentModel
-
-    config = StudentConfig(
-        vocab_size=encoder.vocab_size,
-        n_labels=encoder.n_labels,
-        med_offset=encoder.med_offset,
-        profile_sizes=encoder.profile_sizes,
-        hidden=cfg.hidden,
-        heads=cfg.heads,
-        ff=cfg.ff,
-        dropout=cfg.dropout,
-        attn_dropout=cfg.attn_dropout,
-        head_hidden=cfg.head_hidden,
-    )
-    return StudentModel(config), config
-
-
-def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, settings: Settings) -> None:
-    """Final files: weights, manifest (self-describing), the artifact's vocab (predict needs no artifact)."""
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE)
-    )
-    runs.copy_artifact_files(artifact, out)
-    runs.save_settings(settings, out)
-    if config is not None:
-        manifest["model_config"] = asdict(config)
-    manifest["parameters"] = {
-        "total": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
-    runs.write_json(out / runs.MANIFEST, manifest)
-    ckpt = out / ckpt_io.CHECKPOINT_DIR
-    if ckpt.exists():
-        shutil.rmtree(ckpt)
+from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
 
 def train_student(settings: Settings, resume: bool = False) -> Path:
