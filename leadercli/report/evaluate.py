@@ -80,9 +80,17 @@ def ddi_tradeoff(y_true: np.ndarray, y_prob: np.ndarray, threshold: float, ddi: 
     probs = torch.from_numpy(np.array(y_prob, dtype=np.float32))  # (N, M), a writable copy
     adj = selection.ddi_matrix(ddi, probs.shape[1])  # (M, M)
     chosen = selection.select(probs, threshold)  # (N, M)
+    # the greedy cap for a smaller N passes through the state of every larger one (it drops the same drugs
+    # while a patient has more pairs than that), so each cap continues from the next larger one
+    kept_by: dict = {None: chosen}
+    start = chosen
+    for n in sorted((n for n in DDI_LIMITS if n is not None), reverse=True):
+        start, _ = selection.limit_ddi(probs, start, adj, n)
+        kept_by[n] = start
     out = []
     for n in DDI_LIMITS:
-        kept, dropped = selection.limit_ddi(probs, chosen, adj, n)
+        kept = kept_by[n]
+        dropped = chosen & ~kept
         pred = kept.numpy()
         out.append(
             {
