@@ -142,6 +142,8 @@ def print_tables(report: dict) -> None:
             out.print(line, highlight=False, soft_wrap=False)
     for note in render.notes(report):
         out.print(f"- {note}", highlight=False, soft_wrap=False)
+    if b.get("ignored"):
+        out.print(f"- {b['ignored']}.", highlight=False, soft_wrap=False)
     out.print(
         f"report written to {report['output']}/ (metrics.json, report.md, report.html, plots)",
         highlight=False,

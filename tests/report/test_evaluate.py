@@ -145,3 +145,14 @@ def test_terminal_rows_fit_80_columns():
     assert "±" in text and "[" in text and "DDI trade-off" in text
     table_lines = [line for line in text.splitlines() if not line.startswith("- ")]
     assert max(len(line) for line in table_lines) <= 80
+
+
+def test_removed_bootstrap_fraction_is_ignored_and_said_so():
+    y, freq, good, nv, _ = _data(n=120)
+    old = SimpleNamespace(
+        report=SimpleNamespace(bootstrap_rounds=50, seed=1, bootstrap_fraction=0.8), samples=SETTINGS.samples
+    )
+    artifact = {"path": "a", "source": "mimic4", "n_labels": y.shape[1], "vocab_hash": "h", "from": "test"}
+    h = evaluate.header("test", "now", artifact, y, nv, PAIRS, old)
+    assert "report.bootstrap_fraction = 0.8 is ignored" in h["bootstrap"]["ignored"]
+    assert "ignored" not in evaluate.header("test", "now", artifact, y, nv, PAIRS, SETTINGS)["bootstrap"]
