@@ -35,16 +35,14 @@ CODE_KINDS = ("diagnoses", "procedures", "medications")
 SPLITS = ("train", "val", "test")
 UNKNOWN = "unknown"
 
-# profile fields per source, in this order (admission columns), then the PATIENTS-derived ones
-ADMISSION_PROFILE = {
-    "mimic3": ("insurance", "language", "religion", "marital_status", "ethnicity"),
-    "mimic4": ("insurance", "language", "admission_type", "marital_status", "race"),
-}
-PATIENT_PROFILE = ("gender", "age_group")
+PATIENT_PROFILE = ("gender", "age_group")  # after the layout's admission profile (`layouts.SourceLayout`)
 
 
 def profile_fields(source: str) -> tuple[str, ...]:
-    return ADMISSION_PROFILE[source] + PATIENT_PROFILE
+    """The profile columns of a source's artifacts: its layout's admission fields, then gender and age group."""
+    from leadercli.data.layouts import get_layout
+
+    return get_layout(source).profile_fields()
 
 
 def prefix_code(kind: str, version: int | str, code: str) -> str:
@@ -134,7 +132,13 @@ class Artifact:
 
     @cached_property
     def vocab(self) -> Vocab:
-        return Vocab.from_json(_read_json(self.path / VOCAB))
+        try:
+            return Vocab.from_json(_read_json(self.path / VOCAB))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ArtifactError(
+                f"{self.path / VOCAB} is not a leadercli vocab",
+                f"Re-run `leader preprocess` to rebuild {self.path}",
+            ) from None
 
     @property
     def source(self) -> str:
@@ -163,19 +167,27 @@ class Artifact:
         return tuple(self.vocab.profile.keys())
 
     def visits(self):
-        import polars as pl
-
-        return pl.read_parquet(self.path / VISITS)
+        return self._read_parquet(VISITS)
 
     def patients(self):
+        return self._read_parquet(PATIENTS)
+
+    def _read_parquet(self, name: str, columns: list[str] | None = None):
+        """One of the artifact's parquet files; a damaged one (truncated, not parquet, a column missing) is an
+        ArtifactError naming it."""
         import polars as pl
 
-        return pl.read_parquet(self.path / PATIENTS)
+        path = self.path / name
+        try:
+            return pl.read_parquet(path, columns=columns)
+        except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+            raise ArtifactError(
+                f"{path} is unreadable (damaged or not parquet; {type(exc).__name__})",
+                f"Re-run `leader preprocess` to rebuild {self.path}",
+            ) from None
 
     def ddi_pairs(self) -> list[tuple[str, str]]:
-        import polars as pl
-
-        df = pl.read_parquet(self.path / DDI)
+        df = self._read_parquet(DDI, ["atc3_a", "atc3_b"])
         return list(zip(df["atc3_a"].to_list(), df["atc3_b"].to_list(), strict=True))
 
     def ddi_index_pairs(self):
@@ -190,5 +202,8 @@ class Artifact:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is unreadable ({exc})", "Re-run `leader preprocess`") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(
+            f"{path} is unreadable ({type(exc).__name__})",
+            f"Re-run `leader preprocess` to rebuild {path.parent}",
+        ) from None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from leadercli.data.artifact import ADMISSION_PROFILE, PATIENT_PROFILE, UNKNOWN
+from leadercli.data.artifact import PATIENT_PROFILE, UNKNOWN
 
 AGE_GROUPS = ("0-17", "18-29", "30-39", "40-49", "50-59", "60-69", "70-79", "80-89", "90+")
 KEYS = ["subject_id", "hadm_id"]
@@ -39,13 +39,14 @@ def prefixed(kind: str, version: pl.Expr, code: pl.Expr) -> pl.Expr:
     return pl.format(letter + "{}:{}", version.cast(pl.Int64), clean_code(code))
 
 
-def code_events_query(lf: pl.LazyFrame, kind: str, source: str) -> pl.LazyFrame:
+def code_events_query(lf: pl.LazyFrame, kind: str, source) -> pl.LazyFrame:
     """Raw DIAGNOSES_ICD / PROCEDURES_ICD rows → (subject_id, hadm_id, code, seq, n) grouped by visit and
     prefixed code; `seq` = the smallest seq_num, `n` = raw rows. Rows without a usable code, hadm_id or (MIMIC-IV)
     ICD version get code = null and stay in the result so that `n` sums to the table's row count."""
-    code_col = "icd9_code" if source == "mimic3" else "icd_code"
-    version = pl.lit(9) if source == "mimic3" else pl.col("icd_version")
-    code = prefixed(kind, version, pl.col(code_col))
+    from leadercli.data.layouts import get_layout
+
+    layout = get_layout(source)
+    code = prefixed(kind, layout.icd_version(), pl.col(layout.spec.code_column))
     usable = pl.col("hadm_id").is_not_null() & code.is_not_null() & code.str.contains(r":.+$")
     return (
         lf.with_columns(pl.when(usable).then(code).otherwise(None).alias("code"))
@@ -59,7 +60,7 @@ def usable_events(grouped: pl.DataFrame) -> pl.DataFrame:
     return grouped.filter(pl.col("code").is_not_null()).select("subject_id", "hadm_id", "code", "seq")
 
 
-def code_events(df: pl.DataFrame, kind: str, source: str) -> pl.DataFrame:
+def code_events(df: pl.DataFrame, kind: str, source) -> pl.DataFrame:
     """Eager form of `code_events_query` + `usable_events` (for small tables and tests)."""
     return usable_events(code_events_query(df.lazy(), kind, source).collect())
 
@@ -128,17 +129,17 @@ def age_mimic4(admittime: pl.Expr, anchor_age: pl.Expr, anchor_year: pl.Expr) ->
 
 
 def visit_profile(
-    visits: pl.DataFrame, admissions: pl.DataFrame, patients: pl.DataFrame, source: str
+    visits: pl.DataFrame, admissions: pl.DataFrame, patients: pl.DataFrame, source
 ) -> pl.DataFrame:
-    """Add the profile columns (ADMISSION_PROFILE[source] + gender, age_group) to each visit row."""
-    fields = list(ADMISSION_PROFILE[source])
+    """Add the profile columns (the layout's admission profile + gender, age_group) to each visit row."""
+    from leadercli.data.layouts import get_layout
+
+    layout = get_layout(source)
+    fields = list(layout.admission_profile)
     adm = admissions.select([*KEYS, *fields]).unique(KEYS, keep="first")
     pat = patients.unique("subject_id", keep="first")
     out = visits.join(adm, on=KEYS, how="left").join(pat, on="subject_id", how="left")
-    if source == "mimic3":
-        age = age_mimic3(pl.col("admittime"), pl.col("dob"))
-    else:
-        age = age_mimic4(pl.col("admittime"), pl.col("anchor_age"), pl.col("anchor_year"))
+    age = layout.age_years()
     out = out.with_columns(
         *[fill_unknown(pl.col(f)).alias(f) for f in fields],
         fill_unknown(pl.col("gender")).alias("gender"),

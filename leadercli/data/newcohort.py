@@ -103,7 +103,9 @@ def build_for_run(
         )
     check_target(out)
     aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
-    raw_files = tables.locate_raw(raw_dir, source)
+    from leadercli.data.layouts import get_layout
+
+    raw_files = get_layout(source).locate(raw_dir, settings)
     aux_files = tables.locate_aux(aux_dir, settings.data.ddi_file)
     console.info(f"Building a prediction input for {run_dir} from {raw_dir} ({source})")
 
@@ -194,8 +196,7 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
 
     with console.step("Titles and unknown codes"):
         titles = {
-            "diagnoses": vocab.icd_titles(raw.d_diagnoses, "diagnoses", source),
-            "procedures": vocab.icd_titles(raw.d_procedures, "procedures", source),
+            **raw.titles,
             "medications": vocab.atc3_names(aux_files["who_atc"]),
         }
         is_target = pl.col("visit_no") == pl.col("visit_no").max().over("subject_id")

@@ -33,6 +33,7 @@ from leadercli import __version__, console
 from leadercli.data import artifact as A
 from leadercli.data import cohort, ddi, mapping, splits, tables, vocab
 from leadercli.data.bundled import bundled_aux, bundled_raw
+from leadercli.data.layouts import RawData, get_layout
 from leadercli.errors import InputError
 from leadercli.settings import Settings
 
@@ -95,62 +96,9 @@ def _min_visits(keys: pl.DataFrame, min_visits: int) -> pl.DataFrame:
 
 
 # -- reading --------------------------------------------------------------------------------------------------
-@dataclass
-class RawData:
-    admissions: pl.DataFrame
-    patients: pl.DataFrame
-    diagnoses: pl.DataFrame  # long, prefixed codes
-    procedures: pl.DataFrame
-    prescriptions: pl.DataFrame  # grouped (subject_id, hadm_id, ndc, n)
-    d_diagnoses: pl.DataFrame
-    d_procedures: pl.DataFrame
-    counts: dict
-    source_version: str
-
-
-def read_raw(files: dict[str, Path], source: str, allow_empty_prescriptions: bool = False) -> RawData:
-    """Scan and collect the raw tables (`allow_empty_prescriptions`: a new cohort may have none yet)."""
-    specs = tables.SPECS[source]
-    scans = {role: tables.scan_table(path, specs[role]) for role, path in files.items()}
-    counts: dict[str, dict] = {}
-
-    with console.step("Reading admissions and patients"):
-        adm = tables.parse_datetimes(tables.collect(scans["admissions"]), "admittime", scans["admissions"])
-        pat = tables.collect(scans["patients"])
-        if source == "mimic3":
-            pat = tables.parse_datetimes(pat, "dob", scans["patients"])
-    counts["admissions"] = {"rows": adm.height}
-    counts["patients"] = {"rows": pat.height}
-
-    events = {}
-    for role in ("diagnoses", "procedures"):
-        with console.step(f"Reading {role}"):
-            grouped = tables.collect(scans[role], lambda lf, r=role: cohort.code_events_query(lf, r, source))
-            ev = cohort.usable_events(grouped)
-        tables.require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
-        events[role] = ev
-        rows = int(grouped["n"].sum())
-        counts[role] = {"rows": rows, "visit_codes": ev.height, "admissions": ev["hadm_id"].n_unique()}
-        console.info(f"  {role}: {rows:,} rows, {ev.height:,} distinct (admission, code)")
-
-    with console.step("Reading prescriptions"):
-        rx = tables.collect(
-            scans["prescriptions"],
-            lambda lf: lf.group_by(["subject_id", "hadm_id", "ndc"]).agg(pl.len().alias("n")),
-            allow_empty=allow_empty_prescriptions,
-        )
-    with console.step("Reading ICD dictionaries"):
-        d_dx = tables.collect(scans["d_diagnoses"])
-        d_px = tables.collect(scans["d_procedures"])
-    counts["d_diagnoses"] = {"rows": d_dx.height}
-    counts["d_procedures"] = {"rows": d_px.height}
-
-    if source == "mimic3":
-        version = "1.4"
-    else:
-        race_header = scans["admissions"].names.get("race") or ""
-        version = "1.x" if race_header.lower() == "ethnicity" else "2.x"
-    return RawData(adm, pat, events["diagnoses"], events["procedures"], rx, d_dx, d_px, counts, version)
+def read_raw(files: dict[str, Path], source, allow_empty_prescriptions: bool = False) -> RawData:
+    """The layout's `RawData` (`layouts.SourceLayout.read`)."""
+    return get_layout(source).read(files, allow_empty_prescriptions)
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------------
@@ -163,9 +111,10 @@ def preprocess(settings: Settings) -> PreprocessResult:
     aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
     target = Path(settings.artifact_dir())
     check_target(target)
-    raw_files = tables.locate_raw(raw_dir, source)
+    layout = get_layout(source)
+    raw_files = layout.locate(raw_dir, settings)
     aux_files = tables.locate_aux(aux_dir, cfg.ddi_file)
-    console.info(f"Preprocessing {source} from {raw_dir}")
+    console.info(f"Preprocessing {source} ({layout.title}) from {raw_dir}")
 
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -264,7 +213,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
     with console.step("Assembling visits and patients"):
         ordered = cohort.order_visits(final_keys, raw.admissions)
         visits = cohort.assemble(ordered, dx_f, px_f, md_f.rename({"code": "atc3"}))
-        fields = A.profile_fields(source)
+        fields = get_layout(source).profile_fields()
         visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
         visits = visits.select(
             pl.col("subject_id").cast(pl.Int64),
@@ -280,8 +229,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
 
     with console.step("Titles and DDI pairs"):
         titles = {
-            "diagnoses": vocab.icd_titles(raw.d_diagnoses, "diagnoses", source),
-            "procedures": vocab.icd_titles(raw.d_procedures, "procedures", source),
+            **raw.titles,
             "medications": vocab.atc3_names(aux_files["who_atc"]),
         }
         train_patients = patients.filter(pl.col("split") == "train")

@@ -61,129 +61,7 @@ class TableSpec:
         return next(c for c in self.columns if c.name == name)
 
 
-def _ids(*names: str) -> tuple[Column, ...]:
-    return tuple(Column(n, INT) for n in names)
-
-
-_PROFILE3 = tuple(Column(n) for n in ("insurance", "language", "religion", "marital_status", "ethnicity"))
-_PROFILE4 = (
-    Column("insurance"),
-    Column("language"),
-    Column("admission_type"),
-    Column("marital_status"),
-    Column("race", aliases=("ethnicity",)),
-)
-
-SPECS: dict[str, dict[str, TableSpec]] = {
-    "mimic3": {
-        "admissions": TableSpec(
-            "admissions",
-            ("ADMISSIONS",),
-            (*_ids("subject_id", "hadm_id"), Column("admittime", DATETIME), *_PROFILE3),
-        ),
-        "patients": TableSpec(
-            "patients", ("PATIENTS",), (*_ids("subject_id"), Column("gender"), Column("dob", DATETIME))
-        ),
-        "diagnoses": TableSpec(
-            "diagnoses",
-            ("DIAGNOSES_ICD",),
-            (*_ids("subject_id", "hadm_id"), Column("seq_num", INT, required=False), Column("icd9_code")),
-        ),
-        "procedures": TableSpec(
-            "procedures",
-            ("PROCEDURES_ICD",),
-            (*_ids("subject_id", "hadm_id"), Column("seq_num", INT, required=False), Column("icd9_code")),
-        ),
-        "prescriptions": TableSpec(
-            "prescriptions", ("PRESCRIPTIONS",), (*_ids("subject_id", "hadm_id"), Column("ndc"))
-        ),
-        "d_diagnoses": TableSpec(
-            "d_diagnoses",
-            ("D_ICD_DIAGNOSES",),
-            (
-                Column("icd9_code"),
-                Column("long_title", required=False),
-                Column("short_title", required=False),
-            ),
-        ),
-        "d_procedures": TableSpec(
-            "d_procedures",
-            ("D_ICD_PROCEDURES",),
-            (
-                Column("icd9_code"),
-                Column("long_title", required=False),
-                Column("short_title", required=False),
-            ),
-        ),
-    },
-    "mimic4": {
-        "admissions": TableSpec(
-            "admissions",
-            ("admissions",),
-            (*_ids("subject_id", "hadm_id"), Column("admittime", DATETIME), *_PROFILE4),
-        ),
-        "patients": TableSpec(
-            "patients",
-            ("patients",),
-            (*_ids("subject_id"), Column("gender"), *_ids("anchor_age", "anchor_year")),
-        ),
-        "diagnoses": TableSpec(
-            "diagnoses",
-            ("diagnoses_icd",),
-            (
-                *_ids("subject_id", "hadm_id"),
-                Column("seq_num", INT, required=False),
-                Column("icd_code"),
-                Column("icd_version", INT),
-            ),
-        ),
-        "procedures": TableSpec(
-            "procedures",
-            ("procedures_icd",),
-            (
-                *_ids("subject_id", "hadm_id"),
-                Column("seq_num", INT, required=False),
-                Column("icd_code"),
-                Column("icd_version", INT),
-            ),
-        ),
-        "prescriptions": TableSpec(
-            "prescriptions", ("prescriptions",), (*_ids("subject_id", "hadm_id"), Column("ndc"))
-        ),
-        "d_diagnoses": TableSpec(
-            "d_diagnoses",
-            ("d_icd_diagnoses",),
-            (Column("icd_code"), Column("icd_version", INT), Column("long_title")),
-        ),
-        "d_procedures": TableSpec(
-            "d_procedures",
-            ("d_icd_procedures",),
-            (Column("icd_code"), Column("icd_version", INT), Column("long_title")),
-        ),
-    },
-}
-RAW_ROLES = (
-    "admissions",
-    "patients",
-    "diagnoses",
-    "procedures",
-    "prescriptions",
-    "d_diagnoses",
-    "d_procedures",
-)
-
-
 # -- locating files -------------------------------------------------------------------------------------------
-def search_dirs(raw: Path, source: str) -> list[Path]:
-    """Folders searched for the raw tables: the folder itself, and for MIMIC-IV its hosp/ and core/."""
-    dirs = [raw]
-    if source == "mimic4" and raw.is_dir():
-        for sub in sorted(raw.iterdir()):
-            if sub.is_dir() and sub.name.lower() in ("hosp", "core"):
-                dirs.append(sub)
-    return dirs
-
-
 def find_file(dirs: list[Path], stems: tuple[str, ...], what: str) -> Path | None:
     """The first `<stem>.csv` or `<stem>.csv.gz` (any case) in `dirs`; `.csv` wins over `.csv.gz`."""
     wanted = [f"{s.lower()}{ext}" for ext in (".csv", ".csv.gz") for s in stems]
@@ -197,22 +75,31 @@ def find_file(dirs: list[Path], stems: tuple[str, ...], what: str) -> Path | Non
     return None
 
 
-def locate_raw(raw: Path, source: str) -> dict[str, Path]:
-    """Map each raw role to its file; a missing folder or table is an InputError naming it."""
+def locate_raw(raw: Path, source) -> dict[str, Path]:
+    """Map each raw role of the layout `source` (a name or a `SourceLayout`) to its file."""
+    from leadercli.data.layouts import get_layout
+
+    return get_layout(source).locate(Path(raw))
+
+
+def locate_tables(raw: Path, layout) -> dict[str, Path]:
+    """The CSV tables of a `TableLayout`; a missing folder or table is an InputError naming it."""
+    from leadercli.data.layouts import RAW_ROLES
+
     if not raw.is_dir():
         raise InputError(
             f"raw data folder {raw} does not exist", "Pass the folder holding the MIMIC tables with --raw"
         )
-    dirs = search_dirs(raw, source)
+    dirs = layout.search_dirs(raw)
     found: dict[str, Path] = {}
     for role in RAW_ROLES:
-        spec = SPECS[source][role]
+        spec = layout.table_spec(role)
         path = find_file(dirs, spec.stems, role)
         if path is None:
-            where = f"{raw}" + (" (or its hosp/ folder)" if source == "mimic4" else "")
+            sub = f" (or its {'/, '.join(layout.spec.subdirs)}/ folder)" if layout.spec.subdirs else ""
             raise InputError(
-                f"{spec.stems[0]}.csv[.gz] not found in {where}",
-                f"Check --raw and --source ({source}); file names may be any case, .csv or .csv.gz",
+                f"{spec.stems[0]}.csv[.gz] not found in {raw}{sub}",
+                f"Check --raw and --source ({layout.name}); file names may be any case, .csv or .csv.gz",
             )
         found[role] = path
     return found
@@ -417,3 +304,71 @@ def locate_aux(aux: Path, ddi_file: Path | None = None) -> dict[str, Path]:
             "Add it, or set data.ddi_file to a drug-DDI.csv",
         )
     return found
+
+
+# -- reading the tables of a TableLayout ----------------------------------------------------------------------
+def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool = False):
+    """Scan and collect the raw tables of a `TableLayout` into `RawData` (`allow_empty_prescriptions`: a new
+    cohort may have none yet)."""
+    from leadercli import console
+    from leadercli.data import cohort
+    from leadercli.data.layouts import RawData
+
+    scans = {role: scan_table(path, layout.table_spec(role)) for role, path in files.items()}
+    counts: dict[str, dict] = {}
+
+    with console.step("Reading admissions and patients"):
+        adm = parse_datetimes(collect(scans["admissions"]), "admittime", scans["admissions"])
+        pat = collect(scans["patients"])
+        for col in layout.spec.patient_datetimes:
+            pat = parse_datetimes(pat, col, scans["patients"])
+    counts["admissions"] = {"rows": adm.height}
+    counts["patients"] = {"rows": pat.height}
+
+    events = {}
+    for role in ("diagnoses", "procedures"):
+        with console.step(f"Reading {role}"):
+            grouped = collect(scans[role], lambda lf, r=role: cohort.code_events_query(lf, r, layout))
+            ev = cohort.usable_events(grouped)
+        require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
+        events[role] = ev
+        rows = int(grouped["n"].sum())
+        counts[role] = {"rows": rows, "visit_codes": ev.height, "admissions": ev["hadm_id"].n_unique()}
+        console.info(f"  {role}: {rows:,} rows, {ev.height:,} distinct (admission, code)")
+
+    with console.step("Reading prescriptions"):
+        rx = collect(
+            scans["prescriptions"],
+            lambda lf: lf.group_by(["subject_id", "hadm_id", "ndc"]).agg(pl.len().alias("n")),
+            allow_empty=allow_empty_prescriptions,
+        )
+    with console.step("Reading ICD dictionaries"):
+        d_dx = collect(scans["d_diagnoses"])
+        d_px = collect(scans["d_procedures"])
+    counts["d_diagnoses"] = {"rows": d_dx.height}
+    counts["d_procedures"] = {"rows": d_px.height}
+    titles = {
+        "diagnoses": icd_titles(d_dx, "diagnoses", layout),
+        "procedures": icd_titles(d_px, "procedures", layout),
+    }
+    return RawData(
+        adm, pat, events["diagnoses"], events["procedures"], rx, titles, counts, layout.detect_version(scans)
+    )
+
+
+def icd_titles(d_table: pl.DataFrame, kind: str, source) -> pl.DataFrame:
+    """D_ICD_DIAGNOSES / D_ICD_PROCEDURES → (code [prefixed], title); short title when a long one is missing."""
+    from leadercli.data.cohort import prefixed
+    from leadercli.data.layouts import get_layout
+
+    layout = get_layout(source)
+    code_col, version = layout.spec.code_column, layout.icd_version()
+    if "short_title" in d_table.columns:
+        title = pl.coalesce([pl.col("long_title"), pl.col("short_title")])
+    else:
+        title = pl.col("long_title")
+    return (
+        d_table.filter(pl.col(code_col).is_not_null() & version.is_not_null())
+        .select(prefixed(kind, version, pl.col(code_col)).alias("code"), title.fill_null("").alias("title"))
+        .unique("code", keep="first", maintain_order=True)
+    )

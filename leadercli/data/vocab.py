@@ -20,7 +20,6 @@ from pathlib import Path
 import polars as pl
 
 from leadercli.data.artifact import CodeList, Vocab
-from leadercli.data.cohort import prefixed
 from leadercli.data.tables import Column, TableSpec, collect, scan_table
 
 WHO_SPEC = TableSpec("who_atc", ("WHO ATC-DDD",), (Column("atc_code"), Column("atc_name")))
@@ -41,19 +40,11 @@ def top_codes(
     return counts[code_col].to_list()
 
 
-def icd_titles(d_table: pl.DataFrame, kind: str, source: str) -> pl.DataFrame:
-    """D_ICD_DIAGNOSES / D_ICD_PROCEDURES → (code [prefixed], title)."""
-    code_col = "icd9_code" if source == "mimic3" else "icd_code"
-    version = pl.lit(9) if source == "mimic3" else pl.col("icd_version")
-    if "short_title" in d_table.columns:
-        title = pl.coalesce([pl.col("long_title"), pl.col("short_title")])
-    else:
-        title = pl.col("long_title")
-    return (
-        d_table.filter(pl.col(code_col).is_not_null() & version.is_not_null())
-        .select(prefixed(kind, version, pl.col(code_col)).alias("code"), title.fill_null("").alias("title"))
-        .unique("code", keep="first", maintain_order=True)
-    )
+def icd_titles(d_table: pl.DataFrame, kind: str, source) -> pl.DataFrame:
+    """D_ICD_DIAGNOSES / D_ICD_PROCEDURES → (code [prefixed], title) (`tables.icd_titles`)."""
+    from leadercli.data.tables import icd_titles as titles
+
+    return titles(d_table, kind, source)
 
 
 def atc3_names(who_path: Path) -> pl.DataFrame:

@@ -22,11 +22,12 @@ from leadercli.hardware import resolve_device, set_seed
 from leadercli.settings import Settings
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
-REFERENCE_WEIGHTS = {"mimic3": (0.4, 0.005), "mimic4": (0.8, 0.01)}  # (alpha, beta), reference scripts
-
 
 def loss_weights(settings: Settings, source: str) -> tuple[float, float]:
-    a, b = REFERENCE_WEIGHTS.get(source, REFERENCE_WEIGHTS["mimic3"])
+    """(alpha, beta): the settings', else the reference scripts' weights for the artifact's layout."""
+    from leadercli.data.layouts import get_layout
+
+    a, b = get_layout(source).distill_weights
     d = settings.distill
     return (d.alpha if d.alpha is not None else a, d.beta if d.beta is not None else b)
 

@@ -10,9 +10,10 @@ import pytest
 
 from leadercli.data import tables as T
 from leadercli.data.bundled import bundled_aux, bundled_raw
+from leadercli.data.layouts import get_layout
 from leadercli.errors import InputError
 
-DX3 = T.SPECS["mimic3"]["diagnoses"]
+DX3 = get_layout("mimic3").table_spec("diagnoses")
 
 
 def test_bundled_sample_data_is_found():
@@ -82,7 +83,7 @@ def test_wrong_type_names_the_column(tmp_path: Path, csv_writer):
 
 
 def test_bad_dates(tmp_path: Path, csv_writer):
-    spec = T.SPECS["mimic3"]["patients"]
+    spec = get_layout("mimic3").table_spec("patients")
     path = csv_writer(
         tmp_path / "PATIENTS.csv",
         ["subject_id", "gender", "dob"],
