@@ -27,6 +27,9 @@ class Recommender:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, settings=None) -> Recommender:
         """Load a run folder of any kind (`leadercli.runs.load_run`). `device`: "cpu", "cuda", … (default cpu)."""
+        from leadercli.offline import set_offline
+
+        set_offline()  # as the CLI does: a teacher run's backbone is never looked up on the Hub
         import torch
 
         from leadercli.runs import load_run

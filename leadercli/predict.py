@@ -75,6 +75,8 @@ OUT_SCHEMA = pa.schema(
         ("n_unknown_codes", pa.int32()),
     ]
 )
+# files of leadercli folders (artifact, run, prediction input) that an output must never replace
+OWN_FILES = ("visits.parquet", "patients.parquet", "ddi.parquet", INPUT_CODES)
 MOSTLY_UNKNOWN = 0.5  # a target visit with more than this share of unknown codes is "mostly unknown"
 
 
@@ -392,8 +394,11 @@ def _apply_prefix(s: pl.Series, col: str) -> pl.Series:
 
 
 # -- output checks --------------------------------------------------------------------------------------------
-def check_output(output: Path, input_path: Path) -> None:
-    """Refuse an output that would replace the input or cannot be written, before any work is done."""
+def check_output(output: Path, input_path: Path, top_k: int = 20) -> None:
+    """Refuse an output that would replace the input or a file of a leadercli folder, that cannot be written
+    or that would not fit on the disk (`estimate_output_bytes`), before any work is done."""
+    from leadercli import paths
+
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise InputError(f"output {output} must end in .csv or .parquet", "Choose e.g. -o recs.csv")
     src = Path(input_path)
@@ -402,14 +407,60 @@ def check_output(output: Path, input_path: Path) -> None:
         raise InputError(f"output {output} is the input file", "Choose another -o; inputs are never replaced")
     if output.is_dir():
         raise InputError(f"output {output} is a folder", "Pass a file name ending in .csv or .parquet")
-    parent = output.parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"output folder {parent} cannot be created ({probe} is a file)", "Choose another -o")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"output folder {probe} is not writable", "Choose another -o")
+    if output.name in OWN_FILES and (output.parent / "manifest.json").is_file():
+        raise InputError(
+            f"output {output} would replace {output.name} of {output.parent} (an artifact, a run or a "
+            "prediction input folder)",
+            "Choose another -o; inputs are never replaced",
+        )
+    paths.check_writable_dir(output.parent, "output folder", "Choose another -o")
+    paths.check_free_space(
+        output.parent,
+        estimate_output_bytes(src, output, top_k),
+        "output folder",
+        "Free some space or choose another -o",
+    )
+
+
+def estimate_output_bytes(input_path: Path, output: Path, top_k: int) -> int:
+    """A rough size of the output: top-k rows per patient (about 1.5 visits per patient, the input's row
+    count from its parquet metadata or its file size) × bytes per row (80 in CSV, 20 in parquet)."""
+    src = Path(input_path)
+    if src.is_dir():
+        src = src / INPUT_VISITS
+    try:
+        if src.suffix.lower() == ".parquet":
+            rows = pq.ParquetFile(src).metadata.num_rows
+        else:
+            size = src.stat().st_size
+            rows = size * (5 if src.suffix.lower() == ".gz" else 1) // 150
+    except (OSError, pa.ArrowInvalid):
+        return 0  # read_input names the problem
+    per_row = 80 if output.suffix.lower() == ".csv" else 20
+    return int(rows / 1.5 * top_k * per_row)
+
+
+@contextlib.contextmanager
+def _writing(output: Path) -> Iterator[None]:
+    """An OSError while writing the output (disk full, folder made read-only meanwhile) → one line; the
+    temporary file is removed by the caller, so nothing half-written is left."""
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or str(exc).splitlines()[0][:120] or type(exc).__name__
+        raise InputError(
+            f"cannot write {output} ({why}); nothing was written",
+            f"Check the free space and permissions of {output.parent.resolve()} and retry",
+        ) from None
+
+
+def _clean_stale(output: Path) -> None:
+    """Temporary files a killed `leader predict` left next to `output` (its data file and its sidecar's)."""
+    stale = [output.with_name(f".{output.name}.tmp"), *output.parent.glob(f".{output.name}.meta.json.*.tmp")]
+    for p in stale:
+        if p.is_file():
+            p.unlink()
+            console.info(f"removed {p}, left by an interrupted run")
 
 
 # -- the command ----------------------------------------------------------------------------------------------
@@ -421,8 +472,9 @@ def predict_file(
 
     cfg = settings.predict
     input_path, output = Path(input_path), Path(output)
-    check_output(output, input_path)
+    check_output(output, input_path, cfg.top_k)
     src = read_input(input_path)
+    _clean_stale(output)
     model_dir = Path(cfg.model) if cfg.model else default_model(settings)
     stop = threading.Event()
     hasher = ThreadPoolExecutor(1)
@@ -435,25 +487,30 @@ def predict_file(
         tmp = output.with_name(f".{output.name}.tmp")
         writer = None
         try:
-            writer = _open_writer(tmp, output.suffix.lower())
+            with _writing(output):
+                writer = _open_writer(tmp, output.suffix.lower())
             counts = Counts()
             with console.progress("predicting", total=src.num_rows) as advance:
                 for table, nrows, c in predict_stream(scorer, src, opts):
-                    writer.write_table(table)
+                    with _writing(output):
+                        writer.write_table(table)
                     counts.add(c)
                     advance(nrows, status=f"{counts.patients:,} patients")
-            writer.close()
+            with _writing(output):
+                writer.close()
             writer = None
             if counts.patients == 0:
                 raise InputError(f"{src.path} has no visits", "Pass a file with at least one visit")
             meta = _meta(scorer, src, opts, counts, digest.result(), output)
             from leadercli.runs import write_json
 
-            os.replace(tmp, output)
-            write_json(Path(f"{output}.meta.json"), meta)
+            with _writing(output):
+                os.replace(tmp, output)
+                write_json(Path(f"{output}.meta.json"), meta)
         finally:
             if writer is not None:
-                writer.close()
+                with contextlib.suppress(OSError):
+                    writer.close()
             if tmp.exists():
                 tmp.unlink()
     finally:
@@ -612,7 +669,7 @@ def _score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
     labels = pa.array(encoder.vocab.medications.codes, pa.string())
     names = pa.array(encoder.vocab.medications.titles, pa.string())
     adj = ddi_matrix(scorer.ddi_pairs(), encoder.n_labels) if opts.max_ddi_pairs is not None else None
-    default_version = 9 if (scorer.manifest.get("artifact") or {}).get("source") == "mimic3" else None
+    default_version = _default_icd_version(scorer.manifest)
     seen = _SeenSubjects()
     rows_fn = _Rows(top_k, threshold, adj, opts.max_ddi_pairs, labels, names)
 
@@ -662,6 +719,14 @@ def _score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
                 yield table, n, counts
     finally:
         torch.set_num_threads(threads)
+
+
+def _default_icd_version(manifest: dict) -> int | None:
+    """The ICD version of raw (unprefixed) codes for a run's layout (MIMIC-III: 9; None = needs icd_version)."""
+    from leadercli.data.layouts import LAYOUTS
+
+    layout = LAYOUTS.layouts.get((manifest.get("artifact") or {}).get("source"))
+    return layout.default_icd_version if layout is not None else None
 
 
 def _titled_vocab(vocab, titles: dict[str, dict[str, str]] | None):
@@ -765,23 +830,39 @@ def _subject_chunks(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.Da
 
 
 class _SeenSubjects:
-    """The subjects of the chunks encoded so far (sorted int64 arrays, 8 bytes a subject)."""
+    """The subjects of the chunks encoded so far, to refuse a subject whose rows are not contiguous (8 bytes a
+    subject). Sorted int64 runs kept as a binary counter (a log-structured merge): a chunk's subjects become a
+    run, and two runs of similar size are merged, so there are at most log2(n) runs and every subject is merged
+    log2(n) times — O(n log n) for n subjects in any order, instead of one lookup per earlier chunk (quadratic
+    when subject ids are not ascending). Ascending ids skip the lookups (`max`)."""
 
     def __init__(self) -> None:
-        self.parts: list[np.ndarray] = []
+        self.runs: list[np.ndarray] = []  # sorted, sizes decreasing from first to last
         self.max: int | None = None
 
     def add(self, subjects: np.ndarray) -> bool:
         """Record a chunk's subjects; False when one was seen in an earlier chunk."""
-        u = np.unique(subjects)  # (n,) sorted
+        u = np.unique(np.asarray(subjects, dtype=np.int64))  # (n,) sorted
+        if len(u) == 0:
+            return True
         if self.max is not None and u[0] <= self.max:  # not in ascending order: look each one up
-            for part in self.parts:
-                i = np.searchsorted(part, u).clip(max=len(part) - 1)
-                if (part[i] == u).any():
+            for run in self.runs:
+                i = np.searchsorted(run, u).clip(max=len(run) - 1)
+                if (run[i] == u).any():
                     return False
-        self.parts.append(u)
         self.max = int(u[-1]) if self.max is None else max(self.max, int(u[-1]))
+        while self.runs and len(self.runs[-1]) <= 2 * len(u):
+            u = _merge_sorted(self.runs.pop(), u)
+        self.runs.append(u)
         return True
+
+
+def _merge_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two sorted int64 arrays → one (numpy's stable sort for int64 is a timsort that merges the two runs in
+    linear time)."""
+    out = np.concatenate([a, b])
+    out.sort(kind="stable")
+    return out
 
 
 def _encode_chunk(

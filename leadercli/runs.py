@@ -116,10 +116,73 @@ def check_matches_artifact(manifest: dict, artifact: Artifact, run_dir: Path) ->
         )
 
 
+# every name a run folder of any kind may hold (weights, teacher adapter and head, feature cache, checkpoints);
+# a folder without a manifest that holds only these (and hidden temporary files) is an unfinished run
+RUN_ENTRIES = frozenset(
+    {MANIFEST, SETTINGS, LOG, VOCAB_COPY, DDI_COPY, MODEL_FILE, "checkpoint", "checkpoint.tmp", "adapter"}
+    | {"head.safetensors", "features", "best"}
+)
+COMMANDS = {
+    "student": "leader train student",
+    "popularity": "leader train student --model popularity",
+    "previous": "leader train student --model previous",
+    "distilled": "leader distill",
+    "teacher": "leader train teacher",
+}
+
+
+def rebuild_hint(run_dir: Path, kind: str | None) -> str:
+    """The command that rebuilds a damaged run folder."""
+    cmd = COMMANDS.get(kind or "")
+    if cmd is None:
+        return "Retrain it with the command that wrote it (`leader train student`, `leader distill`, `leader train teacher`)"
+    return f"Rebuild it with `{cmd} --out {run_dir}`"
+
+
+def check_out_dir(out: Path, protected: dict[str, Path | None] | None = None, option: str = "--out") -> None:
+    """Refuse a run folder that would destroy something, before any work: `out` must be writable with room
+    for a run, must not be or contain a `protected` path (the artifact, the teacher run), and when it exists
+    it must be a folder that is empty, a finished leadercli run (`manifest.json` of a run kind) or an
+    unfinished one (only run files, no manifest). Anything else — an artifact, a prediction input folder,
+    another tool's `manifest.json`, a folder of other files — is refused."""
+    from leadercli import paths
+    from leadercli.errors import SettingsError
+
+    out = Path(out)
+    hint = f"Choose another {option} (a new or empty folder, or a run folder to replace)"
+    paths.refuse_dangerous_out(out, protected or {}, option)
+    paths.check_writable_dir(out, f"run folder {option}", hint)
+    paths.check_free_space(out, paths.MIN_FREE, f"run folder {option}")
+    if not out.exists():
+        return
+    manifest = out / MANIFEST
+    if manifest.exists():
+        try:
+            kind = json.loads(manifest.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+            kind = None
+        if kind not in KINDS:
+            raise SettingsError(
+                f"{option} {out} holds a {MANIFEST} that is not a leadercli run (kind {kind!r}); a run would "
+                "replace it",
+                hint,
+            )
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise SettingsError(f"{option} {out} is not a run folder (it holds {shown})", hint)
+
+
 def prepare_out_dir(
-    out: Path, resume: bool, checkpoint_name: str = "checkpoint"
+    out: Path,
+    resume: bool,
+    checkpoint_name: str = "checkpoint",
+    protected: dict[str, Path | None] | None = None,
 ) -> None:  # = checkpoint.CHECKPOINT_DIR
-    """A fresh run clears a previous run's files; --resume keeps them."""
+    """A fresh run clears a previous run's files; --resume keeps them. `check_out_dir` first: only a run
+    folder (finished or not) or an empty one is ever cleared."""
+    check_out_dir(out, protected)
     if out.exists() and not resume:
         for name in (MANIFEST, LOG, checkpoint_name):
             p = out / name
@@ -178,8 +241,8 @@ class Scorer:
         th = manifest.get("threshold")
         if not isinstance(th, dict) or "value" not in th:
             raise ArtifactError(
-                f"{self.path / MANIFEST} has no decision threshold",
-                "Retrain the run (its manifest is damaged)",
+                f"{self.path / MANIFEST} has no decision threshold (the manifest is damaged)",
+                rebuild_hint(self.path, self.kind),
             )
         self.threshold = float(th["value"])
 
@@ -213,9 +276,7 @@ class Scorer:
                 try:
                     df = pl.read_parquet(path, columns=["atc3_a", "atc3_b"])
                 except (pl.exceptions.PolarsError, OSError):
-                    raise ArtifactError(
-                        f"{path} is unreadable", "Retrain the run or rebuild the artifact"
-                    ) from None
+                    raise ArtifactError(f"{path} is unreadable", rebuild_hint(self.path, self.kind)) from None
                 idx = self.vocab.medications.index
                 got = [(idx[a], idx[b]) for a, b in df.iter_rows() if a in idx and b in idx]
                 pairs = np.asarray(got, dtype=np.int64).reshape(-1, 2)
@@ -266,6 +327,7 @@ class TeacherRunScorer(Scorer):
 
     def __init__(self, path: Path, manifest: dict, device=None) -> None:
         super().__init__(path, manifest, device)
+        check_teacher_files(self.path, manifest)
         from leadercli.models.teacher_infer import TeacherScorer
 
         self.teacher = TeacherScorer(self.path, self.device, manifest=manifest, vocab=self.vocab)
@@ -273,6 +335,38 @@ class TeacherRunScorer(Scorer):
 
     def score_samples(self, samples, batch_size: int = 16, vocab=None, progress: str | None = None):
         return self.teacher.score_samples(samples, batch_size, vocab=vocab, progress=progress)
+
+
+TEACHER_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors")
+
+
+def check_teacher_files(run_dir: Path, manifest: dict) -> None:
+    """A teacher run's PEFT adapter (config + safetensors weights) and head are there before peft is called:
+    peft given a folder without them looks the name up on the Hub, and reads a `.bin` adapter with pickle."""
+    run_dir = Path(run_dir)
+    missing = [name for name in TEACHER_FILES if not (run_dir / name).is_file()]
+    if missing:
+        found = (
+            sorted(p.name for p in (run_dir / "adapter").glob("*.bin"))
+            if (run_dir / "adapter").is_dir()
+            else []
+        )
+        extra = f"; {', '.join(found)} is not read (pickle)" if found else ""
+        raise ArtifactError(
+            f"teacher run {run_dir} lacks {', '.join(str(run_dir / n) for n in missing)}{extra}",
+            rebuild_hint(run_dir, "teacher"),
+        )
+    model = run_dir / "adapter" / "adapter_model.safetensors"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(model), framework="pt"):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any failure to open the header means a damaged file
+        raise ArtifactError(
+            f"{model} is not a readable safetensors file (truncated or another format; {type(exc).__name__})",
+            rebuild_hint(run_dir, "teacher"),
+        ) from None
 
 
 def read_run_vocab(run_dir: Path, manifest: dict):
@@ -283,60 +377,70 @@ def read_run_vocab(run_dir: Path, manifest: dict):
     path = Path(run_dir) / VOCAB_COPY
     if not path.is_file():
         raise ArtifactError(
-            f"{path} is missing", "Retrain the run (its vocab copy is part of the run folder)"
+            f"{path} is missing (the run's copy of its vocabulary)",
+            rebuild_hint(run_dir, manifest.get("kind")),
         )
     try:
         vocab = Vocab.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
-        raise ArtifactError(f"{path} is not a leadercli vocab", "Retrain the run") from None
+        raise ArtifactError(
+            f"{path} is not a leadercli vocab", rebuild_hint(run_dir, manifest.get("kind"))
+        ) from None
     want = manifest.get("labels_hash")
     if want is not None and labels_hash(vocab.medications.codes) != want:
         raise ArtifactError(
             f"{path} does not hold the label list the run was trained with (labels hash differs from "
             f"{MANIFEST})",
-            "Restore the run folder from a copy or retrain the run",
+            f"Restore the run folder from a copy, or {_lower(rebuild_hint(run_dir, manifest.get('kind')))}",
         )
     want_v = (manifest.get("artifact") or {}).get("vocab_hash")
     if want_v is not None and vocab_hash(vocab) != want_v:
         raise ArtifactError(
             f"{path} is not the vocabulary the run was trained with (vocab hash differs from {MANIFEST})",
-            "Restore the run folder from a copy or retrain the run",
+            f"Restore the run folder from a copy, or {_lower(rebuild_hint(run_dir, manifest.get('kind')))}",
         )
     return vocab
+
+
+def _lower(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _load_tensor_model(run_dir: Path, manifest: dict, encoder):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    kind = manifest["kind"]
+    hint = rebuild_hint(Path(run_dir), kind)
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
-        raise ArtifactError(f"{path} is missing", "Retrain the run")
+        raise ArtifactError(f"{path} is missing", hint)
     try:
+        # safetensors only: a pickle (or any other file) in its place is refused here, never unpickled
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(
-            f"{path} is not a readable safetensors file ({type(exc).__name__})", "Retrain the run"
+            f"{path} is not a readable safetensors file (truncated or another format; {type(exc).__name__})",
+            hint,
         ) from None
-    kind = manifest["kind"]
     if kind in ("popularity", "previous"):
         from leadercli.models.baselines import PopularityModel, PreviousVisitModel
 
         if "freq" not in state or state["freq"].shape != (encoder.n_labels,):
-            raise ArtifactError(f"{path} does not fit its manifest (drug frequencies)", "Retrain the run")
+            raise ArtifactError(f"{path} does not fit its manifest (drug frequencies)", hint)
         freq = state["freq"]
         return PopularityModel(freq) if kind == "popularity" else PreviousVisitModel(freq, encoder.med_offset)
     from leadercli.models.student import StudentConfig, StudentModel
 
     cfg = manifest.get("model_config")
     if not isinstance(cfg, dict):
-        raise ArtifactError(f"{Path(run_dir) / MANIFEST} has no model_config", "Retrain the run")
+        raise ArtifactError(f"{Path(run_dir) / MANIFEST} has no model_config", hint)
     try:
         model = StudentModel(StudentConfig(**cfg))
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ArtifactError(
-            f"{path} does not fit its manifest ({str(exc).splitlines()[0][:120]})", "Retrain the run"
+            f"{path} does not fit its manifest ({str(exc).splitlines()[0][:120]})", hint
         ) from None
     return model
 

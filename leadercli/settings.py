@@ -334,6 +334,30 @@ def _format_validation(exc: ValidationError, origin: str) -> str:
     return f"{origin}: setting '{key}': {msg}{shown}{more}"
 
 
+ENV_PREFIX = "LEADER_"
+
+
+def check_environment(environ) -> None:
+    """Every `LEADER_*` variable must name a setting (`LEADER_<SECTION>__<KEY>`, or `LEADER_<SECTION>` holding
+    the section as JSON), as every key of leader.toml must: a misspelt variable is an error, not ignored."""
+    sections = Settings.model_fields
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, sep, key = rest.partition("__")
+        model = sections[section].annotation if section in sections else None
+        if model is not None and (not sep or key in model.model_fields):
+            continue
+        hint = "Use LEADER_<SECTION>__<KEY> with a key from `leader config` (e.g. LEADER_DATA__SOURCE=mimic4)"
+        for sec, field in sections.items():
+            for k in field.annotation.model_fields:
+                if rest in (f"{sec}_{k}", f"{sec}{k}", f"{sec}___{k}") or (not sep and rest == k):
+                    hint = f"Did you mean {ENV_PREFIX}{sec.upper()}__{k.upper()}?"
+        what = f"'{section}.{key}' is not a setting" if model is not None else f"'{section}' is not a section"
+        raise SettingsError(f"environment variable {name}: {what}", f"{hint} (or unset {name})")
+
+
 def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
     """Resolve settings. `config` is an explicit TOML path (must exist); otherwise `./leader.toml` if present.
     `overrides` holds command-line values by section, e.g. {"data": {"source": "mimic4"}}; None values are skipped."""
@@ -347,7 +371,8 @@ def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any
     clean = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in (overrides or {}).items()}
     clean = {s: v for s, v in clean.items() if v}
     origin = str(path) if path else "settings"
-    if any(k.startswith("LEADER_") for k in os.environ):
+    check_environment(os.environ)
+    if any(k.upper().startswith(ENV_PREFIX) for k in os.environ):
         origin += " / LEADER_* environment"
     _CURRENT_TOML["path"] = path
     try:

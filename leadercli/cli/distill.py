@@ -51,6 +51,10 @@ def distill(
             paths={"artifact": data, "teacher": teacher, "distilled": out},
             distill={"kd": False if no_kd else None, "align": False if no_align else None},
         )
+        from leadercli.runs import check_out_dir
+
+        protected = {"artifact": settings.artifact_dir(), "teacher run": settings.paths.teacher}
+        check_out_dir(settings.paths.distilled, protected)  # before any work
         do_distill(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)

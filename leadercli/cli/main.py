@@ -6,6 +6,10 @@ import typer
 
 from leadercli import __version__
 from leadercli.cli import config_cmd, demo, distill, predict, preprocess, report, train_student, train_teacher
+from leadercli.offline import set_offline
+
+# the command modules import huggingface_hub / transformers only inside their bodies, so this comes first
+set_offline()  # no network, no telemetry
 
 app = typer.Typer(
     name="leader",

@@ -77,6 +77,10 @@ def report(
         from leadercli.report.build import build_report, report_from_predictions
 
         settings = load(config, paths={"artifact": data, "report": out})
+        from leadercli.paths import check_free_space, check_writable_dir
+
+        check_writable_dir(settings.paths.report, "report folder", "Choose another -o")  # before any scoring
+        check_free_space(settings.paths.report, 0, "report folder")
         if predictions is not None:
             result = report_from_predictions(settings, predictions, log=console.info)
         else:

@@ -44,9 +44,11 @@ def train_student(
     """
 
     def body() -> None:
+        from leadercli.runs import check_out_dir
         from leadercli.training.student import train_student as do_train
 
         settings = load(config, paths={"artifact": data, "student": out}, student={"model": model})
+        check_out_dir(settings.paths.student, {"artifact": settings.artifact_dir()})  # before any work
         do_train(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)

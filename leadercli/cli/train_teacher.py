@@ -54,6 +54,12 @@ def train_teacher(
             paths={"artifact": data, "teacher": out},
             teacher={"base_model": base_model, "max_steps": max_steps},
         )
+        from leadercli.runs import check_out_dir
+
+        protected = {"artifact": settings.artifact_dir()}
+        if settings.teacher.base_model and Path(settings.teacher.base_model).exists():
+            protected["base model"] = Path(settings.teacher.base_model)
+        check_out_dir(settings.paths.teacher, protected)  # before any work
         do_train(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)

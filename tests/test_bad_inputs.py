@@ -1,0 +1,555 @@
+"""Bad input, damaged folders, faults and kills (issue 12): every failure is exit code 2 and one line naming the
+file, column, key or value and what to do, with no traceback; nothing half-written is left; inputs are never
+modified. One test (or parametrised group) per class of failure; the README's table "What leader promises
+under bad input, faults and kills" points here."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from leadercli.cli.main import app
+
+runner = CliRunner()
+TOML = "[student]\nepochs = 1\nbatch_size = 8\nhidden = 16\nff = 32\n"
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def invoke(args: list[str]):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under `root` → (mtime in ns, sha256)."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def assert_one_line(r, *needles: str) -> str:
+    """Exit code 2, exactly one `error:` line, no traceback; the line contains every needle."""
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "unexpected error" not in r.output, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, r.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def wd(tmp_path_factory, tiny_artifact) -> Path:
+    """A working folder: the tiny artifact in data/mimic3, a tiny student run in runs/student, its visits as
+    a prediction input."""
+    wd = tmp_path_factory.mktemp("bad")
+    shutil.copytree(tiny_artifact, wd / "data" / "mimic3")
+    (wd / "leader.toml").write_text(TOML)
+    old = Path.cwd()
+    try:
+        os.chdir(wd)
+        r = invoke(["train", "student", "-q"])
+        assert r.exit_code == 0, r.output
+    finally:
+        os.chdir(old)
+    return wd
+
+
+@pytest.fixture
+def cwd(wd, monkeypatch) -> Path:
+    monkeypatch.chdir(wd)
+    for key in list(os.environ):
+        if key.startswith("LEADER_"):
+            monkeypatch.delenv(key)
+    return wd
+
+
+@pytest.fixture
+def unchanged(cwd):
+    """Nothing in the working folder is modified, and nothing new is left behind except `allow` entries."""
+    before = snapshot(cwd)
+    allow: list[str] = []
+    yield allow
+    after = snapshot(cwd)
+    assert {k: v for k, v in after.items() if k in before} == before, "an input was modified"
+    new = [k for k in after if k not in before and not any(k.startswith(a) for a in allow)]
+    assert not new, f"left behind: {new}"
+
+
+def damaged_run(cwd: Path, name: str) -> Path:
+    dst = cwd / "damaged" / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(cwd / "runs" / "student", dst)
+    return dst
+
+
+def _forbid_pickle(monkeypatch):
+    import pickle
+
+    import torch
+
+    def boom(*a, **k):
+        raise AssertionError("a pickle was read")
+
+    monkeypatch.setattr(pickle, "load", boom)
+    monkeypatch.setattr(pickle, "loads", boom)
+    monkeypatch.setattr(torch, "load", boom)
+
+
+# -- I/O at the output -----------------------------------------------------------------------------------------
+def test_out_parent_is_a_file_is_refused_before_work(cwd, unchanged):
+    """train / distill / predict / report: an output under a file is refused up front."""
+    (cwd / "afile").write_text("x")
+    unchanged.append("afile")
+    cases = [
+        (["train", "student", "--out", "afile/run"], "is a file"),
+        (["train", "student", "--out", "afile"], "is a file"),
+        (["distill", "--no-kd", "--no-align", "--out", "afile/run"], "is a file"),
+        (["train", "teacher", "--out", "afile/run"], "is a file"),
+        (
+            ["predict", "data/mimic3/visits.parquet", "-o", "afile/recs.csv", "--model", "runs/student"],
+            "afile",
+        ),
+        (["report", "runs/student", "-o", "afile/rep"], "afile"),
+    ]
+    for args, needle in cases:
+        r = invoke(args)
+        line = assert_one_line(r, needle)
+        assert "loading samples" not in r.output and "scoring" not in r.output, (args, line)
+
+
+def test_read_only_output_is_refused_before_work(cwd, unchanged, monkeypatch):
+    ro = cwd / "ro"
+    ro.mkdir(exist_ok=True)
+    unchanged.append("ro")
+    real = os.access
+    # root ignores permission bits, so the read-only folder is simulated where the check asks
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if Path(p) == ro else real(p, m, **k))
+    for args in (
+        ["train", "student", "--out", "ro/run"],
+        ["predict", "data/mimic3/visits.parquet", "-o", "ro/recs.csv", "--model", "runs/student"],
+        ["report", "runs/student", "-o", "ro/rep"],
+    ):
+        assert_one_line(invoke(args), "not writable", "ro")
+    assert list(ro.iterdir()) == []
+
+
+def test_full_disk_is_refused_before_work(cwd, unchanged, monkeypatch):
+    import leadercli.paths as paths
+
+    monkeypatch.setattr(paths, "free_bytes", lambda folder: 1000)
+    for args in (
+        ["train", "student", "--out", "runs/full"],
+        ["predict", "data/mimic3/visits.parquet", "-o", "full.csv", "--model", "runs/student"],
+        ["report", "runs/student", "-o", "full-report"],
+    ):
+        assert_one_line(invoke(args), "1000 bytes free", "needs about")
+
+
+def test_predict_free_space_estimate_scales_with_the_input(cwd):
+    from leadercli.predict import estimate_output_bytes
+
+    small = estimate_output_bytes(Path("data/mimic3/visits.parquet"), Path("x.csv"), 20)
+    rows = pl.read_parquet("data/mimic3/visits.parquet").height
+    assert small == int(rows / 1.5 * 20 * 80)
+    assert estimate_output_bytes(Path("data/mimic3/visits.parquet"), Path("x.parquet"), 20) < small
+
+
+def test_disk_full_while_writing_leaves_nothing(cwd, unchanged, monkeypatch):
+    import leadercli.predict as predict
+
+    real = predict._open_writer
+
+    class Full:
+        def __init__(self, w):
+            self.w = w
+
+        def write_table(self, t):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.w.close()
+
+    monkeypatch.setattr(predict, "_open_writer", lambda p, s: Full(real(p, s)))
+    r = invoke(["predict", "data/mimic3/visits.parquet", "-o", "recs-full.csv", "--model", "runs/student"])
+    assert_one_line(r, "recs-full.csv", "No space left on device", "nothing was written")
+
+
+# -- damaged run and artifact folders --------------------------------------------------------------------------
+def _truncate(run: Path) -> None:
+    p = run / "model.safetensors"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _pickle(run: Path) -> None:
+    import pickle
+
+    (run / "model.safetensors").write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))
+
+
+def _no_vocab(run: Path) -> None:
+    (run / "vocab.json").unlink()
+
+
+def _no_model_config(run: Path) -> None:
+    m = json.loads((run / "manifest.json").read_text())
+    del m["model_config"]
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def _manifest_not_json(run: Path) -> None:
+    (run / "manifest.json").write_text("{not json")
+
+
+def _no_threshold(run: Path) -> None:
+    m = json.loads((run / "manifest.json").read_text())
+    del m["threshold"]
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def _vocab_not_vocab(run: Path) -> None:
+    (run / "vocab.json").write_text('{"medications": 3}')
+
+
+@pytest.mark.parametrize(
+    "damage, needles",
+    [
+        (_truncate, ["model.safetensors", "not a readable safetensors", "leader train student --out"]),
+        (_pickle, ["model.safetensors", "not a readable safetensors", "leader train student --out"]),
+        (_no_vocab, ["vocab.json", "missing", "leader train student --out"]),
+        (_no_model_config, ["manifest.json", "model_config", "leader train student --out"]),
+        (_manifest_not_json, ["manifest.json", "not valid JSON"]),
+        (_no_threshold, ["manifest.json", "threshold", "leader train student --out"]),
+        (_vocab_not_vocab, ["vocab.json", "not a leadercli vocab"]),
+    ],
+    ids=lambda x: getattr(x, "__name__", "")[1:] or None,
+)
+def test_damaged_run_folder_is_one_line_naming_the_file_and_command(cwd, monkeypatch, damage, needles):
+    _forbid_pickle(monkeypatch)
+    run = damaged_run(cwd, damage.__name__)
+    damage(run)
+    before = snapshot(cwd)
+    assert_one_line(
+        invoke(["predict", "data/mimic3/visits.parquet", "-o", "dmg.csv", "--model", run]), *needles
+    )
+    # leader report loads runs through load_run too (its own threshold check words it differently)
+    assert_one_line(invoke(["report", run, "-o", "dmg-report"]), needles[0].removesuffix(".json"))
+    assert snapshot(cwd) == before and not Path("dmg.csv").exists() and not Path("dmg-report").exists()
+
+
+@pytest.mark.parametrize("variant", ["bin-only", "no-adapter", "truncated"])
+def test_teacher_adapter_is_checked_before_peft(cwd, monkeypatch, variant):
+    """A teacher run whose adapter/ holds only a pickle `.bin` (or nothing) is refused before peft is called
+    (peft would unpickle the .bin, or look a missing folder's name up on the Hub)."""
+    import leadercli.models.teacher as teacher
+
+    def never(*a, **k):
+        raise AssertionError("peft / the backbone was called")
+
+    monkeypatch.setattr(teacher, "load_teacher", never)
+    _forbid_pickle(monkeypatch)
+    run = damaged_run(cwd, f"teacher-{variant}")
+    m = json.loads((run / "manifest.json").read_text())
+    m["kind"] = "teacher"
+    (run / "manifest.json").write_text(json.dumps(m))
+    (run / "head.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    if variant != "no-adapter":
+        (run / "adapter").mkdir()
+        (run / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04not really")
+    if variant == "truncated":
+        (run / "adapter" / "adapter_config.json").write_text("{}")
+        (run / "adapter" / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00")
+    r = invoke(["predict", "data/mimic3/visits.parquet", "-o", "t.csv", "--model", run])
+    needles = {
+        "bin-only": ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin is not read"],
+        "no-adapter": ["adapter_config.json"],
+        "truncated": ["adapter_model.safetensors", "not a readable safetensors"],
+    }[variant]
+    assert_one_line(r, *needles, "leader train teacher --out")
+    assert not Path("t.csv").exists()
+
+
+def _bad_parquet(art: Path, name: str) -> None:
+    p = art / name
+    p.write_bytes(p.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("name", ["visits.parquet", "patients.parquet", "ddi.parquet", "vocab.json"])
+def test_damaged_artifact_is_one_line_naming_the_file(cwd, name, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(cwd / "data" / "mimic3", art)
+    if name.endswith(".parquet"):
+        _bad_parquet(art, name)
+    else:
+        (art / name).write_text('{"diagnoses": 1}')
+    before = snapshot(cwd)
+    r = invoke(["train", "student", "--data", art, "--out", tmp_path / "run"])
+    assert_one_line(r, name, "leader preprocess")
+    assert snapshot(cwd) == before
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+# -- wrong dtypes in the predict input -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "column, expr, needle",
+    [
+        (
+            "medications",
+            pl.lit([1, 2], dtype=pl.List(pl.Int64)),
+            "column 'medications' has type large_list<element: int64>",
+        ),
+        ("medications", pl.lit(3), "column 'medications'"),
+        ("icd_version", pl.lit("9"), "column 'icd_version'"),
+        ("diagnoses", pl.lit("D9:401"), "column 'diagnoses'"),
+        ("subject_id", pl.col("subject_id").cast(pl.Utf8), "column 'subject_id'"),
+    ],
+)
+def test_wrong_dtypes_in_predict_input(cwd, unchanged, tmp_path, column, expr, needle):
+    bad = tmp_path / "bad.parquet"
+    pl.read_parquet("data/mimic3/visits.parquet").with_columns(expr.alias(column)).write_parquet(bad)
+    r = invoke(["predict", bad, "-o", "typed.csv", "--model", "runs/student"])
+    assert_one_line(r, needle, "expected")
+
+
+def test_wrong_values_in_csv_input(cwd, unchanged, tmp_path):
+    df = pl.read_parquet("data/mimic3/visits.parquet")
+    csv = df.with_columns(
+        *(pl.col(c).list.join(";") for c in ("diagnoses", "procedures", "medications")),
+        pl.lit("nine").alias("icd_version"),
+    )
+    csv.write_csv(tmp_path / "bad.csv")
+    r = invoke(["predict", tmp_path / "bad.csv", "-o", "typed.csv", "--model", "runs/student"])
+    assert_one_line(r, "column 'icd_version'", "not whole numbers")
+
+
+# -- silently wrong: a run's vocab.json changed ----------------------------------------------------------------
+@pytest.mark.parametrize("how", ["reordered", "removed", "code renamed"])
+def test_changed_run_vocab_is_refused(cwd, monkeypatch, how):
+    run = damaged_run(cwd, f"vocab-{how}")
+    v = json.loads((run / "vocab.json").read_text())
+    meds = v["medications"]
+    if how == "reordered":
+        meds["codes"][0], meds["codes"][1] = meds["codes"][1], meds["codes"][0]
+    elif how == "removed":
+        meds["codes"], meds["titles"] = meds["codes"][:-1], meds["titles"][:-1]
+    else:
+        v["diagnoses"]["codes"][0] = "D9:XXXX"
+    (run / "vocab.json").write_text(json.dumps(v))
+    r = invoke(["predict", "data/mimic3/visits.parquet", "-o", "v.csv", "--model", run])
+    needle = "label list" if how != "code renamed" else "not the vocabulary"
+    assert_one_line(r, "vocab.json", needle, "leader train student --out")
+    assert not Path("v.csv").exists()
+
+
+# -- destructive paths -----------------------------------------------------------------------------------------
+def _foreign_manifest(cwd: Path) -> Path:
+    d = cwd / "foreign"
+    d.mkdir(exist_ok=True)
+    (d / "manifest.json").write_text('{"name": "some other tool"}')
+    return d
+
+
+def _prediction_input(cwd: Path) -> Path:
+    d = cwd / "pinput"
+    d.mkdir(exist_ok=True)
+    (d / "manifest.json").write_text('{"kind": "prediction-input"}')
+    shutil.copyfile(cwd / "data/mimic3/visits.parquet", d / "visits.parquet")
+    return d
+
+
+def _other_files(cwd: Path) -> Path:
+    d = cwd / "mine"
+    d.mkdir(exist_ok=True)
+    (d / "notes.txt").write_text("keep me")
+    return d
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "student", "--out", "data/mimic3"], "is the artifact"),
+        (["train", "student", "--out", "data"], "contains the artifact"),
+        (["train", "student", "--out", "."], "contains the artifact"),
+        (["train", "student", "--model", "popularity", "--out", "data/mimic3"], "is the artifact"),
+        (["train", "student", "--out", "foreign"], "not a leadercli run"),
+        (["train", "student", "--out", "pinput"], "not a leadercli run (kind 'prediction-input')"),
+        (["train", "student", "--out", "mine"], "not a run folder (it holds notes.txt)"),
+        (["train", "student", "--resume", "--out", "foreign"], "not a leadercli run"),
+        (
+            ["distill", "--no-kd", "--no-align", "--teacher", "runs/student", "--out", "runs/student"],
+            "is the teacher run",
+        ),
+        (["distill", "--no-kd", "--no-align", "--out", "data/mimic3"], "is the artifact"),
+        (["train", "teacher", "--out", "data/mimic3"], "is the artifact"),
+        (["train", "teacher", "--out", "foreign"], "not a leadercli run"),
+        (
+            ["predict", "pinput", "-o", "pinput/visits.parquet", "--model", "runs/student"],
+            "is the input file",
+        ),
+        (["predict", "data/mimic3/visits.parquet", "-o", "data/mimic3/visits.parquet"], "is the input file"),
+        (
+            ["predict", "pinput", "-o", "data/mimic3/visits.parquet", "--model", "runs/student"],
+            "would replace",
+        ),
+        (["predict", "pinput", "-o", "runs/student/ddi.parquet", "--model", "runs/student"], "would replace"),
+    ],
+)
+def test_destructive_outputs_are_refused(cwd, args, needle):
+    _foreign_manifest(cwd), _prediction_input(cwd), _other_files(cwd)
+    before = snapshot(cwd)
+    assert_one_line(invoke(args), needle)
+    assert snapshot(cwd) == before
+
+
+def test_run_folders_may_be_replaced(cwd, tmp_path):
+    """What is allowed: a new or empty folder, a finished run of any kind, an unfinished run (run files, no
+    manifest)."""
+    from leadercli.runs import check_out_dir
+
+    check_out_dir(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty")
+    check_out_dir(cwd / "runs" / "student")
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoint").mkdir(parents=True)
+    (unfinished / "settings.toml").write_text("")
+    (unfinished / "train_log.jsonl").write_text("")
+    (unfinished / ".manifest.json.abc.tmp").write_text("")
+    check_out_dir(unfinished)
+
+
+def test_retraining_over_a_run_works_and_keeps_the_artifact(cwd, tmp_path):
+    art = snapshot(cwd / "data")
+    for _ in range(2):
+        r = invoke(["train", "student", "-q", "--model", "popularity", "--out", tmp_path / "pop"])
+        assert r.exit_code == 0, r.output
+    assert snapshot(cwd / "data") == art
+    assert json.loads((tmp_path / "pop" / "manifest.json").read_text())["kind"] == "popularity"
+
+
+# -- settings --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("LEADER_FOO", "LEADER_FOO: 'foo' is not a section"),
+        ("LEADER_STUDENT_EPOCHS", "Did you mean LEADER_STUDENT__EPOCHS?"),
+        ("LEADER_STUDENT__EPOCH", "'student.epoch' is not a setting"),
+        ("LEADER_EPOCHS", "Did you mean LEADER_STUDENT__EPOCHS?"),
+    ],
+)
+def test_unknown_environment_variable_is_an_error(cwd, monkeypatch, name, needle):
+    monkeypatch.setenv(name, "3")
+    for args in (["config"], ["train", "student", "--out", "runs/env"]):
+        assert_one_line(invoke(args), needle)
+    assert not Path("runs/env").exists()
+
+
+def test_known_environment_variables_still_work(cwd, monkeypatch):
+    monkeypatch.setenv("LEADER_STUDENT__EPOCHS", "3")
+    monkeypatch.setenv("leader_hardware__threads", "1")
+    r = invoke(["config"])
+    assert r.exit_code == 0 and "epochs = 3" in r.output
+
+
+# -- leftovers after kill -9 -----------------------------------------------------------------------------------
+def test_stale_predict_temporary_files_are_removed(cwd):
+    for name in (".left.csv.tmp", ".left.csv.meta.json.x1y2.tmp"):
+        Path(name).write_text("partial")
+    r = invoke(["predict", "data/mimic3/visits.parquet", "-o", "left.csv", "--model", "runs/student"])
+    assert r.exit_code == 0, r.output
+    assert not Path(".left.csv.tmp").exists() and not Path(".left.csv.meta.json.x1y2.tmp").exists()
+    assert pl.read_csv("left.csv").height > 0 and Path("left.csv.meta.json").is_file()
+    for p in ("left.csv", "left.csv.meta.json"):
+        Path(p).unlink()
+
+
+def test_killed_predict_leaves_only_its_temporary_file(cwd, tmp_path):
+    """kill -9 in the middle of writing: the output is absent (only the hidden temporary file remains, and the
+    next run removes it)."""
+    code = (
+        "import os, signal, leadercli.predict as p\n"
+        "real = p._open_writer\n"
+        "class W:\n"
+        "    def __init__(s, w): s.w = w\n"
+        "    def write_table(s, t): s.w.write_table(t); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    def close(s): s.w.close()\n"
+        "p._open_writer = lambda path, suf: W(real(path, suf))\n"
+        "from leadercli.cli.main import app\n"
+        "app(['predict', 'data/mimic3/visits.parquet', '-o', 'killed.csv', '--model', 'runs/student'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert not Path("killed.csv").exists() and Path(".killed.csv.tmp").exists()
+    r = invoke(["predict", "data/mimic3/visits.parquet", "-o", "killed.csv", "--model", "runs/student"])
+    assert r.exit_code == 0 and not Path(".killed.csv.tmp").exists()
+    for p in ("killed.csv", "killed.csv.meta.json"):
+        Path(p).unlink()
+
+
+# -- scale: the contiguity check -------------------------------------------------------------------------------
+def test_contiguity_check_with_shuffled_subjects():
+    """Any order of whole subjects is accepted; a subject seen in an earlier chunk is refused, whichever run
+    of the merge holds it."""
+    from leadercli.predict import _SeenSubjects
+
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(20_000).astype(np.int64) * 3
+    chunks = np.array_split(ids, 157)
+    seen = _SeenSubjects()
+    assert all(seen.add(c) for c in chunks)
+    assert len(seen.runs) <= int(np.log2(len(chunks))) + 2
+    assert sorted(np.concatenate(seen.runs).tolist()) == sorted(ids.tolist())
+    for probe in (ids[0], ids[10_000], ids[-1]):
+        assert not seen.add(np.array([probe + 1, probe]))  # probe + 1 is new (ids are multiples of 3)
+    assert seen.add(np.array([1, 4]))
+
+
+def test_contiguity_check_is_linear():
+    """Doubling the rows about doubles the time (shuffled ids; the old check was quadratic)."""
+    import time
+
+    from leadercli.predict import _SeenSubjects
+
+    def run(n):
+        ids = np.random.default_rng(1).permutation(n).astype(np.int64)
+        seen = _SeenSubjects()
+        t0 = time.perf_counter()
+        for c in np.array_split(ids, n // 4096):
+            seen.add(c)
+        return time.perf_counter() - t0
+
+    small, big = min(run(200_000) for _ in range(3)), min(run(800_000) for _ in range(3))
+    assert big < 4 * small * 2.5, (small, big)  # 4x the rows: linear ~4x, quadratic ~16x
+
+
+# -- network ---------------------------------------------------------------------------------------------------
+def test_offline_switches_are_set_at_startup_and_by_the_api(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    names = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_DATASETS_OFFLINE"]
+    show = f"import os; print([os.environ.get(n) for n in {names}])"
+    for setup in (
+        "import leadercli.cli.main",
+        "from leadercli import Recommender\ntry: Recommender.load('nowhere')\nexcept Exception: pass",
+    ):
+        p = subprocess.run(
+            [sys.executable, "-c", f"{setup}\n{show}"], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+        assert p.stdout.strip() == str(["1"] * 4), p.stderr
+    env["HF_HUB_OFFLINE"] = "0"  # a user's own choice is kept
+    p = subprocess.run(
+        [sys.executable, "-c", f"import leadercli.cli.main\n{show}"], capture_output=True, text=True, env=env
+    )
+    assert p.stdout.strip().startswith("['0'")
