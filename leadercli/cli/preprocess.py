@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
             "leader preprocess --source mimic3 --raw /data/mimic-iii-1.4 --out data/mimic3-full",
             "leader preprocess --source mimic4 --raw /data/mimic-iv-2.2/hosp --aux sample_data/aux",
             "leader preprocess --for-run runs/distilled --raw /data/new-admissions --out data/new-patients",
+            "leader preprocess --source meds --raw /data/mimic-iv-meds --out data/meds",
         ),
     )(preprocess)
 
@@ -26,7 +27,11 @@ def register(app: typer.Typer) -> None:
 def preprocess(
     source: Annotated[
         str | None,
-        typer.Option("--source", help="Raw layout: mimic3 or mimic4. Default from settings (mimic3)."),
+        typer.Option(
+            "--source",
+            help="Raw layout: mimic3, mimic4 (CSV tables) or meds (a MEDS root: data/*.parquet + metadata/). "
+            "Default from settings (mimic3); with --for-run, the run's.",
+        ),
     ] = None,
     raw: Annotated[
         Path | None,
@@ -96,16 +101,25 @@ def preprocess(
     run(body, quiet=quiet, debug=debug)
 
 
-def _source(value: str | None) -> Literal["mimic3", "mimic4"] | None:
+def _source(value: str | None) -> Literal["mimic3", "mimic4", "meds"] | None:
     if value is None:
         return None
     from leadercli.errors import SettingsError
 
-    v = value.lower().replace("-", "")
-    if v not in ("mimic3", "mimic4", "mimiciii", "mimiciv"):
-        raise_in = SettingsError(f"--source {value!r} is not known", "Use --source mimic3 or --source mimic4")
+    v = value.lower().replace("-", "").replace("_", "")
+    names = {
+        "mimic3": "mimic3",
+        "mimiciii": "mimic3",
+        "mimic4": "mimic4",
+        "mimiciv": "mimic4",
+        "meds": "meds",
+    }
+    if v not in names:
+        raise_in = SettingsError(
+            f"--source {value!r} is not known", "Use --source mimic3, --source mimic4 or --source meds"
+        )
         from leadercli import console
 
         console.err.print(f"[bold red]error:[/bold red] {raise_in.one_line()}", highlight=False)
         raise typer.Exit(2)
-    return "mimic4" if v in ("mimic4", "mimiciv") else "mimic3"
+    return names[v]  # type: ignore[return-value]

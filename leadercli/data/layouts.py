@@ -57,6 +57,7 @@ class RawData:
     counts: dict
     source_version: str
     atc_events: pl.DataFrame | None = None  # drugs coded as ATC already (subject_id, hadm_id, atc3)
+    splits: pl.DataFrame | None = None  # the data's own patient split (subject_id, split), e.g. MEDS
 
 
 class SourceLayout:
@@ -71,6 +72,10 @@ class SourceLayout:
 
     def profile_fields(self) -> tuple[str, ...]:
         return self.admission_profile + PATIENT_PROFILE
+
+    def configure(self, settings) -> SourceLayout:
+        """The layout with the settings it reads (MEDS: its code patterns); the MIMIC layouts read none."""
+        return self
 
     def locate(self, raw: Path, settings=None) -> dict[str, Path]:
         raise NotImplementedError

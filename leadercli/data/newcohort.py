@@ -41,7 +41,7 @@ import polars as pl
 
 from leadercli import __version__, console
 from leadercli.data import artifact as A
-from leadercli.data import cohort, mapping, tables, vocab
+from leadercli.data import cohort, tables, vocab
 from leadercli.errors import ArtifactError, InputError
 
 KIND = "prediction-input"
@@ -113,7 +113,7 @@ def build_for_run(
     with ThreadPoolExecutor(max_workers=1) as pool:
         hashes = pool.submit(_hash_all, {**raw_files, **{f"aux.{k}": v for k, v in aux_files.items()}}, stop)
         try:
-            raw = read_raw(raw_files, source, allow_empty_prescriptions=True)
+            raw = read_raw(raw_files, get_layout(source).configure(settings), allow_empty_prescriptions=True)
             visits, codes, counts = _assemble(raw, raw_files, aux_files, voc, source)
         except BaseException:
             stop.set()
@@ -154,13 +154,9 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
         )
 
     with console.step("Mapping NDC → RXCUI → ATC-3"):
-        ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
-        if raw.prescriptions.height:
-            meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map)
-            meds = meds.filter(pl.col("hadm_id").is_not_null() & pl.col("subject_id").is_not_null())
-        else:
-            meds = pl.DataFrame(schema={"subject_id": pl.Int64, "hadm_id": pl.Int64, "atc3": pl.String})
-            coverage = {"rows": 0, "row_coverage": 0.0, "ndc_coverage": 0.0}
+        from leadercli.data.preprocess import map_drugs
+
+        meds, coverage = map_drugs(raw, aux_files)
 
     with console.step("Building the visits"):
         keys = pl.concat([raw.diagnoses.select(KEYS), raw.procedures.select(KEYS)]).unique().sort(KEYS)
@@ -169,7 +165,7 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
         record("admitted", "... and an ADMISSIONS row with an admit time", ordered)
         if ordered.height == 0:
             raise InputError(
-                f"no admission in {raw_files['admissions'].parent} has a diagnosis or procedure and an admit time",
+                f"no admission in {next(iter(raw_files.values())).parent} has a diagnosis or procedure and an admit time",
                 "Check --source and --raw (ADMISSIONS.admittime must be filled)",
             )
         empty = pl.lit([], dtype=pl.List(pl.String))

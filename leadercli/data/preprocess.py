@@ -107,6 +107,11 @@ def preprocess(settings: Settings) -> PreprocessResult:
     t0 = time.perf_counter()
     cfg = settings.data
     source = cfg.source
+    if settings.paths.raw is None and source == "meds":
+        raise InputError(
+            "--source meds needs --raw: there is no bundled MEDS dataset",
+            "Pass the MEDS root (the folder with data/ and metadata/), e.g. --raw /data/mimic-iv-meds",
+        )
     raw_dir = Path(settings.paths.raw) if settings.paths.raw is not None else bundled_raw(source)
     aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
     target = Path(settings.artifact_dir())
@@ -143,16 +148,31 @@ def preprocess(settings: Settings) -> PreprocessResult:
     return PreprocessResult(target, manifest)
 
 
+def _where(raw_files: dict[str, Path], role: str) -> Path:
+    """The file to name in a message about `role` (MIMIC: its table; MEDS: the first data shard)."""
+    return raw_files.get(role) or next(iter(raw_files.values()))
+
+
+def map_drugs(raw: RawData, aux_files: dict[str, Path]) -> tuple[pl.DataFrame, dict]:
+    """Visit drugs (subject_id, hadm_id, atc3): NDCs mapped to ATC-3 (two routes), plus drugs already coded
+    as ATC (MEDS), unique."""
+    ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
+    meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map)
+    if raw.atc_events is not None and raw.atc_events.height:
+        meds = pl.concat([meds, raw.atc_events.select(meds.columns)], how="vertical_relaxed").unique()
+        coverage["atc_coded_rows"] = raw.atc_events.height
+    meds = meds.filter(pl.col("hadm_id").is_not_null() & pl.col("subject_id").is_not_null())
+    return meds, coverage
+
+
 def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, Path]):
     cfg = settings.data
     source = cfg.source
-    raw = read_raw(raw_files, source)
+    raw = read_raw(raw_files, get_layout(source).configure(settings))
 
     with console.step("Mapping NDC → RXCUI → ATC-3"):
-        ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
-        meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map)
-        meds = meds.filter(pl.col("hadm_id").is_not_null() & pl.col("subject_id").is_not_null())
-    tables.require_rows(meds, raw_files["prescriptions"], "no prescription NDC maps to an ATC code")
+        meds, coverage = map_drugs(raw, aux_files)
+    tables.require_rows(meds, _where(raw_files, "prescriptions"), "no prescription NDC maps to an ATC code")
     raw.counts["prescriptions"] = {
         "rows": coverage["rows"],
         "rows_with_ndc": coverage["rows_with_ndc"],
@@ -179,14 +199,14 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         record("min_visits", f"patients with >= {cfg.min_visits} such visits", keys)
         if keys.height == 0:
             raise InputError(
-                f"no admission in {raw_files['admissions'].parent} has a diagnosis, a procedure and a mapped drug",
+                f"no admission in {_where(raw_files, 'admissions').parent} has a diagnosis, a procedure and a mapped drug",
                 "Check --source, --raw and --aux (the NDC mapping files)",
             )
         ids = splits.sample_patients(keys["subject_id"].unique().to_list(), cfg.sample_fraction, cfg.seed)
         keys = _semi(keys, pl.DataFrame({"subject_id": ids}, schema={"subject_id": pl.Int64}), "subject_id")
         if cfg.sample_fraction is not None:
             record("sample", f"seeded sample of {cfg.sample_fraction:g} of the patients", keys)
-        split_of = splits.split_patients(ids, cfg.split_ratios, cfg.split, cfg.seed)
+        split_of = _split(raw, ids, cfg, raw_files)
     train_ids = split_of.filter(pl.col("split") == "train")
     if train_ids.height == 0:
         raise InputError(
@@ -244,6 +264,28 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
 
     manifest = _manifest(settings, raw, coverage, steps, removed, visits, patients, voc, ddi_info)
     return visits, patients, voc, ddi_pairs, manifest
+
+
+def _split(raw: RawData, ids: list[int], cfg, raw_files: dict[str, Path]) -> pl.DataFrame:
+    """The patient split: seeded (random / sequential), or the data's own (`data.split = "meds"`)."""
+    if cfg.split != "meds":
+        return splits.split_patients(ids, cfg.split_ratios, cfg.split, cfg.seed)
+    given = getattr(raw, "splits", None)
+    if given is None:
+        raise InputError(
+            f"data.split = meds but {_where(raw_files, 'admissions').parent} has no metadata/subject_splits.parquet",
+            "Use --source meds with a MEDS root that has it, or set data.split = random",
+        )
+    out = pl.DataFrame({"subject_id": ids}, schema={"subject_id": pl.Int64}).join(
+        given, on="subject_id", how="left"
+    )
+    missing = out.filter(pl.col("split").is_null()).height
+    if missing:
+        raise InputError(
+            f"subject_splits.parquet gives no train/tuning/held_out split for {missing:,} patients",
+            "Complete the split file or set data.split = random",
+        )
+    return out.sort("subject_id")
 
 
 def _removed_by_split(before: pl.DataFrame, codes: list[str], split_of: pl.DataFrame) -> dict[str, int]:
