@@ -128,7 +128,10 @@ class TeacherSettings(_Section):
         "auto", description="auto = last real token for decoders, mean for encoders."
     )
     max_length: int | None = Field(
-        None, ge=16, description="Prompt token limit; unset = min(backbone max, 2048)."
+        None,
+        ge=16,
+        description="Prompt token limit; unset = 128 for encoders (measured best for MiniLM), "
+        "min(backbone max, 2048) for decoders.",
     )
     include_profile: bool = Field(
         False, description="Add the profile sentence to the prompt (reference: off)."
@@ -143,9 +146,39 @@ class TeacherSettings(_Section):
     lora_targets: list[str] | None = Field(
         None, description="Module names for LoRA; unset = all attention and MLP projections."
     )
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate, linear decay to 0.")
+    head_bias: Literal["log_odds", "none"] = Field(
+        "log_odds",
+        description="log_odds = head bias started at the training split's label log-odds; none = bias-free "
+        "head (reference).",
+    )
+    feature_norm: Literal["none", "center", "standardize"] = Field(
+        "standardize", description="Pooled features → head: as is, centred, or standardised (train stats)."
+    )
+    linear_probe: Literal["use", "skip"] = Field(
+        "use",
+        description="use = fit the head on frozen, cached pooled features before LoRA (LP-FT); skip = no.",
+    )
+    lp_epochs: int = Field(
+        300, ge=1, description="Full-batch steps of the linear-probe stage (best on the validation sample kept)."
+    )
+    lp_lr: float = Field(3e-3, gt=0, description="Learning rate of the linear-probe stage (AdamW).")
+    lp_weight_decay: float = Field(1e-2, ge=0, description="Weight decay of the linear-probe stage.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate of the LoRA weights, linear decay to 0.")
+    head_lr: float | None = Field(
+        1e-3, gt=0, description="Peak learning rate of the head during LoRA fine-tuning; unset = lr."
+    )
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warm-up steps; unset = 6 % of the fine-tuning steps."
+    )
+    length_buckets: bool = Field(
+        True, description="Batch prompts of similar length (shuffled buckets), padded per batch."
+    )
+    val_sample: int | None = Field(
+        256,
+        ge=1,
+        description="Validation patients scored during training (full split at the end); unset = all.",
+    )
     batch_size: int = Field(
         4, ge=1, description="Per-device batch size (4 × grad_accum 2 keeps the CPU default near 2 GiB)."
     )
@@ -154,8 +187,14 @@ class TeacherSettings(_Section):
         ge=1,
         description="Gradient accumulation steps (effective batch = batch_size × grad_accum × processes).",
     )
-    epochs: float = Field(3.0, gt=0, description="Training length in epochs (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (reference: 3000 on MIMIC-III).")
+    epochs: float = Field(
+        3.0,
+        ge=0,
+        description="LoRA fine-tuning length in epochs (ignored when max_steps is set); 0 = linear probe only.",
+    )
+    max_steps: int | None = Field(
+        None, ge=0, description="LoRA fine-tuning optimizer steps (reference: 3000 on MIMIC-III); 0 = none."
+    )
     eval_every: int = Field(
         50,
         ge=1,

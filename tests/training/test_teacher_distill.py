@@ -222,16 +222,15 @@ def test_torchrun_two_cpu_processes(teacher_wd, tmp_path):
 
 
 def test_teacher_resume_equals_uninterrupted(teacher_wd, tmp_path, monkeypatch):
-    """Interrupted after its first evaluation checkpoint, a resumed teacher run ends with the same weights."""
+    """Interrupted after its first evaluation checkpoint (step 2; the step-0 checkpoint after the linear probe
+    comes first), a resumed teacher run ends with the same weights."""
     from leadercli import checkpoint as recipe
 
     real = recipe.save_state
-    calls = {"n": 0}
 
-    def crash_after_first(*args, **kwargs):
-        real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:
+    def crash_after_first(path, params, optimizer, state, scheduler=None):
+        real(path, params, optimizer, state, scheduler)
+        if state["step"] == 2:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(recipe, "save_state", crash_after_first)
