@@ -4,7 +4,8 @@ Rows of N visits (1–3 per subject, each subject's rows contiguous, subjects in
 every chunk needs a lookup) are cut into chunks of whole subjects as `predict` cuts them (8,192 rows =
 2 × the default batch size of 4,096) and fed to the check. Prints seconds per size; linear scaling means a
 constant time per million rows. `--old` also times the previous implementation (one lookup per earlier
-chunk, quadratic) at the sizes given by `--old-sizes`.
+chunk, quadratic) at the sizes given by `--old-sizes`. `--wide` also times ids of 2^40 and more (beyond the
+bool array, the sorted-runs path).
 
 Run it:  .venv/bin/python benchmarks/bench_contiguity.py            # 1M, 2M, 5M, 10M rows
          .venv/bin/python benchmarks/bench_contiguity.py --sizes 100000 200000 --old
@@ -42,12 +43,13 @@ class _OldSeenSubjects:
         return True
 
 
-def make_rows(n_rows: int, seed: int = 0) -> np.ndarray:
-    """(n_rows,) int64 subject ids: contiguous per subject (1–3 rows), subjects in a shuffled order."""
+def make_rows(n_rows: int, seed: int = 0, base: int = 10_000_000) -> np.ndarray:
+    """(n_rows,) int64 subject ids: contiguous per subject (1–3 rows), subjects in a shuffled order; ids from
+    `base` in steps of 7 (MIMIC-IV's are 8-digit numbers)."""
     rng = np.random.default_rng(seed)
     visits = rng.integers(1, 4, size=n_rows)
     visits = visits[: np.searchsorted(np.cumsum(visits), n_rows) + 1]
-    ids = rng.permutation(len(visits)).astype(np.int64) * 7 + 10_000_000  # shuffled, sparse ids
+    ids = rng.permutation(len(visits)).astype(np.int64) * 7 + base  # shuffled, sparse ids
     return np.repeat(ids, visits)[:n_rows]
 
 
@@ -79,18 +81,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 2_000_000, 5_000_000, 10_000_000])
     ap.add_argument("--old", action="store_true", help="Also time the previous (quadratic) check.")
+    ap.add_argument("--wide", action="store_true", help="Also time ids >= 2^40 (sorted-runs path).")
     ap.add_argument("--old-sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
     args = ap.parse_args()
     print(f"load before: {open('/proc/loadavg').read().split()[:3]}, cores {os.cpu_count()}")
     print(f"{'rows':>12} {'chunks':>7} {'seconds':>8} {'s per 1M rows':>14}  check")
-    sizes = [("new", s) for s in args.sizes] + ([("old", s) for s in args.old_sizes] if args.old else [])
+    sizes = [("new", s) for s in args.sizes]
+    sizes += [("new, ids >= 2^40", s) for s in args.sizes] if args.wide else []
+    sizes += [("old", s) for s in args.old_sizes] if args.old else []
     for which, n in sizes:
-        parts = chunks(make_rows(n))
+        parts = chunks(make_rows(n, base=1 << 40 if "2^40" in which else 10_000_000))
         assert sum(map(len, parts)) == n
         # a seen subject again is refused (the check still works at this size)
         bad = _SeenSubjects()
         assert all(bad.add(p) for p in parts[:3]) and not bad.add(parts[1][:1])
-        dt = time_check(_SeenSubjects if which == "new" else _OldSeenSubjects, parts)
+        dt = time_check(_OldSeenSubjects if which == "old" else _SeenSubjects, parts)
         print(f"{n:>12,} {len(parts):>7,} {dt:>8.2f} {dt / n * 1e6:>14.3f}  {which}", flush=True)
     print(f"load after: {open('/proc/loadavg').read().split()[:3]}")
 

@@ -475,7 +475,7 @@ def predict_file(
     check_output(output, input_path, cfg.top_k)
     src = read_input(input_path)
     _clean_stale(output)
-    model_dir = Path(cfg.model) if cfg.model else default_model(settings)
+    model_dir = Path(cfg.model) if cfg.model else _input_run(src) or default_model(settings)
     stop = threading.Event()
     hasher = ThreadPoolExecutor(1)
     digest = hasher.submit(_sha256, src.path, stop)
@@ -534,6 +534,12 @@ def predict_file(
         counts,
         meta,
     )
+
+
+def _input_run(src: PredictInput) -> Path | None:
+    """The run a `preprocess --for-run` folder was built for, when it still exists (the default --model)."""
+    path = ((src.manifest or {}).get("run") or {}).get("path")
+    return Path(path) if path and (Path(path) / "manifest.json").is_file() else None
 
 
 def _check_input_run(src: PredictInput, scorer) -> None:
@@ -830,13 +836,19 @@ def _subject_chunks(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.Da
 
 
 class _SeenSubjects:
-    """The subjects of the chunks encoded so far, to refuse a subject whose rows are not contiguous (8 bytes a
-    subject). Sorted int64 runs kept as a binary counter (a log-structured merge): a chunk's subjects become a
-    run, and two runs of similar size are merged, so there are at most log2(n) runs and every subject is merged
-    log2(n) times — O(n log n) for n subjects in any order, instead of one lookup per earlier chunk (quadratic
-    when subject ids are not ascending). Ascending ids skip the lookups (`max`)."""
+    """The subjects of the chunks encoded so far, to refuse a subject whose rows are not contiguous; linear in
+    the number of subjects whatever their order.
+
+    Ids in [0, DENSE_LIMIT) (MIMIC's are below 2 × 10^7) are marks in a bool array indexed by id (1 byte per
+    id up to the largest one, grown by doubling): one lookup and one store per subject. Other ids switch to
+    sorted int64 runs kept as a binary counter (a log-structured merge: a chunk's subjects become a run, two
+    runs of similar size are merged, at most log2(n) runs, 8 bytes a subject) — O(n log n). Before issue 12
+    every chunk was looked up in every earlier chunk: quadratic when ids are not ascending."""
+
+    DENSE_LIMIT = 1 << 26  # ids below this use the bool array (at most 64 MiB)
 
     def __init__(self) -> None:
+        self.dense: np.ndarray | None = np.zeros(0, dtype=bool)  # None once an id is out of range
         self.runs: list[np.ndarray] = []  # sorted, sizes decreasing from first to last
         self.max: int | None = None
 
@@ -845,15 +857,28 @@ class _SeenSubjects:
         u = np.unique(np.asarray(subjects, dtype=np.int64))  # (n,) sorted
         if len(u) == 0:
             return True
-        if self.max is not None and u[0] <= self.max:  # not in ascending order: look each one up
-            for run in self.runs:
-                i = np.searchsorted(run, u).clip(max=len(run) - 1)
-                if (run[i] == u).any():
-                    return False
+        ascending = self.max is None or u[0] > self.max  # ascending ids need no lookup
+        if self.dense is not None and (u[0] < 0 or u[-1] >= self.DENSE_LIMIT):
+            self.runs = [np.flatnonzero(self.dense).astype(np.int64)] if self.max is not None else []
+            self.dense = None
+        if self.dense is not None:
+            if u[-1] >= len(self.dense):
+                grown = np.zeros(min(max(int(u[-1]) + 1, 2 * len(self.dense)), self.DENSE_LIMIT), dtype=bool)
+                grown[: len(self.dense)] = self.dense
+                self.dense = grown
+            if not ascending and self.dense[u].any():
+                return False
+            self.dense[u] = True
+        else:
+            if not ascending:
+                for run in self.runs:
+                    i = np.searchsorted(run, u).clip(max=len(run) - 1)
+                    if (run[i] == u).any():
+                        return False
+            while self.runs and len(self.runs[-1]) <= 2 * len(u):
+                u = _merge_sorted(self.runs.pop(), u)
+            self.runs.append(u)
         self.max = int(u[-1]) if self.max is None else max(self.max, int(u[-1]))
-        while self.runs and len(self.runs[-1]) <= 2 * len(u):
-            u = _merge_sorted(self.runs.pop(), u)
-        self.runs.append(u)
         return True
 
 

@@ -500,21 +500,36 @@ def test_killed_predict_leaves_only_its_temporary_file(cwd, tmp_path):
 
 
 # -- scale: the contiguity check -------------------------------------------------------------------------------
-def test_contiguity_check_with_shuffled_subjects():
-    """Any order of whole subjects is accepted; a subject seen in an earlier chunk is refused, whichever run
-    of the merge holds it."""
+@pytest.mark.parametrize("base", [0, 1 << 40, -(1 << 40)], ids=["dense", "wide", "negative"])
+def test_contiguity_check_with_shuffled_subjects(base):
+    """Any order of whole subjects is accepted; a subject seen in an earlier chunk is refused (bool array for
+    ids below 2^26, sorted runs otherwise, whichever run of the merge holds it)."""
     from leadercli.predict import _SeenSubjects
 
     rng = np.random.default_rng(0)
-    ids = rng.permutation(20_000).astype(np.int64) * 3
+    ids = rng.permutation(20_000).astype(np.int64) * 3 + base
     chunks = np.array_split(ids, 157)
     seen = _SeenSubjects()
     assert all(seen.add(c) for c in chunks)
-    assert len(seen.runs) <= int(np.log2(len(chunks))) + 2
-    assert sorted(np.concatenate(seen.runs).tolist()) == sorted(ids.tolist())
+    assert (seen.dense is not None) == (base == 0)
+    if base:
+        assert len(seen.runs) <= int(np.log2(len(chunks))) + 2
+        assert np.concatenate(seen.runs).tolist() != [] and sorted(
+            np.concatenate(seen.runs).tolist()
+        ) == sorted(ids.tolist())
     for probe in (ids[0], ids[10_000], ids[-1]):
         assert not seen.add(np.array([probe + 1, probe]))  # probe + 1 is new (ids are multiples of 3)
-    assert seen.add(np.array([1, 4]))
+    assert seen.add(np.array([base + 1, base + 4]))
+
+
+def test_contiguity_check_switches_from_dense_to_runs():
+    from leadercli.predict import _SeenSubjects
+
+    seen = _SeenSubjects()
+    assert seen.add(np.array([5, 9, 1000])) and seen.add(np.array([3, 7]))
+    assert seen.add(np.array([1 << 40]))  # out of the bool array's range: its ids move to a run
+    assert seen.dense is None and not seen.add(np.array([2, 9])) and not seen.add(np.array([1 << 40]))
+    assert seen.add(np.array([4, 6, 1 << 41]))
 
 
 def test_contiguity_check_is_linear():
@@ -524,7 +539,7 @@ def test_contiguity_check_is_linear():
     from leadercli.predict import _SeenSubjects
 
     def run(n):
-        ids = np.random.default_rng(1).permutation(n).astype(np.int64)
+        ids = np.random.default_rng(1).permutation(n).astype(np.int64) * 7 + 10_000_000
         seen = _SeenSubjects()
         t0 = time.perf_counter()
         for c in np.array_split(ids, n // 4096):
