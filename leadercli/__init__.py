@@ -3,6 +3,40 @@
 Raw MIMIC-III / MIMIC-IV tables → a reproducible cohort artifact (`leader preprocess`) → an LLM teacher with LoRA
 and a drug-classification head (`leader train teacher`) → a small transformer student trained with feature
 distillation and profile alignment (`leader distill`) → ranked ATC level-3 drug lists (`leader predict`).
+
+Module map (one line each; the folder says the concern):
+
+    cli/              thin Typer commands (one module per command; main.py only registers them)
+    settings.py       pydantic-settings models per stage: defaults < leader.toml < LEADER_* env < options
+    errors.py         LeaderError hierarchy: one line + hint, exit code 2
+    console.py        results on stdout, progress and logs on stderr (rich), --quiet / --debug
+    offline.py        the HF offline / telemetry switches set at start-up (no network at run time)
+    paths.py          output checks before any work: writable, free space, never destroy an input
+    hardware.py       device, torch threads and seeds
+    data/layouts.py   one source-layout object per raw layout (MIMIC-III, MIMIC-IV; MEDS in data/meds.py)
+    data/tables.py    CSV scans with explicit dtypes and schema checks (the MIMIC layouts' reader)
+    data/mapping.py   NDC → RXCUI → ATC-3 (two routes)
+    data/cohort.py    visits, their order, code lists, profile and age group
+    data/vocab.py     frequency filters and vocabularies fit on the training patients, titles
+    data/splits.py    seeded patient split and sample
+    data/ddi.py       ATC-3 interaction pairs (TOP-40 side-effect rule)
+    data/preprocess.py  `leader preprocess`: raw data → artifact folder (atomic)
+    data/newcohort.py   `leader preprocess --for-run`: new patients' raw data → prediction input folder
+    data/artifact.py  the artifact contract (files, Vocab, hashes)
+    data/samples.py   visits → samples (the one sample rule); data/batching.py samples → student tensors
+    data/prompts.py   samples → teacher prompts (template, length fitting)
+    models/           student.py, teacher.py (backbone + LoRA + head), teacher_infer.py (prompts → scores,
+                      features), features.py (feature cache), losses.py, baselines.py — tensors in/out
+    training/         one recipe per method: student.py, teacher.py, distill.py; loop.py holds the student
+                      components both student recipes use (recipes never import each other)
+    checkpoint.py     the one resume-checkpoint format (weights, optimizer, scheduler, RNG; safetensors)
+    runs.py           run folders: manifests, checks, `load_run(path)` → a Scorer for every run kind
+    predict.py        `leader predict`: any run → streamed, batched inference → ranked table (+ .meta.json)
+    selection.py      threshold and the greedy DDI cap (`--max-ddi-pairs`)
+    api.py            `Recommender`: the Python API (load / predict / predict_raw)
+    metrics.py        pure metric functions, bootstrap intervals, paired comparison, threshold choice
+    report/           score_runs.py, score_predictions.py, evaluate.py, write.py, render.py, plots.py
+    demo.py           `leader demo`: the whole chain on the bundled sample data
 """
 
 __version__ = "0.1.0"
