@@ -187,10 +187,11 @@ class TeacherSettings(_Section):
         ge=1,
         description="Gradient accumulation steps (effective batch = batch_size × grad_accum × processes).",
     )
-    epochs: float = Field(
-        3.0,
+    epochs: float | None = Field(
+        None,
         ge=0,
-        description="LoRA fine-tuning length in epochs (ignored when max_steps is set); 0 = linear probe only.",
+        description="LoRA fine-tuning epochs (ignored when max_steps is set); 0 = linear probe only; unset = 3 on "
+        "a GPU, 0 on CPU (LoRA steps cost seconds each there).",
     )
     max_steps: int | None = Field(
         None, ge=0, description="LoRA fine-tuning optimizer steps (reference: 3000 on MIMIC-III); 0 = none."

@@ -54,6 +54,7 @@ from leadercli.settings import Settings
 BEST_DIR = "best"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LP_EVAL_EVERY = 10  # linear-probe steps between validation checks
+GPU_EPOCHS = 3.0  # default LoRA fine-tuning epochs on a GPU
 ENCODER_MAX_LENGTH = 128  # default prompt limit for encoder backbones
 BUCKET_BATCHES = 50  # a length bucket holds this many global batches (shuffled first, sorted within)
 
@@ -208,14 +209,21 @@ def plan_steps(run: TeacherRun) -> dict:
     cfg, world = run.cfg, run.accelerator.num_processes
     global_batch = cfg.batch_size * world
     micro_per_epoch = math.ceil(len(run.samples["train"]) / global_batch)
-    if cfg.max_steps is not None:
-        total = cfg.max_steps
-    else:
-        total = math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum) if cfg.epochs > 0 else 0
+    epochs = _epochs(cfg, run.accelerator.device)
+    total = (
+        cfg.max_steps if cfg.max_steps is not None else math.ceil(epochs * micro_per_epoch / cfg.grad_accum)
+    )
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(0.06 * total))
     # evaluate at least once per epoch, so short runs (the demo) still log validation PRAUC as they go
     eval_every = max(1, min(cfg.eval_every, micro_per_epoch // cfg.grad_accum))
-    run.recipe.update({"fine_tune_steps": total, "warmup_steps": warmup, "eval_every": eval_every})
+    run.recipe.update(
+        {
+            "fine_tune_epochs": epochs,
+            "fine_tune_steps": total,
+            "warmup_steps": warmup,
+            "eval_every": eval_every,
+        }
+    )
     return {
         "total": total,
         "warmup": warmup,
@@ -242,7 +250,7 @@ def init_head(run: TeacherRun) -> None:
     if not need_feats:
         return
     # frozen pooled features: the LoRA B matrices are zero, so the adapted model equals the base model here
-    splits = ("train", "val", "test") if _no_fine_tuning(cfg) else ("train", "val")
+    splits = ("train", "val", "test") if _no_fine_tuning(run) else ("train", "val")
     with console.step("frozen features"):
         t = time.perf_counter()
         run.frozen = {s: _pooled(run, s, np.arange(len(run.samples[s]))) for s in splits}
@@ -330,8 +338,17 @@ def _pooled(run: TeacherRun, split: str, idx: np.ndarray) -> np.ndarray:
     return np.stack([v for _, v in got]) if got else f
 
 
-def _no_fine_tuning(cfg) -> bool:
-    return cfg.max_steps == 0 or (cfg.max_steps is None and cfg.epochs == 0)
+def _epochs(cfg, device: torch.device) -> float:
+    """teacher.epochs, or its device default: 3 on a GPU; 0 on CPU, where a LoRA step of MiniLM costs seconds
+    and the linear probe alone beats popularity by far (benchmarks/README.md, teacher recipe)."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return 0.0 if device.type == "cpu" else GPU_EPOCHS
+
+
+def _no_fine_tuning(run: TeacherRun) -> bool:
+    cfg = run.cfg
+    return cfg.max_steps == 0 or (cfg.max_steps is None and _epochs(cfg, run.accelerator.device) == 0)
 
 
 # -- stage 3: LoRA fine-tuning ---------------------------------------------------------------------------

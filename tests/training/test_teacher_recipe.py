@@ -168,3 +168,12 @@ def test_length_buckets_cover_every_sample_once_per_epoch():
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
     plain = np.mean([np.ptp(lengths[b]) for b in epoch_batches(lengths, 8, 1, 0, buckets=False)])
     assert spread < plain / 3  # similar lengths share a batch
+
+
+def test_fine_tuning_epochs_default_by_device():
+    from leadercli.settings import TeacherSettings
+    from leadercli.training.teacher import _epochs
+
+    assert _epochs(TeacherSettings(), torch.device("cpu")) == 0.0  # linear probe only on CPU
+    assert _epochs(TeacherSettings(), torch.device("cuda")) == 3.0
+    assert _epochs(TeacherSettings(epochs=1.5), torch.device("cpu")) == 1.5
