@@ -61,6 +61,9 @@ def write_report_folder(report: dict, out: Path) -> dict:
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    from leadercli.modes import fix_dir
+
+    fix_dir(tmp)  # mkdtemp makes 0700: give it the umask's mode
     try:
         figures = plots.write_plots(report, tmp)
         runs.write_json(tmp / "metrics.json", report)
