@@ -44,6 +44,9 @@ def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (temp file in the same folder + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from leadercli.modes import fix_file
+
+    fix_file(fd)  # mkstemp makes 0600: give it the umask's mode
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False, default=str)
         fh.write("\n")

@@ -61,17 +61,18 @@ class HardwareSettings(_Section):
 class DataSettings(_Section):
     """`leader preprocess`: cohort, filters, split (reference values as defaults)."""
 
-    source: Literal["mimic3", "mimic4"] = Field(
-        "mimic3", description="Which MIMIC layout the raw tables follow."
+    source: Literal["mimic3", "mimic4", "meds"] = Field(
+        "mimic3",
+        description="Which layout the raw data follow: MIMIC-III or MIMIC-IV CSV tables, or MEDS (parquet events).",
     )
     min_visits: int = Field(
         1,
         ge=1,
         description="Keep patients with at least this many kept visits (1 keeps single-visit patients).",
     )
-    split: Literal["random", "sequential"] = Field(
+    split: Literal["random", "sequential", "meds"] = Field(
         "random",
-        description="random = seeded shuffle of patients; sequential = ascending subject id (reference).",
+        description="random = seeded shuffle of patients; sequential = ascending subject id (reference); meds = the MEDS metadata/subject_splits.parquet.",
     )
     split_ratios: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/val/test patient fractions."
@@ -104,6 +105,51 @@ class DataSettings(_Section):
     def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
             raise ValueError("must be three non-negative fractions summing to 1 with train > 0")
+        return v
+
+
+class MedsSettings(_Section):
+    """`--source meds`: how MEDS codes map to leadercli's concepts (regular expressions; the defaults follow the
+    public MIMIC-IV MEDS ETL). Named groups carry the parts: `version` and `code` for ICD codes, `ndc` / `atc` for
+    drugs, `value` for profile values, `admission_type` for the admission event."""
+
+    diagnosis: str = Field(
+        r"^DIAGNOSIS//ICD//(?P<version>\d+)//(?P<code>.+)$", description="Diagnosis codes (ICD version, code)."
+    )
+    procedure: str = Field(
+        r"^PROCEDURE//ICD//(?P<version>\d+)//(?P<code>.+)$", description="Procedure codes (ICD version, code)."
+    )
+    medication_ndc: str = Field(
+        r"^MEDICATION//(?:.*//)?(?P<ndc>\d[\d-]{7,12})$", description="Drug codes ending in an NDC (mapped to ATC-3)."
+    )
+    medication_atc: str = Field(
+        r"^MEDICATION//(?:.*//)?ATC//(?P<atc>[A-Z]\d\d[A-Z][A-Z0-9]*)$",
+        description="Drug codes that are ATC already (first 4 characters kept).",
+    )
+    admission: str = Field(
+        r"^HOSPITAL_ADMISSION//(?P<admission_type>[^/]*)", description="Admission event (its time = admit time)."
+    )
+    discharge: str = Field(r"^HOSPITAL_DISCHARGE//", description="Discharge event (ends a visit window).")
+    gender: str = Field(r"^GENDER//(?P<value>.+)$", description="Gender code (static).")
+    birth: str = Field(r"^MEDS_BIRTH$", description="Birth event (its time gives the age).")
+    insurance: str = Field(r"^INSURANCE//(?P<value>.+)$", description="Insurance code (or the `insurance` column).")
+    language: str = Field(r"^LANGUAGE//(?P<value>.+)$", description="Language code (or the `language` column).")
+    marital_status: str = Field(
+        r"^MARITAL_STATUS//(?P<value>.+)$", description="Marital status code (or the `marital_status` column)."
+    )
+    race: str = Field(r"^RACE//(?P<value>.+)$", description="Race code (or the `race` column).")
+    visit_column: str = Field("hadm_id", description="Extra column naming the visit; absent = admission→discharge windows.")
+
+    @field_validator("*")
+    @classmethod
+    def _regex(cls, v: str, info):
+        import re
+
+        if info.field_name != "visit_column":
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc})") from None
         return v
 
 
@@ -290,6 +336,7 @@ class Settings(BaseSettings):
     paths: PathsSettings = PathsSettings()
     hardware: HardwareSettings = HardwareSettings()
     data: DataSettings = DataSettings()
+    meds: MedsSettings = MedsSettings()
     samples: SamplesSettings = SamplesSettings()
     teacher: TeacherSettings = TeacherSettings()
     student: StudentSettings = StudentSettings()
@@ -322,7 +369,9 @@ class Settings(BaseSettings):
     def top_procedures(self) -> int | None:
         if self.data.top_procedures is not None:
             return self.data.top_procedures
-        return 1000 if self.data.source == "mimic4" else None
+        from leadercli.data.layouts import get_layout
+
+        return get_layout(self.data.source).default_top_procedures
 
     def to_toml(self) -> str:
         import tomli_w
