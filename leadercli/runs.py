@@ -84,6 +84,19 @@ def base_manifest(kind: str, artifact: Artifact, settings=None) -> dict:
     }
     if settings is not None:
         out["inputs"] = {"samples": settings.samples.model_dump(mode="json")}
+    am = artifact.manifest
+    out["cohort"] = {  # counts only (for the model card)
+        k: am.get(k)
+        for k in (
+            "source_version",
+            "patients",
+            "visits",
+            "single_visit_patients",
+            "multi_visit_patients",
+            "splits",
+        )
+        if k in am
+    }
     return out
 
 

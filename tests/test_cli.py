@@ -15,7 +15,17 @@ from leadercli.settings import load_settings, settings_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-COMMANDS = ["preprocess", "train teacher", "train student", "distill", "predict", "report", "demo", "config"]
+COMMANDS = [
+    "preprocess",
+    "train teacher",
+    "train student",
+    "distill",
+    "predict",
+    "report",
+    "export",
+    "demo",
+    "config",
+]
 runner = CliRunner()
 
 

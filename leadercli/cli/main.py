@@ -5,7 +5,17 @@ from __future__ import annotations
 import typer
 
 from leadercli import __version__
-from leadercli.cli import config_cmd, demo, distill, predict, preprocess, report, train_student, train_teacher
+from leadercli.cli import (
+    config_cmd,
+    demo,
+    distill,
+    export,
+    predict,
+    preprocess,
+    report,
+    train_student,
+    train_teacher,
+)
 from leadercli.offline import set_offline
 
 # the command modules import huggingface_hub / transformers only inside their bodies, so this comes first
@@ -49,5 +59,6 @@ app.add_typer(train_app, name="train")
 distill.register(app)
 predict.register(app)
 report.register(app)
+export.register(app)
 demo.register(app)
 config_cmd.register(app)

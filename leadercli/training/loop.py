@@ -269,8 +269,10 @@ def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, setti
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+    from leadercli.card import write_card
     from leadercli.modes import fix_tree
 
+    write_card(out, manifest)  # README.md model card with Hub metadata
     fix_tree(out)  # safetensors writes 0600: the run follows the umask (group-readable under 022)
     runs.write_json(out / runs.MANIFEST, manifest)  # a manifest means the run is complete
     ckpt = out / ckpt_io.CHECKPOINT_DIR
