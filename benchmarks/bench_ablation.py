@@ -231,7 +231,7 @@ def run_table(work: Path, manifests: dict[str, dict]) -> str:
             continue
         training = ""
         if "best_epoch" in m:
-            training = f"best epoch {m['best_epoch'] + 1} of {m.get('epochs_run', '?')}"
+            training = f"best epoch {m['best_epoch']} of {m.get('epochs_run', '?')}"
         elif "training" in m:
             tr = m["training"]
             training = f"{tr['steps']} steps, best step {tr['best_step']}, {tr['tokens_per_s']:,.0f} tok/s"

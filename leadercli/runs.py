@@ -476,6 +476,15 @@ def load_run(path: Path | str, device=None) -> Scorer:
             f"{path / MANIFEST} is not a leadercli run manifest (kind {kind!r})",
             "Pass a run folder written by `leader train student`, `leader distill` or `leader train teacher`",
         )
-    if kind == "teacher":
-        return TeacherRunScorer(path, manifest, device)
-    return TensorScorer(path, manifest, device)
+    from leadercli import console
+
+    scorer = (
+        TeacherRunScorer(path, manifest, device)
+        if kind == "teacher"
+        else TensorScorer(path, manifest, device)
+    )
+    console.debug(
+        f"loaded {kind} run {path}: {len(scorer.labels)} drugs, threshold {scorer.threshold:.3f}, "
+        f"max_visits {scorer.max_visits}, device {scorer.device}, created {manifest.get('created_at')}"
+    )
+    return scorer

@@ -55,7 +55,6 @@ class HardwareSettings(_Section):
         description="Mixed precision for the teacher on GPU (bf16 recommended on Ampere+); CPU runs in fp32.",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = torch's default.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
 
 class DataSettings(_Section):
@@ -114,31 +113,42 @@ class MedsSettings(_Section):
     drugs, `value` for profile values, `admission_type` for the admission event."""
 
     diagnosis: str = Field(
-        r"^DIAGNOSIS//ICD//(?P<version>\d+)//(?P<code>.+)$", description="Diagnosis codes (ICD version, code)."
+        r"^DIAGNOSIS//ICD//(?P<version>\d+)//(?P<code>.+)$",
+        description="Diagnosis codes (ICD version, code).",
     )
     procedure: str = Field(
-        r"^PROCEDURE//ICD//(?P<version>\d+)//(?P<code>.+)$", description="Procedure codes (ICD version, code)."
+        r"^PROCEDURE//ICD//(?P<version>\d+)//(?P<code>.+)$",
+        description="Procedure codes (ICD version, code).",
     )
     medication_ndc: str = Field(
-        r"^MEDICATION//(?:.*//)?(?P<ndc>\d[\d-]{7,12})$", description="Drug codes ending in an NDC (mapped to ATC-3)."
+        r"^MEDICATION//(?:.*//)?(?P<ndc>\d[\d-]{7,12})$",
+        description="Drug codes ending in an NDC (mapped to ATC-3).",
     )
     medication_atc: str = Field(
         r"^MEDICATION//(?:.*//)?ATC//(?P<atc>[A-Z]\d\d[A-Z][A-Z0-9]*)$",
         description="Drug codes that are ATC already (first 4 characters kept).",
     )
     admission: str = Field(
-        r"^HOSPITAL_ADMISSION//(?P<admission_type>[^/]*)", description="Admission event (its time = admit time)."
+        r"^HOSPITAL_ADMISSION//(?P<admission_type>[^/]*)",
+        description="Admission event (its time = admit time).",
     )
     discharge: str = Field(r"^HOSPITAL_DISCHARGE//", description="Discharge event (ends a visit window).")
     gender: str = Field(r"^GENDER//(?P<value>.+)$", description="Gender code (static).")
     birth: str = Field(r"^MEDS_BIRTH$", description="Birth event (its time gives the age).")
-    insurance: str = Field(r"^INSURANCE//(?P<value>.+)$", description="Insurance code (or the `insurance` column).")
-    language: str = Field(r"^LANGUAGE//(?P<value>.+)$", description="Language code (or the `language` column).")
+    insurance: str = Field(
+        r"^INSURANCE//(?P<value>.+)$", description="Insurance code (or the `insurance` column)."
+    )
+    language: str = Field(
+        r"^LANGUAGE//(?P<value>.+)$", description="Language code (or the `language` column)."
+    )
     marital_status: str = Field(
-        r"^MARITAL_STATUS//(?P<value>.+)$", description="Marital status code (or the `marital_status` column)."
+        r"^MARITAL_STATUS//(?P<value>.+)$",
+        description="Marital status code (or the `marital_status` column).",
     )
     race: str = Field(r"^RACE//(?P<value>.+)$", description="Race code (or the `race` column).")
-    visit_column: str = Field("hadm_id", description="Extra column naming the visit; absent = admission→discharge windows.")
+    visit_column: str = Field(
+        "hadm_id", description="Extra column naming the visit; absent = admission→discharge windows."
+    )
 
     @field_validator("*")
     @classmethod
@@ -205,7 +215,9 @@ class TeacherSettings(_Section):
         description="use = fit the head on frozen, cached pooled features before LoRA (LP-FT); skip = no.",
     )
     lp_epochs: int = Field(
-        300, ge=1, description="Full-batch steps of the linear-probe stage (best on the validation sample kept)."
+        300,
+        ge=1,
+        description="Full-batch steps of the linear-probe stage (best on the validation sample kept).",
     )
     lp_lr: float = Field(3e-3, gt=0, description="Learning rate of the linear-probe stage (AdamW).")
     lp_weight_decay: float = Field(1e-2, ge=0, description="Weight decay of the linear-probe stage.")
@@ -373,6 +385,31 @@ class Settings(BaseSettings):
 
         return get_layout(self.data.source).default_top_procedures
 
+    def describe(self) -> str:
+        """Every key, set or not, as commented TOML: `key = value  # description`; an unset key is a comment
+        `# key = unset  # description` (so the text still parses as the resolved settings)."""
+        import tomli_w
+
+        lines: list[str] = []
+        for section in type(self).model_fields:
+            model = getattr(self, section)
+            lines.append(f"[{section}]")
+            for name, f in type(model).model_fields.items():
+                value = getattr(model, name)
+                desc = " ".join((f.description or "").split())
+                note = f"  # {desc}" if desc else ""
+                if value is None:
+                    lines.append(f"# {name} = unset{note}")
+                    continue
+                dumped = tomli_w.dumps(_drop_none({name: _jsonable(value)})).strip()
+                if "\n" in dumped:  # a table or a long array: keep it as TOML, description above
+                    lines.append(f"# {desc}" if desc else "#")
+                    lines.append(dumped)
+                else:
+                    lines.append(f"{dumped}{note}")
+            lines.append("")
+        return "\n".join(lines)
+
     def to_toml(self) -> str:
         import tomli_w
 
@@ -472,6 +509,16 @@ def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any
         ) from None
     finally:
         _CURRENT_TOML["path"] = None
+
+
+def _jsonable(value: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return (
+        TypeAdapter(type(value)).dump_python(value, mode="json")
+        if isinstance(value, Path)
+        else (list(value) if isinstance(value, tuple) else value)
+    )
 
 
 def settings_reference() -> str:

@@ -17,11 +17,16 @@ def register(app: typer.Typer) -> None:
 
 
 def config(config: ConfigOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Print the resolved settings (defaults < leader.toml < LEADER_* environment) as TOML; validates them."""
+    """Print the resolved settings (defaults < leader.toml < LEADER_* environment) as TOML; validates them.
+
+    Every key is listed with its description; keys that are unset appear as `# key = unset` comments. Any key can
+    be set in leader.toml (`[section] key = value`), as LEADER_SECTION__KEY=value, or on a command line with
+    `--set section.key=value`.
+    """
 
     def body() -> None:
         from leadercli import console
 
-        console.out.print(load(config).to_toml(), end="", highlight=False, markup=False)
+        console.out.print(load(config).describe(), end="", highlight=False, markup=False)
 
     run(body, quiet=quiet, debug=debug)

@@ -147,6 +147,6 @@ def distill(settings: Settings, resume: bool = False) -> Path:
             {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()},
             str(out / "distill_heads.safetensors"),
         )
-    console.info(summary_line(result))
-    console.info(f"saved {out}")
+    console.result(f"distilled: {summary_line(result)}")  # stdout: --quiet keeps the results
+    console.result(f"saved {out}")
     return out

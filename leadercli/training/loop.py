@@ -32,7 +32,7 @@ ExtraLoss = Callable[[object, dict[str, torch.Tensor]], dict[str, tuple[float, t
 
 @dataclass
 class FitResult:
-    best_epoch: int
+    best_epoch: int  # 1-based (the train_log and console numbering)
     best_val_prauc: float
     epochs_run: int
     history: list[dict] = field(default_factory=list)
@@ -88,9 +88,11 @@ def fit(
     if resume and ckpt_io.exists(ckpt / "last"):
         st = ckpt_io.load_state(ckpt / "last", ckpt_io.module_tensors(holder), optimizer)
         start, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
-        history = [r for r in runs.read_log(out) if r.get("epoch", -1) < start]
+        history = [r for r in runs.read_log(out) if r.get("epoch", 0) <= start]  # 1-based epochs
         (out / runs.LOG).write_text("".join(__import__("json").dumps(r) + "\n" for r in history))
-        console.info(f"resuming from epoch {start} (best val PRAUC {best:.4f} at epoch {best_epoch})")
+        console.info(
+            f"resuming after epoch {start}/{cfg.epochs} (best val PRAUC {best:.4f} at epoch {best_epoch + 1})"
+        )
     else:
         history = []
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -129,7 +131,7 @@ def fit(
             float(metrics.prauc(val_scores["labels"], val_scores["probs"]).mean()) if len(val) else 0.0
         )
         record = {
-            "epoch": epoch,
+            "epoch": epoch + 1,  # 1-based, as on the console and in the manifest
             **{k: v / max(n_batches, 1) for k, v in sums.items()},
             "val_prauc": val_prauc,
         }
@@ -148,7 +150,8 @@ def fit(
             f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "val_prauc", "best")
         )
         console.info(
-            f"epoch {epoch + 1:3d}  {terms_txt}  val PRAUC {val_prauc:.4f}{'  *' if improved else ''}"
+            f"epoch {epoch + 1:3d}/{cfg.epochs}  {terms_txt}  val PRAUC {val_prauc:.4f}"
+            + ("  *" if improved else f"  (no gain {bad}/{cfg.patience})")
         )
         ckpt_io.save_state(
             ckpt / "last",
@@ -163,7 +166,7 @@ def fit(
             break
     if best_path.is_file():
         model.load_state_dict(load_file(str(best_path)))
-    return FitResult(best_epoch, float(best), epoch + 1, history)
+    return FitResult(best_epoch + 1, float(best), epoch + 1, history)  # epochs 1-based, as logged
 
 
 def evaluate_run(

@@ -68,6 +68,6 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
             }
         )
     save_run(out, model, config, artifact, manifest, settings)
-    console.info(f"{cfg.model}: {summary_line(result)}")
-    console.info(f"saved {out}")
+    console.result(f"{cfg.model}: {summary_line(result)}")  # stdout: --quiet keeps the results
+    console.result(f"saved {out}")
     return out

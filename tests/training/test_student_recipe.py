@@ -49,7 +49,7 @@ def test_train_student_writes_run_folder(trained):
     assert m["kind"] == "student" and len(m["labels"]) == 12
     assert 0 < m["threshold"]["value"] < 1 and "validation" in m["threshold"]["how"]
     log = runs.read_log(out)
-    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
     assert log[-1]["bce"] < log[0]["bce"]  # the loss falls
     test = m["metrics"]["test"]
     assert test["overall"]["n"] == test["single"]["n"] + test["multi"]["n"]
@@ -85,7 +85,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_artifact, monkeypatch):
     ma = json.loads((wd / "runs/full/manifest.json").read_text())
     mb = json.loads((wd / "runs/resumed/manifest.json").read_text())
     assert ma["metrics"] == mb["metrics"] and ma["threshold"] == mb["threshold"]
-    assert [r["epoch"] for r in runs.read_log(wd / "runs/resumed")] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in runs.read_log(wd / "runs/resumed")] == [1, 2, 3, 4]
 
 
 def test_same_seed_same_numbers(tmp_path, tiny_artifact, monkeypatch):
