@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def main() -> None:
     args = p.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from leadercli.testing import make_tiny_tokenizer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test helper, not in the wheel
+    from tiny_llama import make_tiny_tokenizer
 
     t0 = time.perf_counter()
     shape = (

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from leadercli.testing import make_tiny_llama
+from tiny_llama import make_tiny_llama
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def invoke(*args: str):
 def work(tiny_artifact: Path, tmp_path_factory) -> Path:
     """A working folder with leader.toml, runs/teacher (tiny random LLaMA, 2 steps), runs/student (2 epochs,
     tiny), runs/popularity, and report/ on the three."""
-    from leadercli.testing import make_tiny_llama
+    from tiny_llama import make_tiny_llama
 
     root = tmp_path_factory.mktemp("report_work")
     llama = make_tiny_llama(root / "tiny-llama")

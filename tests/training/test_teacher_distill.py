@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_llama import make_tiny_llama
 from typer.testing import CliRunner
 
 from leadercli import runs
 from leadercli.cli.main import app
-from leadercli.testing import make_tiny_llama
 
 runner = CliRunner()
 

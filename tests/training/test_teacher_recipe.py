@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_llama import make_tiny_llama
 from typer.testing import CliRunner
 
 from leadercli.cli.main import app
 from leadercli.data.artifact import Artifact
 from leadercli.data.samples import load_samples
-from leadercli.testing import make_tiny_llama
 
 runner = CliRunner()
 
@@ -142,7 +142,7 @@ def test_loss_starts_at_and_falls_below_frequency_loss(wd):
 
 def test_fine_tuning_after_the_probe(wd):
     """LoRA steps after the probe: warm-up and the two learning rates are recorded, evaluations at least once
-    per epoch (9 steps of 36 patients here), and the adapter has moved from its zero start."""
+    per epoch (9 steps of 36 patients here), and the best of probe and LoRA steps is kept."""
     run = _train(wd, "ft2", lp_epochs=20, max_steps=20, eval_every=10, grad_accum=1, lr=3e-3, head_lr=1e-3)
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [9, 18, 20]
@@ -150,8 +150,13 @@ def test_fine_tuning_after_the_probe(wd):
     assert m["training"]["steps"] == 20 and m["recipe"]["warmup_steps"] == 1
     assert m["recipe"]["lr_lora"] == 3e-3 and m["recipe"]["lr_head"] == 1e-3
     assert m["recipe"]["linear_probe"]["mode"] == "use"
+    # the probed head is step 0: LoRA steps replace it only when they beat it on the validation sample
+    tr, lp_val = m["training"], m["recipe"]["linear_probe"]["val_prauc"]
+    assert tr["best_step"] in (0, 9, 18, 20) and tr["best_val_prauc"] >= lp_val
+    assert tr["best_val_prauc"] == max([lp_val] + [r["val_prauc"] for r in log])
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
-    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    moved = any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    assert moved == (tr["best_step"] > 0)  # LoRA B starts at zero
 
 
 def test_length_buckets_cover_every_sample_once_per_epoch():
