@@ -113,8 +113,18 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
             f"resuming at step {state['step']}/{plan['total']} "
             f"(best val PRAUC {state['best']:.4f} at step {state['best_step']})"
         )
-    elif plan["total"] > 0 and run.main:
-        _checkpoint(run, optimizer, scheduler, state)  # the probed head survives an interruption
+    elif plan["total"] > 0:
+        lp_val = run.recipe["linear_probe"].get("val_prauc")
+        if (
+            lp_val is not None
+        ):  # LoRA steps must beat the probed head (step 0) on the same sample to replace it
+            state.update(best=lp_val, best_step=0)
+        if run.main:
+            if lp_val is not None:
+                from leadercli.models.teacher import save_teacher
+
+                save_teacher(run.model, run.out / BEST_DIR)
+            _checkpoint(run, optimizer, scheduler, state)  # the probed head survives an interruption
     run.model, optimizer = run.accelerator.prepare(run.model, optimizer)
     t0 = time.perf_counter()
     stats = fine_tune(run, optimizer, scheduler, state, plan)
@@ -395,7 +405,8 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
     rank, world, total = acc.process_index, acc.num_processes, plan["total"]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     lengths = np.array([len(p) for p in run.ps["train"].prompts])  # characters: a cheap proxy for tokens
-    step, micro, seen, loss_sum, loss_n = state["step"], 0, 0, 0.0, 0
+    start = step = state["step"]
+    micro, seen, loss_sum, loss_n = 0, 0, 0.0, 0
     t0 = time.perf_counter()
     run.model.train()
     with console.progress("teacher", total=total) as advance:
@@ -431,7 +442,7 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
                     and step % plan["eval_every"]
                 ):
                     # progress bars do not render into log files: a line every 5 % of the run instead
-                    eta = elapsed / max(step - state["step"], 1) * (total - step)
+                    eta = elapsed / max(step - start, 1) * (total - step)
                     console.info(
                         f"step {step:5d}/{total}  loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s  "
                         f"ETA {eta / 60:.1f} min"
@@ -515,7 +526,7 @@ def save(run: TeacherRun, state: dict, stats: dict) -> Path:
     if (out / BEST_DIR / "head.safetensors").is_file():
         _restore_best(teacher, out / BEST_DIR)
     manifest = _manifest(run, state, stats)
-    reuse = bool(run.frozen) and state["best_step"] < 0 and all(s in run.frozen for s in ("val", "test"))
+    reuse = bool(run.frozen) and stats["steps"] == 0 and all(s in run.frozen for s in ("val", "test"))
     if run.main:
         manifest.update(_final_metrics(run, teacher, reuse))
         from leadercli.models.teacher import save_teacher
