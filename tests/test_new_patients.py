@@ -247,5 +247,6 @@ def test_teacher_run_predicts(wd, tmp_path, monkeypatch):
         titles=_read_titles(Path("data/new/codes.parquet")),
     )
     assert np.abs(titled["score"].to_numpy() - out["score"].to_numpy()).max() < 1e-4
-    assert api.height == out.height
+    assert titled.height == out.height
+    assert api["subject_id"].n_unique() == out["subject_id"].n_unique()
     torch.set_num_threads(torch.get_num_threads())  # (the predict pool restores the thread count)

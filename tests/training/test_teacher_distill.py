@@ -190,6 +190,7 @@ def test_teacher_refuses_other_label_list(teacher_wd, tmp_path):
     assert r.exit_code == 2 and "another label list" in r.output
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(teacher_wd, tmp_path):
     """Two processes (gloo DDP through accelerate) each train on their share and write one result."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))

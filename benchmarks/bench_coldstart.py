@@ -1,0 +1,251 @@
+"""Cold start (issue 10 item 4): how every model does on real admissions the training population never used.
+
+The bundled MIMIC-IV demo's subjects are split in two by a seeded shuffle. The *training population* is
+synthetic, resampled by `generate.py raw` from the admissions of the first part only; the *cold-start
+population* is the second part's real patients, prepared with `leader preprocess --for-run` against the
+trained run (its vocabulary as it is: many codes and most code combinations unseen), their latest admission the
+target (its real drugs the labels). Every model — popularity, previous visit, the student and, with --teacher,
+the default teacher — is scored on both the synthetic test split (in distribution) and the cold-start
+population, with popularity as the floor. `--shrink` also scores the option of shrinking each score towards
+the training prior in proportion to the share of unknown codes in the target visit:
+p' = (1 − λ·u)·p + λ·u·prior, u = unknown / all codes of the target visit.
+
+How to run (CPU-sized: about 5 minutes on 2 cores without the teacher):
+
+    python benchmarks/bench_coldstart.py --patients 4000
+    python benchmarks/bench_coldstart.py --patients 16000 --teacher --json benchmarks/results/coldstart.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import leader_command, machine, markdown_table  # noqa: E402
+
+DEMO = REPO / "sample_data" / "mimic-iv-demo" / "hosp"
+METRICS = ("prauc", "jaccard", "f1")
+
+
+def split_demo(work: Path, seed: int, train_share: float) -> tuple[Path, Path, list[int]]:
+    """Two copies of the demo's hosp/ tables: the training part (generator source) and the held-out part."""
+    adm = pl.read_csv(DEMO / "admissions.csv.gz", infer_schema=False)
+    subjects = np.array(sorted({int(s) for s in adm["subject_id"].to_list()}))
+    rng = np.random.default_rng(seed)
+    perm = subjects[rng.permutation(len(subjects))]
+    cut = int(round(train_share * len(subjects)))
+    parts = {"train": set(perm[:cut].tolist()), "held": set(perm[cut:].tolist())}
+    roots = {}
+    for name, ids in parts.items():
+        root = work / f"demo-{name}"
+        hosp = root / "mimic-iv-demo" / "hosp"
+        shutil.rmtree(root, ignore_errors=True)
+        hosp.mkdir(parents=True)
+        for f in DEMO.iterdir():
+            df = pl.read_csv(f, infer_schema=False)
+            if "subject_id" in df.columns:
+                df = df.filter(pl.col("subject_id").cast(pl.Int64).is_in(sorted(ids)))
+            df.write_csv(hosp / f.name.removesuffix(".gz"))
+        roots[name] = root
+    return roots["train"], roots["held"], sorted(parts["held"])
+
+
+def _leader(*args: str, log: Path, threads: int = 1) -> float:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LEADER_HARDWARE__THREADS": str(threads)}
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        r = subprocess.run([*leader_command(), *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"error: leader {' '.join(args)} failed (exit {r.returncode}), see {log}")
+    return time.perf_counter() - t0
+
+
+def _scores(run: Path, visits: pl.DataFrame, titles=None) -> tuple[np.ndarray, list[str]]:
+    """(P, M) scores of every drug for each subject (subject order), via the Python API."""
+    from leadercli import Recommender
+
+    rec = Recommender.load(run)
+    out = rec.predict(visits, top_k=len(rec.labels), titles=titles).sort(["subject_id", "rank"])
+    idx = {c: i for i, c in enumerate(rec.labels)}
+    subjects = out["subject_id"].unique(maintain_order=True)
+    P = np.zeros((subjects.len(), len(rec.labels)), np.float32)
+    row = {s: i for i, s in enumerate(subjects.to_list())}
+    for s, a, sc in out.select("subject_id", "atc3", "score").iter_rows():
+        P[row[s], idx[a]] = sc
+    return P, rec.labels
+
+
+def _labels(visits: pl.DataFrame, labels: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Multi-hot (P, M) target drugs, visit counts, unknown-share inputs (target codes) per subject."""
+    last = (
+        visits.sort(["subject_id", "visit_no"])
+        .group_by("subject_id", maintain_order=True)
+        .agg(
+            pl.col("medications").last(),
+            pl.len().alias("n_visits"),
+            pl.col("diagnoses").last(),
+            pl.col("procedures").last(),
+        )
+    )
+    idx = {c: i for i, c in enumerate(labels)}
+    Y = np.zeros((last.height, len(labels)), bool)
+    for r, meds in enumerate(last["medications"].to_list()):
+        for m in meds or []:
+            if m in idx:
+                Y[r, idx[m]] = True
+    return Y, last["n_visits"].to_numpy(), last["diagnoses"].to_list(), last["procedures"].to_list()
+
+
+def _unknown_share(dx: list, px: list, vocab) -> np.ndarray:
+    known = set(vocab.diagnoses.codes) | set(vocab.procedures.codes)
+    out = np.zeros(len(dx))
+    for i, (d, p) in enumerate(zip(dx, px, strict=True)):
+        codes = list(d or []) + list(p or [])
+        out[i] = sum(c not in known for c in codes) / max(len(codes), 1)
+    return out
+
+
+def evaluate(Y: np.ndarray, P: np.ndarray, threshold: float) -> dict:
+    from leadercli import metrics
+
+    keep = Y.any(1)  # patients whose target visit has a drug in the label list
+    Y, P = Y[keep], P[keep]
+    pred = P >= threshold
+    return {
+        "n": int(keep.sum()),
+        "prauc": float(metrics.prauc(Y, P).mean()),
+        "jaccard": float(metrics.jaccard(Y, pred).mean()),
+        "f1": float(metrics.f1(Y, pred).mean()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=HERE / "out" / "coldstart")
+    ap.add_argument("--patients", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--train-share", type=float, default=0.6)
+    ap.add_argument("--student-epochs", type=int, default=30)
+    ap.add_argument("--teacher", action="store_true", help="also the default teacher (minutes on a CPU)")
+    ap.add_argument("--shrink", default="0,0.5,1", help="λ values of the unknown-share shrinkage to score")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    from generate import generate_raw
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train_root, held_root, held = split_demo(work, args.seed, args.train_share)
+    raw = work / "raw"
+    shutil.rmtree(raw, ignore_errors=True)
+    generate_raw("mimic4", args.patients, raw, seed=args.seed, demo_root=train_root)
+    (work / "leader.toml").write_text(
+        f'[data]\nsource = "mimic4"\n[paths]\nartifact = "{work / "artifact"}"\n'
+        f"[student]\nepochs = {args.student_epochs}\nbatch_size = 64\n"
+    )
+    cfg = ["--config", str(work / "leader.toml")]
+    shutil.rmtree(work / "artifact", ignore_errors=True)
+    times = {
+        "preprocess": _leader(
+            "preprocess", *cfg, "--raw", str(raw), "--out", str(work / "artifact"), log=work / "pp.log"
+        )
+    }
+    runs = {}
+    for kind in ("popularity", "previous", "student"):
+        out = work / "runs" / kind
+        times[kind] = _leader(
+            "train", "student", *cfg, "--model", kind, "--out", str(out), "-q", log=work / f"{kind}.log"
+        )
+        runs[kind] = out
+    if args.teacher:
+        out = work / "runs" / "teacher"
+        times["teacher"] = _leader(
+            "train", "teacher", *cfg, "--out", str(out), "-q", log=work / "teacher.log", threads=2
+        )
+        runs["teacher"] = out
+    new = work / "new-patients"
+    shutil.rmtree(new, ignore_errors=True)
+    _leader(
+        "preprocess",
+        *cfg,
+        "--for-run",
+        str(runs["student"]),
+        "--raw",
+        str(held_root),
+        "--out",
+        str(new),
+        "-q",
+        log=work / "forrun.log",
+    )
+
+    from leadercli.data.artifact import Artifact
+    from leadercli.data.samples import load_samples
+    from leadercli.predict import INPUT_CODES, _read_titles
+    from leadercli.runs import load_run
+
+    art = Artifact(work / "artifact")
+    test_ids = art.patients().filter(pl.col("split") == "test")["subject_id"]
+    test_visits = art.visits().filter(pl.col("subject_id").is_in(test_ids.implode()))
+    cold_visits = pl.read_parquet(new / "visits.parquet")
+    titles = _read_titles(new / INPUT_CODES)
+    vocab = art.vocab
+    prior = None
+    results: dict = {
+        "machine": machine(),
+        "options": vars(args) | {"work": str(work), "json": str(args.json)},
+        "times": times,
+    }
+    lambdas = [float(x) for x in args.shrink.split(",") if x != ""]
+    table = []
+    for pop_name in ("in distribution (synthetic test split)", "cold start (held-out real admissions)"):
+        visits = test_visits if pop_name.startswith("in") else cold_visits
+        Y, nv, dx, px = _labels(visits, art.labels)
+        u = _unknown_share(dx, px, vocab)
+        results.setdefault("populations", {})[pop_name] = {
+            "patients": int(Y.any(1).sum()),
+            "mean_unknown_share": float(u[Y.any(1)].mean()),
+            "single_visit_share": float((nv[Y.any(1)] == 1).mean()),
+        }
+        for name, run in runs.items():
+            scorer = load_run(run)
+            P, _ = _scores(run, visits, titles if not pop_name.startswith("in") else None)
+            if prior is None and name == "popularity":
+                prior = P[0].copy()  # the training split's drug frequencies
+            for lam in lambdas if name not in ("popularity",) else [0.0]:
+                Pl = P if lam == 0 else (1 - lam * u[:, None]) * P + lam * u[:, None] * prior[None, :]
+                m = evaluate(Y, Pl, scorer.threshold)
+                label = name if lam == 0 else f"{name} + shrink λ={lam:g}"
+                results.setdefault("scores", {}).setdefault(pop_name, {})[label] = m
+                table.append([pop_name.split(" (")[0], label, m["n"], *(round(m[k], 4) for k in METRICS)])
+    floor = {p: results["scores"][p]["popularity"]["prauc"] for p in results["scores"]}
+    for row in table:
+        pop = next(p for p in floor if p.startswith(row[0]))
+        row.append("below" if row[3] < floor[pop] - 1e-12 and row[1] != "popularity" else "")
+    results["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(results["populations"], indent=1))
+    print(markdown_table(["population", "model", "patients", "PRAUC", "Jaccard", "F1", "vs floor"], table))
+    print(f"load {machine().get('load_avg_1m')}, {results['elapsed_s']} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    del held, load_samples
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
