@@ -135,12 +135,16 @@ def load_ndc_map(ndc_rxcui_path: Path, ndc_atc_path: Path) -> pl.DataFrame:
 
 # -- applying it ----------------------------------------------------------------------------------------------
 def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """`rx`: prescriptions grouped as (subject_id, hadm_id, ndc [raw string], n [rows]).
+    """`rx`: prescriptions grouped as (subject_id, hadm_id, ndc [raw string or Categorical], n [rows]).
 
-    Returns the visit medications (subject_id, hadm_id, atc3), unique, and the coverage stats. NDCs are
-    normalised once per distinct raw spelling, then joined back (the grouped frame can have millions of rows)."""
+    Returns the visit medications (subject_id, hadm_id, atc3), unique, and the coverage stats. The few
+    thousand distinct raw NDC spellings are normalised and mapped on their own; the (possibly millions of)
+    prescription rows only go through a join on the categorical NDC (integer keys) and a unique on
+    (visit, ATC-3), so no string is hashed per row."""
+    if rx.schema["ndc"] != pl.Categorical:
+        rx = rx.with_columns(pl.col("ndc").cast(pl.Categorical))
     raw = rx.group_by("ndc").agg(pl.col("n").sum())
-    lookup = raw.with_columns(normalise_ndc(pl.col("ndc")).alias("norm"))
+    lookup = raw.with_columns(normalise_ndc(pl.col("ndc").cast(pl.String)).alias("norm"))
     rows_total = int(raw["n"].sum())
     per_ndc = (
         lookup.filter(pl.col("norm").is_not_null())
@@ -174,6 +178,14 @@ def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFra
         "atc3_codes": mapped["atc3"].n_unique(),
         "routes": {r: stats(mapped.filter(pl.col("route") == r)) for r in ROUTES},
     }
-    raw_to_atc3 = lookup.join(mapped.select("norm", "atc3"), on="norm", how="inner").select("ndc", "atc3")
-    meds = rx.join(raw_to_atc3, on="ndc", how="inner").select("subject_id", "hadm_id", "atc3").unique()
+    raw_to_atc3 = lookup.join(mapped.select("norm", "atc3"), on="norm", how="inner").select(
+        "ndc", pl.col("atc3").cast(pl.Categorical)
+    )
+    meds = (
+        rx.select("subject_id", "hadm_id", "ndc")
+        .join(raw_to_atc3, on="ndc", how="inner")
+        .select("subject_id", "hadm_id", "atc3")
+        .unique()
+        .with_columns(pl.col("atc3").cast(pl.String))
+    )
     return meds, coverage

@@ -153,10 +153,13 @@ def _where(raw_files: dict[str, Path], role: str) -> Path:
     return raw_files.get(role) or next(iter(raw_files.values()))
 
 
-def map_drugs(raw: RawData, aux_files: dict[str, Path]) -> tuple[pl.DataFrame, dict]:
+def map_drugs(
+    raw: RawData, aux_files: dict[str, Path], ndc_map: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, dict]:
     """Visit drugs (subject_id, hadm_id, atc3): NDCs mapped to ATC-3 (two routes), plus drugs already coded
-    as ATC (MEDS), unique."""
-    ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
+    as ATC (MEDS), unique. `ndc_map`: `mapping.load_ndc_map` of the aux files, when already loaded."""
+    if ndc_map is None:
+        ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
     meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map)
     if raw.atc_events is not None and raw.atc_events.height:
         meds = pl.concat([meds, raw.atc_events.select(meds.columns)], how="vertical_relaxed").unique()
@@ -168,10 +171,13 @@ def map_drugs(raw: RawData, aux_files: dict[str, Path]) -> tuple[pl.DataFrame, d
 def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, Path]):
     cfg = settings.data
     source = cfg.source
-    raw = read_raw(raw_files, get_layout(source).configure(settings))
-
-    with console.step("Mapping NDC → RXCUI → ATC-3"):
-        meds, coverage = map_drugs(raw, aux_files)
+    # the NDC dictionaries (a fixed second of parsing) load in a thread while the raw tables are read; an
+    # error in them is raised after the raw tables' own errors, as before
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ndc_map = pool.submit(mapping.load_ndc_map, aux_files["ndc_rxcui"], aux_files["ndc_atc"])
+        raw = read_raw(raw_files, get_layout(source).configure(settings))
+        with console.step("Mapping NDC → RXCUI → ATC-3"):
+            meds, coverage = map_drugs(raw, aux_files, ndc_map.result())
     tables.require_rows(meds, _where(raw_files, "prescriptions"), "no prescription NDC maps to an ATC code")
     raw.counts["prescriptions"] = {
         "rows": coverage["rows"],

@@ -328,7 +328,9 @@ def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool 
     events = {}
     for role in ("diagnoses", "procedures"):
         with console.step(f"Reading {role}"):
-            grouped = collect(scans[role], lambda lf, r=role: cohort.code_events_query(lf, r, layout))
+            grouped = cohort.prefix_grouped(
+                collect(scans[role], lambda lf: cohort.code_events_query(lf, layout)), role
+            )
             ev = cohort.usable_events(grouped)
         require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
         events[role] = ev
@@ -339,7 +341,10 @@ def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool 
     with console.step("Reading prescriptions"):
         rx = collect(
             scans["prescriptions"],
-            lambda lf: lf.group_by(["subject_id", "hadm_id", "ndc"]).agg(pl.len().alias("n")),
+            # NDCs as a categorical: the group-by and the NDC join (`mapping.map_medications`) hash integers
+            lambda lf: lf.group_by(["subject_id", "hadm_id", pl.col("ndc").cast(pl.Categorical)]).agg(
+                pl.len().alias("n")
+            ),
             allow_empty=allow_empty_prescriptions,
         )
     with console.step("Reading ICD dictionaries"):
