@@ -25,6 +25,32 @@ QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only results and errors; no progress or logs.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override any setting for this command, repeatable; `leader config` lists the keys. "
+        "Example: --set student.epochs=5 --set hardware.threads=1",
+    ),
+]
+SET_HINT = (
+    "Settings without a flag of their own are set with --set section.key=value (e.g. --set student.epochs=5), "
+    "in leader.toml or as LEADER_SECTION__KEY=value; `leader config` lists every key"
+)
+
+
+class LeaderCommand(typer.core.TyperCommand):
+    """A command whose unknown-option error points at --set, leader.toml and `leader config`."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:  # Typer vendors click: match the class by name, not by import
+            if type(exc).__name__ == "NoSuchOption" and hasattr(exc, "message"):
+                exc.message = f"{exc.message}. {SET_HINT}"
+            raise
+
+
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
 ]
@@ -73,8 +99,37 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False) -> T:
         raise typer.Exit(1) from None
 
 
-def load(config: Path | None, **sections: dict[str, Any]):
-    """Load settings with command-line overrides by section (None values are ignored)."""
+def parse_sets(sets: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`--set section.key=value` → {section: {key: value}}; values are read as TOML (numbers, booleans, lists,
+    quoted strings), anything else is a string. A malformed item is a SettingsError naming it."""
+    import tomllib
+
+    from leadercli.errors import SettingsError
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise SettingsError(
+                f"--set {item!r} is not section.key=value",
+                "Example: --set student.epochs=5 (see `leader config`)",
+            )
+        raw = raw.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def load(config: Path | None, sets: list[str] | None = None, **sections: dict[str, Any]):
+    """Load settings with command-line overrides by section (None values are ignored): `--set` items first,
+    then the command's own options, which win."""
     from leadercli.settings import load_settings
 
-    return load_settings(config, overrides=sections)
+    merged = parse_sets(sets)
+    for section, values in sections.items():
+        merged.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return load_settings(config, overrides=merged)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DebugOpt, QuietOpt, examples, load, run
+from leadercli.cli.common import ConfigOpt, DebugOpt, LeaderCommand, QuietOpt, SetOpt, examples, load, run
 
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "config",
+        cls=LeaderCommand,
+        name="config",
         epilog=examples(
             "leader config", "leader config --config leader.toml", "LEADER_DATA__SOURCE=mimic4 leader config"
         ),
     )(config)
 
 
-def config(config: ConfigOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def config(
+    sets: SetOpt = None, config: ConfigOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False
+) -> None:
     """Print the resolved settings (defaults < leader.toml < LEADER_* environment) as TOML; validates them.
 
     Every key is listed with its description; keys that are unset appear as `# key = unset` comments. Any key can
@@ -27,6 +30,6 @@ def config(config: ConfigOpt = None, quiet: QuietOpt = False, debug: DebugOpt = 
     def body() -> None:
         from leadercli import console
 
-        console.out.print(load(config).describe(), end="", highlight=False, markup=False)
+        console.out.print(load(config, sets).describe(), end="", highlight=False, markup=False)
 
     run(body, quiet=quiet, debug=debug)

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DebugOpt, QuietOpt, examples, load, run
+from leadercli.cli.common import ConfigOpt, DebugOpt, LeaderCommand, QuietOpt, SetOpt, examples, load, run
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", epilog=examples("leader demo", "leader demo --workdir /tmp/leader-demo"))(demo)
+    app.command(
+        "demo", cls=LeaderCommand, epilog=examples("leader demo", "leader demo --workdir /tmp/leader-demo")
+    )(demo)
 
 
 def demo(
@@ -19,6 +21,7 @@ def demo(
         Path | None,
         typer.Option("--workdir", help="Where data/, runs/ and report/ go. Default: the settings' paths."),
     ] = None,
+    sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -29,6 +32,6 @@ def demo(
     def body() -> None:
         from leadercli.demo import run_demo
 
-        run_demo(load(config), workdir=workdir)
+        run_demo(load(config, sets), workdir=workdir)
 
     run(body, quiet=quiet, debug=debug)

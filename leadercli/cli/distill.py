@@ -7,12 +7,24 @@ from typing import Annotated
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DataOpt, DebugOpt, QuietOpt, ResumeOpt, examples, load, run
+from leadercli.cli.common import (
+    ConfigOpt,
+    DataOpt,
+    DebugOpt,
+    LeaderCommand,
+    QuietOpt,
+    ResumeOpt,
+    SetOpt,
+    examples,
+    load,
+    run,
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "distill",
+        cls=LeaderCommand,
+        name="distill",
         epilog=examples(
             "leader distill",
             "leader distill --teacher runs/teacher --out runs/distilled",
@@ -33,6 +45,7 @@ def distill(
         bool, typer.Option("--no-align", help="Switch the profile-alignment term off.")
     ] = False,
     resume: ResumeOpt = False,
+    sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -44,14 +57,23 @@ def distill(
     """
 
     def body() -> None:
-        from leadercli.training.distill import distill as do_distill
+        from leadercli.cli import checks
 
         settings = load(
             config,
+            sets,
             paths={"artifact": data, "teacher": teacher, "distilled": out},
             distill={"kd": False if no_kd else None, "align": False if no_align else None},
         )
+        if settings.distill.kd:  # the features come from the teacher run: check it before any import
+            checks.run_folder(
+                settings.paths.teacher,
+                "--teacher",
+                ("teacher",),
+                "`leader train teacher` (or pass --teacher RUN_DIR)",
+            )
         from leadercli.runs import check_out_dir
+        from leadercli.training.distill import distill as do_distill
 
         protected = {"artifact": settings.artifact_dir(), "teacher run": settings.paths.teacher}
         check_out_dir(settings.paths.distilled, protected)  # before any work

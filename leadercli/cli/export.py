@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DebugOpt, QuietOpt, examples, run
+from leadercli.cli.common import ConfigOpt, DebugOpt, LeaderCommand, QuietOpt, examples, run
 
 
 def register(app: typer.Typer) -> None:
     app.command(
         "export",
+        cls=LeaderCommand,
         epilog=examples(
             "leader export runs/distilled --out share/distilled",
             "leader export runs/teacher --out share/teacher",

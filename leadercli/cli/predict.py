@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DebugOpt, QuietOpt, examples, load, run
+from leadercli.cli.common import ConfigOpt, DebugOpt, LeaderCommand, QuietOpt, SetOpt, examples, load, run
 
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "predict",
+        cls=LeaderCommand,
+        name="predict",
         epilog=examples(
             "leader predict data/mimic3/visits.parquet -o recs.csv",
             "leader predict visits.parquet -o recs.parquet --model runs/student --top-k 10",
@@ -58,6 +59,7 @@ def predict(
             "most N interacting pairs remain per patient; dropped drugs are marked in `ddi_dropped`.",
         ),
     ] = None,
+    sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -70,9 +72,13 @@ def predict(
     """
 
     def body() -> None:
+        from leadercli.cli import checks
+
+        checks.predict_args(input, output)  # before the heavy imports: a wrong path fails at once
+        settings = load(config, sets, predict={"model": model, "top_k": top_k, "threshold": threshold})
+        checks.run_folder(settings.predict.model, "--model")
         from leadercli.predict import predict_file
 
-        settings = load(config, predict={"model": model, "top_k": top_k, "threshold": threshold})
         predict_file(settings, input, output, max_ddi_pairs=max_ddi_pairs)
 
     run(body, quiet=quiet, debug=debug)

@@ -7,12 +7,13 @@ from typing import Annotated, Literal
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DebugOpt, QuietOpt, examples, load, run
+from leadercli.cli.common import ConfigOpt, DebugOpt, LeaderCommand, QuietOpt, SetOpt, examples, load, run
 
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "preprocess",
+        cls=LeaderCommand,
+        name="preprocess",
         epilog=examples(
             "leader preprocess",
             "leader preprocess --source mimic4",
@@ -59,6 +60,7 @@ def preprocess(
             "Example: --for-run runs/distilled",
         ),
     ] = None,
+    sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -84,7 +86,7 @@ def preprocess(
                     "--for-run needs --raw: the folder with the new patients' tables",
                     "Example: leader preprocess --for-run runs/distilled --raw /data/new-admissions",
                 )
-            settings = load(config, data={"source": _source(source)}, paths={"aux": aux})
+            settings = load(config, sets, data={"source": _source(source)}, paths={"aux": aux})
             result = build_for_run(settings, for_run, raw, out or Path("data/new-patients"), _source(source))
             summary(result)
             return
@@ -93,7 +95,7 @@ def preprocess(
         from leadercli.data.preprocess import print_summary
 
         settings = load(
-            config, data={"source": _source(source)}, paths={"raw": raw, "aux": aux, "artifact": out}
+            config, sets, data={"source": _source(source)}, paths={"raw": raw, "aux": aux, "artifact": out}
         )
         result = do_preprocess(settings)
         print_summary(result)

@@ -11,14 +11,25 @@ from typing import Annotated
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DataOpt, DebugOpt, QuietOpt, examples, load, run
+from leadercli.cli.common import (
+    ConfigOpt,
+    DataOpt,
+    DebugOpt,
+    LeaderCommand,
+    QuietOpt,
+    SetOpt,
+    examples,
+    load,
+    run,
+)
 
 FORMATS = ("table", "json")
 
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "report",
+        cls=LeaderCommand,
+        name="report",
         epilog=examples(
             "leader report",
             "leader report runs/teacher runs/student runs/distilled -o report/",
@@ -46,6 +57,7 @@ def report(
             "run folders. Example: --predictions recs.csv",
         ),
     ] = None,
+    sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -76,7 +88,7 @@ def report(
             )
         from leadercli.report.build import build_report, report_from_predictions
 
-        settings = load(config, paths={"artifact": data, "report": out})
+        settings = load(config, sets, paths={"artifact": data, "report": out})
         from leadercli.paths import check_free_space, check_writable_dir
 
         check_writable_dir(settings.paths.report, "report folder", "Choose another -o")  # before any scoring

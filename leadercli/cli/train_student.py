@@ -7,12 +7,24 @@ from typing import Annotated
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DataOpt, DebugOpt, QuietOpt, ResumeOpt, examples, load, run
+from leadercli.cli.common import (
+    ConfigOpt,
+    DataOpt,
+    DebugOpt,
+    LeaderCommand,
+    QuietOpt,
+    ResumeOpt,
+    SetOpt,
+    examples,
+    load,
+    run,
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "student",
+        cls=LeaderCommand,
+        name="student",
         epilog=examples(
             "leader train student",
             "leader train student --data data/mimic4 --out runs/student-m4",
@@ -33,6 +45,7 @@ def train_student(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/student.")] = None,
     resume: ResumeOpt = False,
+    sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -47,7 +60,7 @@ def train_student(
         from leadercli.runs import check_out_dir
         from leadercli.training.student import train_student as do_train
 
-        settings = load(config, paths={"artifact": data, "student": out}, student={"model": model})
+        settings = load(config, sets, paths={"artifact": data, "student": out}, student={"model": model})
         check_out_dir(settings.paths.student, {"artifact": settings.artifact_dir()})  # before any work
         do_train(settings, resume=resume)
 

@@ -7,12 +7,24 @@ from typing import Annotated
 
 import typer
 
-from leadercli.cli.common import ConfigOpt, DataOpt, DebugOpt, QuietOpt, ResumeOpt, examples, load, run
+from leadercli.cli.common import (
+    ConfigOpt,
+    DataOpt,
+    DebugOpt,
+    LeaderCommand,
+    QuietOpt,
+    ResumeOpt,
+    SetOpt,
+    examples,
+    load,
+    run,
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "teacher",
+        cls=LeaderCommand,
+        name="teacher",
         epilog=examples(
             "leader train teacher",
             "leader train teacher --data data/mimic4 --base-model /models/llama-7b --out runs/teacher-llama",
@@ -35,6 +47,7 @@ def train_teacher(
         int | None, typer.Option("--max-steps", help="Optimizer steps (overrides epochs).")
     ] = None,
     resume: ResumeOpt = False,
+    sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -47,14 +60,17 @@ def train_teacher(
     """
 
     def body() -> None:
-        from leadercli.training.teacher import train_teacher as do_train
+        from leadercli.cli import checks
 
         settings = load(
             config,
+            sets,
             paths={"artifact": data, "teacher": out},
             teacher={"base_model": base_model, "max_steps": max_steps},
         )
+        checks.base_model(settings.teacher.base_model)  # before the heavy imports
         from leadercli.runs import check_out_dir
+        from leadercli.training.teacher import train_teacher as do_train
 
         protected = {"artifact": settings.artifact_dir()}
         if settings.teacher.base_model and Path(settings.teacher.base_model).exists():
