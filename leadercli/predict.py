@@ -476,6 +476,9 @@ def predict_file(
     src = read_input(input_path)
     _clean_stale(output)
     model_dir = Path(cfg.model) if cfg.model else _input_run(src) or default_model(settings)
+    from leadercli.hardware import apply_threads
+
+    apply_threads(settings.hardware, pool=True)  # the scoring pool has one worker per torch thread
     stop = threading.Event()
     hasher = ThreadPoolExecutor(1)
     digest = hasher.submit(_sha256, src.path, stop)

@@ -54,7 +54,11 @@ class HardwareSettings(_Section):
         "fp32",
         description="Mixed precision for the teacher on GPU (bf16 recommended on Ampere+); CPU runs in fp32.",
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = torch's default.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads; unset = the cores this process may use, 1 when the 1-minute load is at least that (leader predict's pool keeps every core).",
+    )
 
 
 class DataSettings(_Section):

@@ -568,3 +568,34 @@ def test_offline_switches_are_set_at_startup_and_by_the_api(tmp_path):
         [sys.executable, "-c", f"import leadercli.cli.main\n{show}"], capture_output=True, text=True, env=env
     )
     assert p.stdout.strip().startswith("['0'")
+
+
+# -- CPU threads -----------------------------------------------------------------------------------------------
+def test_thread_policy():
+    """Busy machine → one thread for work inside torch ops; predict's pool keeps every available core; an
+    explicit hardware.threads always wins."""
+    from leadercli.hardware import available_cores, cpu_threads
+    from leadercli.settings import HardwareSettings
+
+    auto, two = HardwareSettings(), HardwareSettings(threads=2)
+    assert cpu_threads(auto, cores=2, load=0.3)[0] == 2
+    assert cpu_threads(auto, cores=2, load=2.0) == (1, "load 2.0 >= 2 cores")
+    assert cpu_threads(auto, cores=16, load=9.0)[0] == 16
+    assert cpu_threads(auto, cores=2, load=5.0, pool=True)[0] == 2
+    assert cpu_threads(two, cores=2, load=5.0) == (2, "hardware.threads")
+    assert cpu_threads(auto)[0] in (1, available_cores())
+    assert available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_predict_applies_the_thread_setting(cwd, monkeypatch):
+    import torch
+
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+    monkeypatch.setenv("LEADER_HARDWARE__THREADS", "1")
+    r = invoke(["predict", "data/mimic3/visits.parquet", "-o", "th.csv", "--model", "runs/student", "-q"])
+    assert r.exit_code == 0, r.output
+    assert seen[0] == 1
+    for p in ("th.csv", "th.csv.meta.json"):
+        Path(p).unlink()
