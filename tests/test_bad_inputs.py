@@ -282,6 +282,24 @@ def test_teacher_adapter_is_checked_before_peft(cwd, monkeypatch, variant):
     assert not Path("t.csv").exists()
 
 
+def test_distill_checks_the_teacher_adapter_before_peft(cwd, monkeypatch):
+    import leadercli.models.teacher as teacher
+
+    monkeypatch.setattr(
+        teacher, "load_teacher", lambda *a, **k: (_ for _ in ()).throw(AssertionError("peft"))
+    )
+    run = damaged_run(cwd, "teacher-for-distill")
+    m = json.loads((run / "manifest.json").read_text())
+    m["kind"] = "teacher"
+    (run / "manifest.json").write_text(json.dumps(m))
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04not really")
+    before = snapshot(cwd)
+    r = invoke(["distill", "--teacher", run, "--out", "runs/dx"])
+    assert_one_line(r, "adapter_config.json", "adapter_model.bin is not read", "leader train teacher --out")
+    assert snapshot(cwd) == before and not Path("runs/dx").exists()
+
+
 def _bad_parquet(art: Path, name: str) -> None:
     p = art / name
     p.write_bytes(p.read_bytes()[:100])

@@ -77,6 +77,10 @@ def distill(
 
         protected = {"artifact": settings.artifact_dir(), "teacher run": settings.paths.teacher}
         check_out_dir(settings.paths.distilled, protected)  # before any work
+        if settings.distill.kd:  # features missing → the teacher is loaded: its adapter files, before peft
+            from leadercli.runs import check_teacher_files
+
+            check_teacher_files(settings.paths.teacher, {})
         do_distill(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)
