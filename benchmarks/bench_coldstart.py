@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "--for-run",
         str(runs["student"]),
         "--raw",
-        str(held_root),
+        str(held_root / "mimic-iv-demo"),
         "--out",
         str(new),
         "-q",

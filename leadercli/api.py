@@ -56,11 +56,13 @@ class Recommender:
         threshold: float | None = None,
         max_ddi_pairs: int | None = None,
         titles: dict[str, dict[str, str]] | None = None,
+        unknown_shrink: float | None = None,
     ):
         """Rank drugs for the latest visit of every subject in `visits` (polars or pandas DataFrame, the
         artifact's visits schema). Returns a polars DataFrame: subject_id, hadm_id, rank, atc3, drug_name,
         score, selected, ddi_dropped, n_unknown_codes. `titles` (kind → {code: title}) names codes the run
-        does not know, for a teacher's prompts."""
+        does not know, for a teacher's prompts. `unknown_shrink` (λ, default the `predict.unknown_shrink`
+        setting) leans the scores of visits with unknown codes towards the training drug frequencies."""
         import polars as pl
 
         from leadercli.errors import InputError
@@ -70,7 +72,17 @@ class Recommender:
         if frame.height == 0:
             raise InputError("the visits frame has no rows", "Pass at least one visit")
         self.scorer.reset_unknown()
-        opts = PredictOptions(top_k=top_k, threshold=threshold, max_ddi_pairs=max_ddi_pairs, batch_size=4096)
+        if unknown_shrink is None:
+            from leadercli.settings import PredictSettings
+
+            unknown_shrink = (self.settings.predict if self.settings else PredictSettings()).unknown_shrink
+        opts = PredictOptions(
+            top_k=top_k,
+            threshold=threshold,
+            max_ddi_pairs=max_ddi_pairs,
+            batch_size=4096,
+            unknown_shrink=unknown_shrink,
+        )
         return predict_frame(self.scorer, frame, opts, titles)
 
     def predict_raw(

@@ -86,6 +86,7 @@ class PredictOptions:
     threshold: float | None = None  # None = the run's
     max_ddi_pairs: int | None = None  # None = no DDI cap
     batch_size: int = 4096
+    unknown_shrink: float = 0.0  # λ: scores → (1 − w)·p + w·prior, w = min(1, λ·unknown share); 0 = off
 
 
 @dataclass
@@ -484,7 +485,7 @@ def predict_file(
     digest = hasher.submit(_sha256, src.path, stop)
     try:
         scorer = load_run(model_dir)
-        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size)
+        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, cfg.unknown_shrink)
         _check_input_run(src, scorer)
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(f".{output.name}.tmp")
@@ -601,6 +602,7 @@ def _meta(scorer, src: PredictInput, opts: PredictOptions, counts: Counts, sha: 
         },
         "top_k": opts.top_k,
         "max_ddi_pairs": opts.max_ddi_pairs,
+        "unknown_shrink": opts.unknown_shrink if scorer.kind in ("student", "distilled", "previous") else 0.0,
         "input": {"path": str(src.path.resolve()), "sha256": sha, "format": src.kind},
         "counts": {
             "patients": counts.patients,
@@ -703,6 +705,7 @@ def _score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
             yield table, nrows, counts
         return
 
+    shrink = _Shrink(scorer, opts.unknown_shrink)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -716,7 +719,13 @@ def _score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
             pending: deque = deque()  # chunks being scored: ([future], input rows)
             for nrows, _df, batches in stream:
                 pending.append(
-                    ([pool.submit(lambda b: rows_fn(scorer.score_batch(b), b), b) for b in batches], nrows)
+                    (
+                        [
+                            pool.submit(lambda b: rows_fn(shrink(scorer.score_batch(b), b), b), b)
+                            for b in batches
+                        ],
+                        nrows,
+                    )
                 )
                 while len(pending) > max(1, threads // 2):  # the next chunks keep the scorers busy meanwhile
                     futures, n = pending.popleft()
@@ -736,6 +745,26 @@ def _default_icd_version(manifest: dict) -> int | None:
 
     layout = LAYOUTS.layouts.get((manifest.get("artifact") or {}).get("source"))
     return layout.default_icd_version if layout is not None else None
+
+
+class _Shrink:
+    """Scores of a visit whose codes the model does not know lean towards the training drug frequencies:
+    p' = (1 − w)·p + w·prior, w = min(1, λ·u), u = unknown / all codes of the target visit (benchmarks/README.md,
+    cold start: the student alone falls below the popularity floor on unseen records). Applied to the student
+    kinds only — the teacher reads the titles of unknown codes, and popularity is the prior already."""
+
+    def __init__(self, scorer, lam: float) -> None:
+        self.prior = (
+            scorer.prior() if lam > 0 and scorer.kind in ("student", "distilled", "previous") else None
+        )
+        self.lam = lam
+
+    def __call__(self, probs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.prior is None:
+            return probs
+        u = batch["n_unknown"].float() / batch["n_codes"].clamp(min=1).float()  # (B,)
+        w = (self.lam * u).clamp(max=1.0).unsqueeze(1)  # (B, 1)
+        return (1 - w) * probs + w * self.prior.unsqueeze(0)
 
 
 def _titled_vocab(vocab, titles: dict[str, dict[str, str]] | None):

@@ -84,6 +84,7 @@ def base_manifest(kind: str, artifact: Artifact, settings=None) -> dict:
     }
     if settings is not None:
         out["inputs"] = {"samples": settings.samples.model_dump(mode="json")}
+    out["label_prior"] = label_prior(artifact)
     am = artifact.manifest
     out["cohort"] = {  # counts only (for the model card)
         k: am.get(k)
@@ -98,6 +99,24 @@ def base_manifest(kind: str, artifact: Artifact, settings=None) -> dict:
         if k in am
     }
     return out
+
+
+def label_prior(artifact: Artifact) -> list[float]:
+    """Share of the training split's target visits that carry each drug (label order): the popularity
+    baseline's scores, and the prior `leader predict` shrinks towards for visits of unknown codes."""
+    import polars as pl
+
+    train = artifact.patients().filter(pl.col("split") == "train").select("subject_id")
+    last = (
+        artifact.visits()
+        .join(train, on="subject_id", how="semi")
+        .sort(["subject_id", "visit_no"])
+        .group_by("subject_id")
+        .agg(pl.col("medications").last())
+    )
+    n = max(last.height, 1)
+    counts = dict(last.explode("medications").group_by("medications").len().iter_rows())
+    return [round(counts.get(code, 0) / n, 6) for code in artifact.labels]
 
 
 def run_samples_settings(manifest: dict, run_dir: Path) -> dict:
@@ -298,6 +317,20 @@ class Scorer:
                 pairs = np.asarray(got, dtype=np.int64).reshape(-1, 2)
             self._ddi = pairs
         return self._ddi
+
+    def prior(self):
+        """The training split's drug frequencies (M,) float32 tensor, or None for runs made before the manifest
+        recorded them (their artifact is used when it is still there)."""
+        import torch
+
+        got = self.manifest.get("label_prior")
+        if got is None:
+            art = Path((self.manifest.get("artifact") or {}).get("path", ""))
+            if (art / "manifest.json").is_file():
+                got = label_prior(Artifact(art))
+        if got is None or len(got) != len(self.labels):
+            return None
+        return torch.tensor(got, dtype=torch.float32)
 
     def reset_unknown(self) -> None:
         from leadercli.data.batching import UnknownCounter

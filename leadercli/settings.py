@@ -325,6 +325,12 @@ class PredictSettings(_Section):
         None, gt=0, lt=1, description="Override the model's threshold for `selected`."
     )
     batch_size: int = Field(4096, ge=1, description="Patients encoded and scored per batch.")
+    unknown_shrink: float = Field(
+        3.0,
+        ge=0,
+        description="Shrink the scores of a visit towards the training drug frequencies by min(1, λ·u), u = "
+        "the share of its codes unknown to the model (student and baselines; 0 = off).",
+    )
 
 
 class ReportSettings(_Section):

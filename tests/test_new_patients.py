@@ -194,8 +194,8 @@ def test_csv_input_and_baseline_runs(wd, monkeypatch):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["predict", "data/new", "-o", "x.csv", "--model", "data/new"], "not a leadercli run manifest"),
-        (["predict", "data/new", "-o", "x.csv", "--model", "nowhere"], "does not exist"),
+        (["predict", "data/new", "-o", "x.csv", "--model", "data/new"], "prediction-input"),
+        (["predict", "data/new", "-o", "x.csv", "--model", "nowhere"], "not a finished run folder"),
         (["predict", "data/new/visits.parquet", "-o", "data/new/visits.parquet"], "is the input file"),
         (["predict", "data/new", "-o", "x.txt"], "must end in .csv or .parquet"),
         (["preprocess", "--for-run", "runs/student", "--out", "data/x"], "--for-run needs --raw"),
@@ -250,3 +250,38 @@ def test_teacher_run_predicts(wd, tmp_path, monkeypatch):
     assert titled.height == out.height
     assert api["subject_id"].n_unique() == out["subject_id"].n_unique()
     torch.set_num_threads(torch.get_num_threads())  # (the predict pool restores the thread count)
+
+
+def test_unknown_shrink_leans_on_the_training_prior(wd):
+    """A target visit of unknown codes only is scored with the training drug frequencies (λ·u ≥ 1); a visit of
+    known codes is not changed; λ = 0 switches it off."""
+    from leadercli import Recommender
+
+    rec = Recommender.load(wd / "runs" / "student")
+    voc = rec.scorer.vocab
+    frame = pl.DataFrame(
+        {
+            "subject_id": [1, 2],
+            "hadm_id": [10, 20],
+            "visit_no": [0, 0],
+            "diagnoses": [["D10:ZZZ01", "D10:ZZZ02"], list(voc.diagnoses.codes[:3])],
+            "procedures": [["P10:ZZZZZZZ"], list(voc.procedures.codes[:1])],
+        },
+        schema_overrides={"visit_no": pl.Int32},
+    )
+    M = len(rec.labels)
+    on = rec.predict(frame, top_k=M).sort(["subject_id", "rank"])
+    off = rec.predict(frame, top_k=M, unknown_shrink=0.0).sort(["subject_id", "rank"])
+    prior = dict(zip(rec.labels, rec.scorer.prior().tolist(), strict=True))
+    unknown = on.filter(pl.col("subject_id") == 1)
+    assert np.allclose(unknown["score"].to_numpy(), [prior[a] for a in unknown["atc3"]], atol=1e-6)
+    known_on, known_off = on.filter(pl.col("subject_id") == 2), off.filter(pl.col("subject_id") == 2)
+    assert known_on.equals(known_off)
+    assert not off.filter(pl.col("subject_id") == 1)["score"].equals(unknown["score"])
+    cwd = os.getcwd()
+    os.chdir(wd)
+    try:
+        assert _invoke(["predict", "data/new", "-o", "shrink.csv", "-q"]).exit_code == 0
+    finally:
+        os.chdir(cwd)
+    assert json.loads((wd / "shrink.csv.meta.json").read_text())["unknown_shrink"] == 3.0

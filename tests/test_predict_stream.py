@@ -29,7 +29,7 @@ def workdir(tmp_path_factory, tiny_artifact) -> Path:
     wd = tmp_path_factory.mktemp("stream")
     shutil.copytree(tiny_artifact, wd / "data" / "mimic3")
     (wd / "leader.toml").write_text(
-        "[student]\nepochs = 1\nbatch_size = 8\nhidden = 16\nff = 32\n[predict]\nbatch_size = 300\n"
+        "[student]\nepochs = 1\nbatch_size = 8\nhidden = 16\nff = 32\n[predict]\nbatch_size = 300\nunknown_shrink = 0.0\n"
     )
     visits = pl.read_parquet(wd / "data" / "mimic3" / "visits.parquet")
     # 25 copies under new ids: ~1,500 patients, several record batches of 1,024 rows (2 × batch_size, at
