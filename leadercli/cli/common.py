@@ -39,8 +39,41 @@ SET_HINT = (
 )
 
 
+_METAVARS = {
+    "<path>": "PATH",
+    "<int>": "N",
+    "<float>": "X",
+    "<str>": "TEXT",
+    "<list[str]>": "SECTION.KEY=VALUE",
+}
+
+
 class LeaderCommand(typer.core.TyperCommand):
-    """A command whose unknown-option error points at --set, leader.toml and `leader config`."""
+    """A command whose unknown-option error points at --set, leader.toml and `leader config`, and whose help
+    reads as sentences: paragraphs are unwrapped (docstrings are hard-wrapped at 110 columns), flags show no
+    type tag and values show a plain metavar (PATH, N, TEXT) instead of `<bool>` / `<path>`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = "\n\n".join(" ".join(p.split()) for p in self.help.strip().split("\n\n"))
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.get_params(ctx):
+            if param.metavar is not None:
+                continue
+            if getattr(param, "param_type_name", "") == "argument":
+                param.metavar = (param.name or "").upper()
+                continue
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            else:
+                shown = param.display_type(ctx) if hasattr(param, "display_type") else None
+                text = str(shown)
+                param.metavar = _METAVARS.get(text) or (
+                    "N" if "int" in text else text.strip("<>").upper() or None
+                )
+        return super().format_help(ctx, formatter)
 
     def parse_args(self, ctx, args):
         try:
