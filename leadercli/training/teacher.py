@@ -96,40 +96,54 @@ class TeacherRun:
 def train_teacher(settings: Settings, resume: bool = False) -> Path:
     run = setup(settings, resume)
     plan = plan_steps(run)
-    ckpt = run.out / ckpt_io.CHECKPOINT_DIR
-    resuming = resume and ckpt_io.exists(ckpt)
+    resuming = resume and ckpt_io.exists(run.out / ckpt_io.CHECKPOINT_DIR)
     # the head is initialised (and probed) before the optimizer exists: AdamW starts from the probed head
     if not resuming:
         init_head(run)
     optimizer, scheduler = make_optimizer(run, plan["total"])
-    state = {"step": 0, "best": -math.inf, "best_step": -1}
     if resuming:
-        state = ckpt_io.load_state(ckpt, _state_tensors(run.model), optimizer, scheduler)
-        run.recipe = state.pop("recipe", run.recipe)
-        if run.main:  # log lines written after the checkpoint belong to the interrupted attempt
-            kept = [r for r in runs.read_log(run.out) if r.get("step", 0) <= state["step"]]
-            (run.out / runs.LOG).write_text("".join(json.dumps(r) + "\n" for r in kept))
-        console.info(
-            f"resuming at step {state['step']}/{plan['total']} "
-            f"(best val PRAUC {state['best']:.4f} at step {state['best_step']})"
-        )
-    elif plan["total"] > 0:
-        lp_val = run.recipe["linear_probe"].get("val_prauc")
-        if (
-            lp_val is not None
-        ):  # LoRA steps must beat the probed head (step 0) on the same sample to replace it
-            state.update(best=lp_val, best_step=0)
-        if run.main:
-            if lp_val is not None:
-                from leadercli.models.teacher import save_teacher
-
-                save_teacher(run.model, run.out / BEST_DIR)
-            _checkpoint(run, optimizer, scheduler, state)  # the probed head survives an interruption
+        state = resume_state(run, optimizer, scheduler, plan)
+    else:
+        state = start_state(run, optimizer, scheduler, plan)
+    # accelerate wraps the model (DDP) only now: the probe and the checkpoints above see the plain model
     run.model, optimizer = run.accelerator.prepare(run.model, optimizer)
     t0 = time.perf_counter()
     stats = fine_tune(run, optimizer, scheduler, state, plan)
     stats["seconds"] = time.perf_counter() - t0
     return save(run, state, stats)
+
+
+def start_state(run: TeacherRun, optimizer, scheduler, plan: dict) -> dict:
+    """Step 0. With a probed head, that head is the best so far: LoRA steps must beat it on the same
+    validation sample to replace it. A step-0 checkpoint keeps the probe through an interruption."""
+    state = {"step": 0, "best": -math.inf, "best_step": -1}
+    lp_val = run.recipe["linear_probe"].get("val_prauc")
+    if plan["total"] == 0:
+        return state
+    if lp_val is not None:
+        state.update(best=lp_val, best_step=0)
+    if run.main:
+        if lp_val is not None:
+            from leadercli.models.teacher import save_teacher
+
+            save_teacher(run.model, run.out / BEST_DIR)
+        _checkpoint(run, optimizer, scheduler, state)
+    return state
+
+
+def resume_state(run: TeacherRun, optimizer, scheduler, plan: dict) -> dict:
+    """Weights, optimizer, scheduler, RNG and counters from the checkpoint; later log lines dropped."""
+    ckpt = run.out / ckpt_io.CHECKPOINT_DIR
+    state = ckpt_io.load_state(ckpt, _state_tensors(run.model), optimizer, scheduler)
+    run.recipe = state.pop("recipe", run.recipe)
+    if run.main:  # log lines written after the checkpoint belong to the interrupted attempt
+        kept = [r for r in runs.read_log(run.out) if r.get("step", 0) <= state["step"]]
+        (run.out / runs.LOG).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    console.info(
+        f"resuming at step {state['step']}/{plan['total']} "
+        f"(best val PRAUC {state['best']:.4f} at step {state['best_step']})"
+    )
+    return state
 
 
 def setup(settings: Settings, resume: bool) -> TeacherRun:

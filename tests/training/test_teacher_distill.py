@@ -170,7 +170,7 @@ def test_teacher_bad_backbone_paths(tmp_path, tiny_artifact, monkeypatch):
     shutil.copytree(tiny_artifact, tmp_path / "data" / "mimic3")
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["train", "teacher", "--base-model", "./no/such/model"])
-    assert r.exit_code == 2 and "no/such/model" in r.output and "does not exist" in r.output
+    assert r.exit_code == 2 and "no/such/model" in r.output and "is not a folder" in r.output  # cli/checks.py
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text('{"model_type": "llama"}')
     r = runner.invoke(app, ["train", "teacher", "--base-model", str(tmp_path / "empty")])
