@@ -143,7 +143,18 @@ class PredictInput:
     def batches(self, columns: list[str], rows: int) -> Iterator[pl.DataFrame]:
         if self.kind == "parquet":
             pf = pq.ParquetFile(self.path)
-            for rb in pf.iter_batches(batch_size=rows, columns=columns):
+            it = pf.iter_batches(batch_size=rows, columns=columns)
+            while True:
+                try:
+                    rb = next(it)
+                except StopIteration:
+                    return
+                except (OSError, pa.ArrowException) as exc:  # a damaged page or row group, found mid-stream
+                    raise InputError(
+                        f"{self.path} is damaged: a part of it cannot be read ({type(exc).__name__}); nothing was "
+                        "written",
+                        "Rewrite the file (pyarrow/polars) or rebuild it with `leader preprocess --for-run`",
+                    ) from None
                 yield _check_ids(self.path, pl.from_arrow(rb))
         else:
             yield from _csv_batches(self.path, columns, rows)

@@ -342,6 +342,30 @@ def test_wrong_dtypes_in_predict_input(cwd, unchanged, tmp_path, column, expr, n
     assert_one_line(r, needle, "expected")
 
 
+@pytest.mark.parametrize("how", ["truncated", "damaged inside"])
+def test_damaged_predict_input_is_one_line(cwd, unchanged, tmp_path, how):
+    """A truncated parquet file fails when opened; a damaged page in the middle fails while streaming, after
+    the output was started: both are one line, and no output or temporary file is left."""
+    big = pl.concat(
+        [
+            pl.read_parquet("data/mimic3/visits.parquet").with_columns(pl.col("subject_id") + k * 10_000)
+            for k in range(40)
+        ]
+    )
+    path = tmp_path / "in.parquet"
+    big.write_parquet(path, row_group_size=200)
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        for i in range(len(data) // 3, len(data) // 3 + 4000):
+            data[i] = (data[i] * 7 + 13) & 0xFF
+    path.write_bytes(bytes(data))
+    r = invoke(["predict", path, "-o", "dmg-in.csv", "--model", "runs/student"])
+    assert_one_line(r, "in.parquet", "not a readable parquet" if how == "truncated" else "is damaged")
+    assert not Path("dmg-in.csv").exists() and not Path(".dmg-in.csv.tmp").exists()
+
+
 def test_wrong_values_in_csv_input(cwd, unchanged, tmp_path):
     df = pl.read_parquet("data/mimic3/visits.parquet")
     csv = df.with_columns(
