@@ -39,17 +39,33 @@ def prefixed(kind: str, version: pl.Expr, code: pl.Expr) -> pl.Expr:
     return pl.format(letter + "{}:{}", version.cast(pl.Int64), clean_code(code))
 
 
-def code_events_query(lf: pl.LazyFrame, source) -> pl.LazyFrame:
-    """Raw DIAGNOSES_ICD / PROCEDURES_ICD rows → (subject_id, hadm_id, version, raw, seq, n) grouped by visit,
-    ICD version and the code as written (a Categorical, so the group-by hashes integers); `seq` = the smallest
-    seq_num, `n` = raw rows. `prefix_grouped` turns the few distinct (version, raw) pairs into prefixed codes."""
+def code_event_rows(lf: pl.LazyFrame, source) -> pl.LazyFrame:
+    """Raw DIAGNOSES_ICD / PROCEDURES_ICD rows → (subject_id, hadm_id, version, raw, seq_num): the ICD version
+    and the code as written (a Categorical, so that grouping hashes integers)."""
     from leadercli.data.layouts import get_layout
 
     layout = get_layout(source)
-    raw = pl.col(layout.spec.code_column).cast(pl.Categorical).alias("raw")
-    return lf.group_by(["subject_id", "hadm_id", layout.icd_version().alias("version"), raw]).agg(
+    return lf.select(
+        "subject_id",
+        "hadm_id",
+        layout.icd_version().alias("version"),
+        pl.col(layout.spec.code_column).cast(pl.Categorical).alias("raw"),
+        "seq_num",
+    )
+
+
+def group_code_events(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """`code_event_rows` → (subject_id, hadm_id, version, raw, seq, n) grouped by visit, version and raw code;
+    `seq` = the smallest seq_num, `n` = raw rows."""
+    return lf.group_by(["subject_id", "hadm_id", "version", "raw"]).agg(
         pl.col("seq_num").min().alias("seq"), pl.len().alias("n")
     )
+
+
+def code_events_query(lf: pl.LazyFrame, source) -> pl.LazyFrame:
+    """`group_code_events(code_event_rows(lf))`; `prefix_grouped` turns the few distinct (version, raw) pairs
+    into prefixed codes."""
+    return group_code_events(code_event_rows(lf, source))
 
 
 def prefix_grouped(grouped: pl.DataFrame, kind: str) -> pl.DataFrame:

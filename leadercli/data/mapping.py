@@ -25,7 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
-from leadercli.data.tables import Column, TableSpec, collect, scan_table
+from leadercli.data.tables import Column, TableSpec, by_subject_partition, collect, scan_table
 from leadercli.errors import InputError
 
 ROUTES = ("rxnorm", "direct")
@@ -135,15 +135,17 @@ def load_ndc_map(ndc_rxcui_path: Path, ndc_atc_path: Path) -> pl.DataFrame:
 
 # -- applying it ----------------------------------------------------------------------------------------------
 def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """`rx`: prescriptions grouped as (subject_id, hadm_id, ndc [raw string or Categorical], n [rows]).
+    """`rx`: prescriptions (subject_id, hadm_id, ndc [raw string or Categorical][, n rows]): one row per
+    prescription, or grouped by (visit, NDC) with the row count `n`.
 
     Returns the visit medications (subject_id, hadm_id, atc3), unique, and the coverage stats. The few
-    thousand distinct raw NDC spellings are normalised and mapped on their own; the (possibly millions of)
-    prescription rows only go through a join on the categorical NDC (integer keys) and a unique on
-    (visit, ATC-3), so no string is hashed per row."""
+    thousand distinct raw NDC spellings are normalised and mapped on their own; the (possibly tens of
+    millions of) prescription rows only go through a join on the categorical NDC (integer keys) and a unique
+    on (visit, ATC-3), in partitions of subjects, so no string is hashed per row and the hash tables stay small."""
     if rx.schema["ndc"] != pl.Categorical:
         rx = rx.with_columns(pl.col("ndc").cast(pl.Categorical))
-    raw = rx.group_by("ndc").agg(pl.col("n").sum())
+    weight = pl.col("n").sum() if "n" in rx.columns else pl.len()
+    raw = rx.lazy().group_by("ndc").agg(weight.cast(pl.Int64).alias("n")).collect(engine="streaming")
     lookup = raw.with_columns(normalise_ndc(pl.col("ndc").cast(pl.String)).alias("norm"))
     rows_total = int(raw["n"].sum())
     per_ndc = (
@@ -181,11 +183,14 @@ def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFra
     raw_to_atc3 = lookup.join(mapped.select("norm", "atc3"), on="norm", how="inner").select(
         "ndc", pl.col("atc3").cast(pl.Categorical)
     )
-    meds = (
-        rx.select("subject_id", "hadm_id", "ndc")
-        .join(raw_to_atc3, on="ndc", how="inner")
-        .select("subject_id", "hadm_id", "atc3")
-        .unique()
-        .with_columns(pl.col("atc3").cast(pl.String))
+    meds = by_subject_partition(
+        rx,
+        lambda lf: (
+            lf.select("subject_id", "hadm_id", "ndc")
+            .join(raw_to_atc3.lazy(), on="ndc", how="inner")
+            .select("subject_id", "hadm_id", "atc3")
+            .unique()
+        ),
     )
+    meds = meds.with_columns(pl.col("atc3").cast(pl.String))
     return meds, coverage

@@ -307,6 +307,22 @@ def locate_aux(aux: Path, ddi_file: Path | None = None) -> dict[str, Path]:
 
 
 # -- reading the tables of a TableLayout ----------------------------------------------------------------------
+PARTITION_ROWS = 4_000_000  # rows per subject partition in the large group-bys and joins (bounds peak memory)
+
+
+def by_subject_partition(
+    frame: pl.DataFrame, query: Callable[[pl.LazyFrame], pl.LazyFrame], rows: int = PARTITION_ROWS
+) -> pl.DataFrame:
+    """`query` (a group-by or unique that keeps every subject's rows together) run on partitions of subjects of
+    about `rows` rows each, with the streaming engine, concatenated: the same rows as one run on the whole
+    frame (in another order), with hash tables of one partition at a time."""
+    k = max(1, -(-frame.height // rows))
+    if k == 1:
+        return query(frame.lazy()).collect(engine="streaming")
+    part = frame["subject_id"].hash() % k
+    return pl.concat([query(frame.filter(part == i).lazy()).collect(engine="streaming") for i in range(k)])
+
+
 def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool = False):
     """Scan and collect the raw tables of a `TableLayout` into `RawData` (`allow_empty_prescriptions`: a new
     cohort may have none yet)."""
@@ -328,9 +344,9 @@ def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool 
     events = {}
     for role in ("diagnoses", "procedures"):
         with console.step(f"Reading {role}"):
-            grouped = cohort.prefix_grouped(
-                collect(scans[role], lambda lf: cohort.code_events_query(lf, layout)), role
-            )
+            rows = collect(scans[role], lambda lf: cohort.code_event_rows(lf, layout))
+            grouped = cohort.prefix_grouped(by_subject_partition(rows, cohort.group_code_events), role)
+            del rows
             ev = cohort.usable_events(grouped)
         require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
         events[role] = ev
@@ -339,12 +355,11 @@ def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool 
         console.info(f"  {role}: {rows:,} rows, {ev.height:,} distinct (admission, code)")
 
     with console.step("Reading prescriptions"):
+        # one row per prescription, the NDC as a categorical (integers); grouping and the NDC join happen in
+        # `mapping.map_medications`, per subject partition, after the few distinct NDCs are mapped
         rx = collect(
             scans["prescriptions"],
-            # NDCs as a categorical: the group-by and the NDC join (`mapping.map_medications`) hash integers
-            lambda lf: lf.group_by(["subject_id", "hadm_id", pl.col("ndc").cast(pl.Categorical)]).agg(
-                pl.len().alias("n")
-            ),
+            lambda lf: lf.select("subject_id", "hadm_id", pl.col("ndc").cast(pl.Categorical)),
             allow_empty=allow_empty_prescriptions,
         )
     with console.step("Reading ICD dictionaries"):
