@@ -74,12 +74,16 @@ def _leader(*args: str, log: Path, threads: int = 1) -> float:
     return time.perf_counter() - t0
 
 
-def _scores(run: Path, visits: pl.DataFrame, titles=None) -> tuple[np.ndarray, list[str]]:
-    """(P, M) scores of every drug for each subject (subject order), via the Python API."""
+def _scores(
+    run: Path, visits: pl.DataFrame, titles=None, unknown_shrink: float = 0.0
+) -> tuple[np.ndarray, list[str]]:
+    """(P, M) scores of every drug for each subject (subject order), via the Python API (shrinkage off: the
+    script applies it itself to compare λ values)."""
     from leadercli import Recommender
 
     rec = Recommender.load(run)
-    out = rec.predict(visits, top_k=len(rec.labels), titles=titles).sort(["subject_id", "rank"])
+    out = rec.predict(visits, top_k=len(rec.labels), titles=titles, unknown_shrink=unknown_shrink)
+    out = out.sort(["subject_id", "rank"])
     idx = {c: i for i, c in enumerate(rec.labels)}
     subjects = out["subject_id"].unique(maintain_order=True)
     P = np.zeros((subjects.len(), len(rec.labels)), np.float32)
@@ -141,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-share", type=float, default=0.6)
     ap.add_argument("--student-epochs", type=int, default=30)
     ap.add_argument("--teacher", action="store_true", help="also the default teacher (minutes on a CPU)")
-    ap.add_argument("--shrink", default="0,0.5,1", help="λ values of the unknown-share shrinkage to score")
+    ap.add_argument("--shrink", default="0,1,3,5", help="λ values of the unknown-share shrinkage to score")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--reuse", action="store_true", help="score the runs of an earlier call (no generate/train)"
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from generate import generate_raw
@@ -150,51 +157,74 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train_root, held_root, held = split_demo(work, args.seed, args.train_share)
-    raw = work / "raw"
-    shutil.rmtree(raw, ignore_errors=True)
-    generate_raw("mimic4", args.patients, raw, seed=args.seed, demo_root=train_root)
-    (work / "leader.toml").write_text(
-        f'[data]\nsource = "mimic4"\n[paths]\nartifact = "{work / "artifact"}"\n'
-        f"[student]\nepochs = {args.student_epochs}\nbatch_size = 64\n"
-    )
-    cfg = ["--config", str(work / "leader.toml")]
-    shutil.rmtree(work / "artifact", ignore_errors=True)
-    times = {
-        "preprocess": _leader(
-            "preprocess", *cfg, "--raw", str(raw), "--out", str(work / "artifact"), log=work / "pp.log"
-        )
+    runs = {
+        k: work / "runs" / k
+        for k in ("popularity", "previous", "student", *(["teacher"] if args.teacher else []))
     }
-    runs = {}
-    for kind in ("popularity", "previous", "student"):
-        out = work / "runs" / kind
-        times[kind] = _leader(
-            "train", "student", *cfg, "--model", kind, "--out", str(out), "-q", log=work / f"{kind}.log"
+    held_root, m3, new = work / "demo-held", work / "new-mimic3", work / "new-patients"
+    cfg = ["--config", str(work / "leader.toml")]
+    times: dict = {}
+    if not (args.reuse and all((r / "manifest.json").is_file() for r in runs.values())):
+        train_root, held_root, _ = split_demo(work, args.seed, args.train_share)
+        raw = work / "raw"
+        shutil.rmtree(raw, ignore_errors=True)
+        generate_raw("mimic4", args.patients, raw, seed=args.seed, demo_root=train_root)
+        (work / "leader.toml").write_text(
+            f'[data]\nsource = "mimic4"\n[paths]\nartifact = "{work / "artifact"}"\n'
+            f"[student]\nepochs = {args.student_epochs}\nbatch_size = 64\n"
         )
-        runs[kind] = out
-    if args.teacher:
-        out = work / "runs" / "teacher"
-        times["teacher"] = _leader(
-            "train", "teacher", *cfg, "--out", str(out), "-q", log=work / "teacher.log", threads=2
+        cfg = ["--config", str(work / "leader.toml")]
+        shutil.rmtree(work / "artifact", ignore_errors=True)
+        times = {
+            "preprocess": _leader(
+                "preprocess", *cfg, "--raw", str(raw), "--out", str(work / "artifact"), log=work / "pp.log"
+            )
+        }
+        runs = {}
+        for kind in ("popularity", "previous", "student"):
+            out = work / "runs" / kind
+            times[kind] = _leader(
+                "train", "student", *cfg, "--model", kind, "--out", str(out), "-q", log=work / f"{kind}.log"
+            )
+            runs[kind] = out
+        if args.teacher:
+            out = work / "runs" / "teacher"
+            times["teacher"] = _leader(
+                "train", "teacher", *cfg, "--out", str(out), "-q", log=work / "teacher.log", threads=2
+            )
+            runs["teacher"] = out
+        new = work / "new-patients"
+        shutil.rmtree(new, ignore_errors=True)
+        _leader(
+            "preprocess",
+            *cfg,
+            "--for-run",
+            str(runs["student"]),
+            "--raw",
+            str(held_root / "mimic-iv-demo"),
+            "--out",
+            str(new),
+            "-q",
+            log=work / "forrun.log",
         )
-        runs["teacher"] = out
-    new = work / "new-patients"
-    shutil.rmtree(new, ignore_errors=True)
-    _leader(
-        "preprocess",
-        *cfg,
-        "--for-run",
-        str(runs["student"]),
-        "--raw",
-        str(held_root / "mimic-iv-demo"),
-        "--out",
-        str(new),
-        "-q",
-        log=work / "forrun.log",
-    )
 
+        m3 = work / "new-mimic3"
+        shutil.rmtree(m3, ignore_errors=True)
+        _leader(
+            "preprocess",
+            *cfg,
+            "--for-run",
+            str(runs["student"]),
+            "--source",
+            "mimic3",
+            "--raw",
+            str(REPO / "sample_data" / "mimic-iii-demo"),
+            "--out",
+            str(m3),
+            "-q",
+            log=work / "forrun-m3.log",
+        )
     from leadercli.data.artifact import Artifact
-    from leadercli.data.samples import load_samples
     from leadercli.predict import INPUT_CODES, _read_titles
     from leadercli.runs import load_run
 
@@ -212,8 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     lambdas = [float(x) for x in args.shrink.split(",") if x != ""]
     table = []
-    for pop_name in ("in distribution (synthetic test split)", "cold start (held-out real admissions)"):
-        visits = test_visits if pop_name.startswith("in") else cold_visits
+    populations = {
+        "in distribution (synthetic test split)": (test_visits, None),
+        "cold start (held-out MIMIC-IV demo admissions)": (cold_visits, titles),
+        "cold start (MIMIC-III demo, another database)": (
+            pl.read_parquet(m3 / "visits.parquet"),
+            _read_titles(m3 / INPUT_CODES),
+        ),
+    }
+    for pop_name, (visits, pop_titles) in populations.items():
         Y, nv, dx, px = _labels(visits, art.labels)
         u = _unknown_share(dx, px, vocab)
         results.setdefault("populations", {})[pop_name] = {
@@ -223,19 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, run in runs.items():
             scorer = load_run(run)
-            P, _ = _scores(run, visits, titles if not pop_name.startswith("in") else None)
-            if prior is None and name == "popularity":
-                prior = P[0].copy()  # the training split's drug frequencies
-            for lam in lambdas if name not in ("popularity",) else [0.0]:
-                Pl = P if lam == 0 else (1 - lam * u[:, None]) * P + lam * u[:, None] * prior[None, :]
+            P, _ = _scores(run, visits, pop_titles, unknown_shrink=0.0)
+            if prior is None:
+                prior = load_run(runs["popularity"]).prior().numpy()  # the training split's drug frequencies
+            for lam in lambdas if name in ("student", "distilled") else [0.0]:
+                w = np.clip(lam * u, 0.0, 1.0)[:, None]  # (P, 1), as leader predict does
+                Pl = P if lam == 0 else (1 - w) * P + w * prior[None, :]
                 m = evaluate(Y, Pl, scorer.threshold)
                 label = name if lam == 0 else f"{name} + shrink λ={lam:g}"
                 results.setdefault("scores", {}).setdefault(pop_name, {})[label] = m
-                table.append([pop_name.split(" (")[0], label, m["n"], *(round(m[k], 4) for k in METRICS)])
+                table.append([pop_name, label, m["n"], *(f"{m[k]:.4f}" for k in METRICS)])
     floor = {p: results["scores"][p]["popularity"]["prauc"] for p in results["scores"]}
     for row in table:
-        pop = next(p for p in floor if p.startswith(row[0]))
-        row.append("below" if row[3] < floor[pop] - 1e-12 and row[1] != "popularity" else "")
+        pop = row[0]
+        row.append("below" if float(row[3]) < floor[pop] - 1e-12 and row[1] != "popularity" else "")
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(results["populations"], indent=1))
     print(markdown_table(["population", "model", "patients", "PRAUC", "Jaccard", "F1", "vs floor"], table))
@@ -243,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, default=str))
-    del held, load_samples
     return 0
 
 

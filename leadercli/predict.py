@@ -613,7 +613,7 @@ def _meta(scorer, src: PredictInput, opts: PredictOptions, counts: Counts, sha: 
         },
         "top_k": opts.top_k,
         "max_ddi_pairs": opts.max_ddi_pairs,
-        "unknown_shrink": opts.unknown_shrink if scorer.kind in ("student", "distilled", "previous") else 0.0,
+        "unknown_shrink": opts.unknown_shrink if scorer.kind in ("student", "distilled") else 0.0,
         "input": {"path": str(src.path.resolve()), "sha256": sha, "format": src.kind},
         "counts": {
             "patients": counts.patients,
@@ -762,11 +762,11 @@ class _Shrink:
     """Scores of a visit whose codes the model does not know lean towards the training drug frequencies:
     p' = (1 − w)·p + w·prior, w = min(1, λ·u), u = unknown / all codes of the target visit (benchmarks/README.md,
     cold start: the student alone falls below the popularity floor on unseen records). Applied to the student
-    kinds only — the teacher reads the titles of unknown codes, and popularity is the prior already."""
+    and distilled runs only — the teacher reads the titles of unknown codes, the baselines read no codes."""
 
     def __init__(self, scorer, lam: float) -> None:
         self.prior = (
-            scorer.prior() if lam > 0 and scorer.kind in ("student", "distilled", "previous") else None
+            scorer.prior() if lam > 0 and scorer.kind in ("student", "distilled") else None
         )
         self.lam = lam
 

@@ -329,7 +329,7 @@ class PredictSettings(_Section):
         3.0,
         ge=0,
         description="Shrink the scores of a visit towards the training drug frequencies by min(1, λ·u), u = "
-        "the share of its codes unknown to the model (student and baselines; 0 = off).",
+        "the share of its codes unknown to the model (student and distilled runs; 0 = off).",
     )
 
 
