@@ -274,12 +274,13 @@ class Scorer:
         sp = run_samples_settings(manifest, self.path)
         self.max_visits = int(sp.get("max_visits", 10))
         th = manifest.get("threshold")
-        if not isinstance(th, dict) or "value" not in th:
+        value = th.get("value") if isinstance(th, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ArtifactError(
-                f"{self.path / MANIFEST} has no decision threshold (the manifest is damaged)",
+                f"{self.path / MANIFEST} has no decision threshold in [0, 1] (the manifest is damaged)",
                 rebuild_hint(self.path, self.kind),
             )
-        self.threshold = float(th["value"])
+        self.threshold = float(value)
 
     @property
     def name(self) -> str:
@@ -486,6 +487,12 @@ def _load_tensor_model(run_dir: Path, manifest: dict, encoder):
         raise ArtifactError(f"{Path(run_dir) / MANIFEST} has no model_config", hint)
     try:
         model = StudentModel(StudentConfig(**cfg))
+    except Exception as exc:  # noqa: BLE001 - any failure to build the model means a damaged model_config
+        raise ArtifactError(
+            f"{Path(run_dir) / MANIFEST}: model_config does not describe a student ({type(exc).__name__})",
+            hint,
+        ) from None
+    try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ArtifactError(

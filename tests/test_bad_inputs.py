@@ -220,6 +220,27 @@ def _no_threshold(run: Path) -> None:
     (run / "manifest.json").write_text(json.dumps(m))
 
 
+def _threshold_text(run: Path) -> None:
+    m = json.loads((run / "manifest.json").read_text())
+    m["threshold"]["value"] = "high"
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def _model_config_bad(run: Path) -> None:
+    m = json.loads((run / "manifest.json").read_text())
+    m["model_config"]["hidden"] = "wide"
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def _weights_of_another_model(run: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(run / "model.safetensors"))
+    name = next(iter(state))
+    state[name] = state[name].new_zeros((3, 3))
+    save_file(state, str(run / "model.safetensors"))
+
+
 def _vocab_not_vocab(run: Path) -> None:
     (run / "vocab.json").write_text('{"medications": 3}')
 
@@ -234,6 +255,9 @@ def _vocab_not_vocab(run: Path) -> None:
         (_manifest_not_json, ["manifest.json", "not valid JSON"]),
         (_no_threshold, ["manifest.json", "threshold", "leader train student --out"]),
         (_vocab_not_vocab, ["vocab.json", "not a leadercli vocab"]),
+        (_threshold_text, ["manifest.json", "threshold", "leader train student --out"]),
+        (_model_config_bad, ["manifest.json", "model_config", "leader train student --out"]),
+        (_weights_of_another_model, ["model.safetensors", "does not fit", "leader train student --out"]),
     ],
     ids=lambda x: getattr(x, "__name__", "")[1:] or None,
 )
