@@ -155,7 +155,7 @@ def check_matches_artifact(manifest: dict, artifact: Artifact, run_dir: Path) ->
 # a folder without a manifest that holds only these (and hidden temporary files) is an unfinished run
 RUN_ENTRIES = frozenset(
     {MANIFEST, SETTINGS, LOG, VOCAB_COPY, DDI_COPY, MODEL_FILE, "checkpoint", "checkpoint.tmp", "adapter"}
-    | {"head.safetensors", "features", "best"}
+    | {"head.safetensors", "features", "best", "README.md"}  # README.md = leadercli.card.CARD, the model card
 )
 COMMANDS = {
     "student": "leader train student",

@@ -493,6 +493,7 @@ def test_run_folders_may_be_replaced(cwd, tmp_path):
     (unfinished / "checkpoint").mkdir(parents=True)
     (unfinished / "settings.toml").write_text("")
     (unfinished / "train_log.jsonl").write_text("")
+    (unfinished / "README.md").write_text("")  # the model card is written just before the manifest
     (unfinished / ".manifest.json.abc.tmp").write_text("")
     check_out_dir(unfinished)
 
