@@ -8,7 +8,6 @@ Used by the teacher recipe (validation, test scores, features), by `leader disti
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,9 +115,7 @@ def run_teacher(
     width = n_labels if want == "probs" else _unwrap(model).hidden_size
     res = np.zeros((len(idx), width), np.float32)
     order = length_order(ps, idx)
-    name = progress or "scoring"
-    t0, every, next_line = time.perf_counter(), max(len(idx) // 5, 1), max(len(idx) // 5, 1)
-    with console.progress(name, total=len(idx)) as advance:
+    with console.progress(progress or "scoring", total=len(idx)) as advance:
         for i in range(0, len(idx), batch_size):
             rows = order[i : i + batch_size]
             b = _collate(ps, idx[rows], tokenizer, max_length, n_labels)
@@ -126,13 +123,6 @@ def run_teacher(
             x = torch.sigmoid(o.logits) if want == "probs" else o.pooled
             res[rows] = x.float().cpu().numpy()
             advance(len(rows))
-            done = i + len(rows)
-            if done >= next_line and done < len(idx) and not console.err.is_terminal:
-                # progress bars do not render into log files: a line every 20 %, with the time left
-                # (a low estimate: batches run shortest prompts first)
-                eta = (time.perf_counter() - t0) / done * (len(idx) - done)
-                console.info(f"{name}: {done}/{len(idx)}  ETA {eta / 60:.1f} min")
-                next_line += every
     return res
 
 

@@ -254,7 +254,6 @@ def plan_steps(run: TeacherRun) -> dict:
         "global_batch": global_batch,
         "micro_per_epoch": micro_per_epoch,
         "eval_every": eval_every,
-        "log_every": max(1, total // 20),
     }
 
 
@@ -275,9 +274,8 @@ def init_head(run: TeacherRun) -> None:
         return
     # frozen pooled features: the LoRA B matrices are zero, so the adapted model equals the base model here
     splits = ("train", "val", "test") if _no_fine_tuning(run) else ("train", "val")
-    with console.step("frozen features"):
-        t = time.perf_counter()
-        run.frozen = {s: _pooled(run, s, np.arange(len(run.samples[s]))) for s in splits}
+    t = time.perf_counter()
+    run.frozen = {s: _pooled(run, s, np.arange(len(run.samples[s]))) for s in splits}
     console.info(f"frozen pooled features of {', '.join(splits)} in {time.perf_counter() - t:.0f} s")
     feats = torch.from_numpy(run.frozen["train"])  # (N, d)
     set_feature_norm(teacher, feats, cfg.feature_norm)
@@ -419,7 +417,7 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
     rank, world, total = acc.process_index, acc.num_processes, plan["total"]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     lengths = np.array([len(p) for p in run.ps["train"].prompts])  # characters: a cheap proxy for tokens
-    start = step = state["step"]
+    step = state["step"]
     micro, seen, loss_sum, loss_n = 0, 0, 0.0, 0
     t0 = time.perf_counter()
     run.model.train()
@@ -450,17 +448,6 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
                 elapsed = time.perf_counter() - t0
                 tok_s = seen / max(elapsed, 1e-9)
                 advance(1, status=f"loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s")
-                if (
-                    not console.err.is_terminal
-                    and step % plan["log_every"] == 0
-                    and step % plan["eval_every"]
-                ):
-                    # progress bars do not render into log files: a line every 5 % of the run instead
-                    eta = elapsed / max(step - start, 1) * (total - step)
-                    console.info(
-                        f"step {step:5d}/{total}  loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s  "
-                        f"ETA {eta / 60:.1f} min"
-                    )
                 if step % plan["eval_every"] == 0 or step == total:
                     record = {"step": step, "loss": loss_sum / loss_n, "lr": scheduler.get_last_lr()[0]}
                     _evaluate_and_keep(
