@@ -174,7 +174,9 @@ def rebuild_hint(run_dir: Path, kind: str | None) -> str:
     return f"Rebuild it with `{cmd} --out {run_dir}`"
 
 
-def check_out_dir(out: Path, protected: dict[str, Path | None] | None = None, option: str = "--out") -> None:
+def check_out_dir(
+    out: Path, protected: dict[str, Path | None] | None = None, option: str = "--out", need: int = 0
+) -> None:
     """Refuse a run folder that would destroy something, before any work: `out` must be writable with room
     for a run, must not be or contain a `protected` path (the artifact, the teacher run), and when it exists
     it must be a folder that is empty, a finished leadercli run (`manifest.json` of a run kind) or an
@@ -187,7 +189,7 @@ def check_out_dir(out: Path, protected: dict[str, Path | None] | None = None, op
     hint = f"Choose another {option} (a new or empty folder, or a run folder to replace)"
     paths.refuse_dangerous_out(out, protected or {}, option)
     paths.check_writable_dir(out, f"run folder {option}", hint)
-    paths.check_free_space(out, paths.MIN_FREE, f"run folder {option}")
+    paths.check_free_space(out, need, f"run folder {option}")  # at least paths.MIN_FREE
     if not out.exists():
         return
     manifest = out / MANIFEST
@@ -207,6 +209,22 @@ def check_out_dir(out: Path, protected: dict[str, Path | None] | None = None, op
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise SettingsError(f"{option} {out} is not a run folder (it holds {shown})", hint)
+
+
+def teacher_out_bytes(artifact_dir: Path, base_model: str | None) -> int:
+    """A rough size of a teacher run: its feature cache (train + val patients × hidden size × 2 bytes, fp16)
+    twice (the cache and its temporary copy) plus 256 MiB for the adapter, head and checkpoints. Read from the
+    artifact's manifest and the backbone's config.json without loading either; 0 when they cannot be read."""
+    try:
+        splits = json.loads((Path(artifact_dir) / "manifest.json").read_text())["splits"]
+        patients = int(splits.get("train", 0)) + int(splits.get("val", 0))
+        hidden = 384  # the bundled MiniLM-L6
+        if base_model and (Path(base_model) / "config.json").is_file():
+            cfg = json.loads((Path(base_model) / "config.json").read_text())
+            hidden = int(cfg.get("hidden_size") or cfg.get("d_model") or hidden)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+    return 2 * patients * hidden * 2 + (256 << 20)
 
 
 def prepare_out_dir(

@@ -168,6 +168,23 @@ def test_predict_free_space_estimate_scales_with_the_input(cwd):
     assert estimate_output_bytes(Path("data/mimic3/visits.parquet"), Path("x.parquet"), 20) < small
 
 
+def test_teacher_free_space_estimate(cwd, tmp_path, monkeypatch):
+    """A teacher run needs room for its feature cache (patients × hidden size), checked before training."""
+    import leadercli.paths as paths
+    from leadercli.runs import teacher_out_bytes
+
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "config.json").write_text('{"hidden_size": 4096}')
+    m = json.loads(Path("data/mimic3/manifest.json").read_text())
+    n = m["splits"]["train"] + m["splits"]["val"]
+    assert teacher_out_bytes(Path("data/mimic3"), str(tmp_path / "llm")) == 4 * n * 4096 + (256 << 20)
+    assert teacher_out_bytes(Path("nowhere"), None) == 0
+    monkeypatch.setattr(paths, "free_bytes", lambda folder: 100 << 20)
+    r = invoke(["train", "teacher", "--out", tmp_path / "t"])
+    assert_one_line(r, "100.0 MiB free", "needs about 256.")
+    assert not (tmp_path / "t").exists()
+
+
 def test_disk_full_while_writing_leaves_nothing(cwd, unchanged, monkeypatch):
     import leadercli.predict as predict
 

@@ -69,13 +69,14 @@ def train_teacher(
             teacher={"base_model": base_model, "max_steps": max_steps},
         )
         checks.base_model(settings.teacher.base_model)  # before the heavy imports
-        from leadercli.runs import check_out_dir
+        from leadercli.runs import check_out_dir, teacher_out_bytes
         from leadercli.training.teacher import train_teacher as do_train
 
         protected = {"artifact": settings.artifact_dir()}
         if settings.teacher.base_model and Path(settings.teacher.base_model).exists():
             protected["base model"] = Path(settings.teacher.base_model)
-        check_out_dir(settings.paths.teacher, protected)  # before any work
+        need = teacher_out_bytes(settings.artifact_dir(), settings.teacher.base_model)
+        check_out_dir(settings.paths.teacher, protected, need=need)  # before any work
         do_train(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)
