@@ -174,14 +174,26 @@ def rebuild_hint(run_dir: Path, kind: str | None) -> str:
     return f"Rebuild it with `{cmd} --out {run_dir}`"
 
 
+COMMAND_KINDS = {  # the kinds each recipe writes: a run folder is replaced only by the command that wrote it
+    "train student": ("student", "popularity", "previous"),
+    "distill": ("distilled",),
+    "train teacher": ("teacher",),
+}
+
+
 def check_out_dir(
-    out: Path, protected: dict[str, Path | None] | None = None, option: str = "--out", need: int = 0
+    out: Path,
+    protected: dict[str, Path | None] | None = None,
+    option: str = "--out",
+    need: int = 0,
+    command: str | None = None,
 ) -> None:
     """Refuse a run folder that would destroy something, before any work: `out` must be writable with room
     for a run, must not be or contain a `protected` path (the artifact, the teacher run), and when it exists
-    it must be a folder that is empty, a finished leadercli run (`manifest.json` of a run kind) or an
-    unfinished one (only run files, no manifest). Anything else — an artifact, a prediction input folder,
-    another tool's `manifest.json`, a folder of other files — is refused."""
+    it must be a folder that is empty, a finished leadercli run (`manifest.json` of a run kind; of a kind
+    `command` writes, `COMMAND_KINDS`, when given) or an unfinished one (only run files, no manifest).
+    Anything else — an artifact, a prediction input folder, another tool's `manifest.json`, a folder of other
+    files, a teacher run given to `train student` — is refused."""
     from leadercli import paths
     from leadercli.errors import SettingsError
 
@@ -203,6 +215,13 @@ def check_out_dir(
                 f"{option} {out} holds a {MANIFEST} that is not a leadercli run (kind {kind!r}); a run would "
                 "replace it",
                 hint,
+            )
+        want = COMMAND_KINDS.get(command or "", KINDS)
+        if kind not in want:
+            raise SettingsError(
+                f"{option} {out} holds a {kind} run; `leader {command}` would replace its manifest and mix its "
+                "files with another kind's",
+                f"Choose another {option}, or delete {out} first if that run is no longer needed",
             )
         return
     others = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))

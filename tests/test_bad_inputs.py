@@ -453,6 +453,13 @@ def _prediction_input(cwd: Path) -> Path:
     return d
 
 
+def _fake_teacher(cwd: Path) -> Path:
+    d = cwd / "fake-teacher"
+    d.mkdir(exist_ok=True)
+    (d / "manifest.json").write_text('{"kind": "teacher"}')
+    return d
+
+
 def _other_files(cwd: Path) -> Path:
     d = cwd / "mine"
     d.mkdir(exist_ok=True)
@@ -471,6 +478,9 @@ def _other_files(cwd: Path) -> Path:
         (["train", "student", "--out", "pinput"], "not a leadercli run (kind 'prediction-input')"),
         (["train", "student", "--out", "mine"], "not a run folder (it holds notes.txt)"),
         (["train", "student", "--resume", "--out", "foreign"], "not a leadercli run"),
+        (["train", "student", "--out", "fake-teacher"], "holds a teacher run"),
+        (["distill", "--no-kd", "--no-align", "--out", "runs/student"], "holds a student run"),
+        (["train", "teacher", "--out", "runs/student"], "holds a student run"),
         (
             ["distill", "--no-kd", "--no-align", "--teacher", "runs/student", "--out", "runs/student"],
             "is the teacher run",
@@ -491,7 +501,7 @@ def _other_files(cwd: Path) -> Path:
     ],
 )
 def test_destructive_outputs_are_refused(cwd, args, needle):
-    _foreign_manifest(cwd), _prediction_input(cwd), _other_files(cwd)
+    _foreign_manifest(cwd), _prediction_input(cwd), _other_files(cwd), _fake_teacher(cwd)
     before = snapshot(cwd)
     assert_one_line(invoke(args), needle)
     assert snapshot(cwd) == before
@@ -506,6 +516,7 @@ def test_run_folders_may_be_replaced(cwd, tmp_path):
     (tmp_path / "empty").mkdir()
     check_out_dir(tmp_path / "empty")
     check_out_dir(cwd / "runs" / "student")
+    check_out_dir(cwd / "runs" / "student", command="train student")
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoint").mkdir(parents=True)
     (unfinished / "settings.toml").write_text("")

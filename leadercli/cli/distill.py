@@ -76,7 +76,7 @@ def distill(
         from leadercli.training.distill import distill as do_distill
 
         protected = {"artifact": settings.artifact_dir(), "teacher run": settings.paths.teacher}
-        check_out_dir(settings.paths.distilled, protected)  # before any work
+        check_out_dir(settings.paths.distilled, protected, command="distill")  # before any work
         if settings.distill.kd:  # features missing → the teacher is loaded: its adapter files, before peft
             from leadercli.runs import check_teacher_files
 

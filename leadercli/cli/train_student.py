@@ -61,7 +61,9 @@ def train_student(
         from leadercli.training.student import train_student as do_train
 
         settings = load(config, sets, paths={"artifact": data, "student": out}, student={"model": model})
-        check_out_dir(settings.paths.student, {"artifact": settings.artifact_dir()})  # before any work
+        check_out_dir(
+            settings.paths.student, {"artifact": settings.artifact_dir()}, command="train student"
+        )  # before any work
         do_train(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)

@@ -76,7 +76,9 @@ def train_teacher(
         if settings.teacher.base_model and Path(settings.teacher.base_model).exists():
             protected["base model"] = Path(settings.teacher.base_model)
         need = teacher_out_bytes(settings.artifact_dir(), settings.teacher.base_model)
-        check_out_dir(settings.paths.teacher, protected, need=need)  # before any work
+        check_out_dir(
+            settings.paths.teacher, protected, need=need, command="train teacher"
+        )  # before any work
         do_train(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)
