@@ -45,6 +45,23 @@ def profile_fields(source: str) -> tuple[str, ...]:
     return get_layout(source).profile_fields()
 
 
+def visits_table(frame, fields: tuple[str, ...] | list[str]):
+    """A frame with the visit columns → the `visits.parquet` schema and order (shared by `leader preprocess`
+    and `leader preprocess --for-run`)."""
+    import polars as pl
+
+    return frame.select(
+        pl.col("subject_id").cast(pl.Int64),
+        pl.col("hadm_id").cast(pl.Int64),
+        pl.col("admittime").cast(pl.Datetime("us")),
+        pl.col("visit_no").cast(pl.Int32),
+        "diagnoses",
+        "procedures",
+        "medications",
+        *fields,
+    ).sort(["subject_id", "visit_no"])
+
+
 def prefix_code(kind: str, version: int | str, code: str) -> str:
     """`prefix_code("diagnoses", 9, "4019") == "D9:4019"`; procedures use P."""
     letter = {"diagnoses": "D", "procedures": "P"}[kind]

@@ -179,16 +179,7 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
         visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
         missing = [f for f in fields if f not in visits.columns]
         visits = visits.with_columns(pl.lit(A.UNKNOWN).alias(f) for f in missing)
-        visits = visits.select(
-            pl.col("subject_id").cast(pl.Int64),
-            pl.col("hadm_id").cast(pl.Int64),
-            pl.col("admittime").cast(pl.Datetime("us")),
-            pl.col("visit_no").cast(pl.Int32),
-            "diagnoses",
-            "procedures",
-            "medications",
-            *fields,
-        ).sort(["subject_id", "visit_no"])
+        visits = A.visits_table(visits, fields)
 
     with console.step("Titles and unknown codes"):
         titles = {

@@ -241,16 +241,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         visits = cohort.assemble(ordered, dx_f, px_f, md_f.rename({"code": "atc3"}))
         fields = get_layout(source).profile_fields()
         visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
-        visits = visits.select(
-            pl.col("subject_id").cast(pl.Int64),
-            pl.col("hadm_id").cast(pl.Int64),
-            pl.col("admittime").cast(pl.Datetime("us")),
-            pl.col("visit_no").cast(pl.Int32),
-            "diagnoses",
-            "procedures",
-            "medications",
-            *fields,
-        ).sort(["subject_id", "visit_no"])
+        visits = A.visits_table(visits, fields)
         patients = cohort.patient_table(visits, split_of, fields)
 
     with console.step("Titles and DDI pairs"):
