@@ -554,14 +554,20 @@ def save(run: TeacherRun, state: dict, stats: dict) -> Path:
             acc if acc.num_processes > 1 else None,
         )
     if run.main:
+        from leadercli.card import write_card
+        from leadercli.modes import fix_tree
+
+        write_card(out, manifest)  # README.md model card (Hub metadata, no local paths)
+        fix_tree(out)  # safetensors and peft write 0600: the run follows the umask
         runs.write_json(out / runs.MANIFEST, manifest)  # last: a manifest means the run is complete
         for d in (out / ckpt_io.CHECKPOINT_DIR, out / BEST_DIR):
             if d.exists():
                 shutil.rmtree(d)
         from leadercli.training.loop import summary_line
 
-        console.info(summary_line({"test": manifest["metrics"]["test"], "threshold": manifest["threshold"]}))
-        console.info(f"saved {out} (adapter/, head.safetensors, features/)")
+        test = {"test": manifest["metrics"]["test"], "threshold": manifest["threshold"]}
+        console.result(f"teacher: {summary_line(test)}")  # stdout: --quiet keeps the results
+        console.result(f"saved {out} (adapter/, head.safetensors, features/)")
     acc.wait_for_everyone()
     return out
 
