@@ -68,27 +68,44 @@ def code_events_query(lf: pl.LazyFrame, source) -> pl.LazyFrame:
     return group_code_events(code_event_rows(lf, source))
 
 
-def prefix_grouped(grouped: pl.DataFrame, kind: str) -> pl.DataFrame:
-    """`code_events_query`'s result → (subject_id, hadm_id, code, seq, n): the prefixed code of each distinct
-    (version, raw code), joined back. Rows without a usable code, hadm_id or (MIMIC-IV) ICD version get
-    code = null and stay, so that `n` sums to the table's row count; raw spellings that clean to the same code
-    (`401.9`, `4019`) are merged into one row per visit and code."""
-    pairs = grouped.select("version", "raw").unique()
+def code_pairs(rows: pl.DataFrame, kind: str) -> tuple[pl.DataFrame, bool]:
+    """The distinct (version, raw) pairs of `code_event_rows` (or of its grouped form) with their prefixed
+    `code` (null when unusable), and whether two raw spellings clean to the same code (`401.9`, `4019`)."""
+    pairs = rows.select("version", "raw").unique()
     code = prefixed(kind, pl.col("version"), pl.col("raw").cast(pl.String))
     pairs = pairs.with_columns(
         pl.when(code.is_not_null() & code.str.contains(r":.+$")).then(code).otherwise(None).alias("code")
     )
-    out = grouped.join(pairs, on=["version", "raw"], how="left", nulls_equal=True).select(
+    merged = pairs.filter(pl.col("code").is_not_null()).group_by("code").len().filter(pl.col("len") > 1)
+    return pairs, merged.height > 0
+
+
+def prefix_query(lf: pl.LazyFrame, pairs: pl.DataFrame, usable_only: bool = False) -> pl.LazyFrame:
+    """Grouped (subject_id, hadm_id, version, raw, seq, n) → (subject_id, hadm_id, code, seq, n) through the
+    `code_pairs` table; rows without a usable code or hadm_id get code = null (`usable_only`: are dropped)."""
+    out = lf.join(pairs.lazy(), on=["version", "raw"], how="left", nulls_equal=True).select(
         "subject_id",
         "hadm_id",
         pl.when(pl.col("hadm_id").is_not_null()).then(pl.col("code")).alias("code"),
         "seq",
         "n",
     )
-    merged = pairs.filter(pl.col("code").is_not_null()).group_by("code").len().filter(pl.col("len") > 1)
-    if merged.height:
-        out = out.group_by(["subject_id", "hadm_id", "code"]).agg(pl.col("seq").min(), pl.col("n").sum())
-    return out
+    return out.filter(pl.col("code").is_not_null()) if usable_only else out
+
+
+def merge_spellings(events: pl.DataFrame) -> pl.DataFrame:
+    """One row per visit and code where two raw spellings gave the same prefixed code."""
+    return events.group_by(["subject_id", "hadm_id", "code"]).agg(pl.col("seq").min(), pl.col("n").sum())
+
+
+def prefix_grouped(grouped: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """`code_events_query`'s result → (subject_id, hadm_id, code, seq, n): the prefixed code of each distinct
+    (version, raw code), joined back. Rows without a usable code, hadm_id or (MIMIC-IV) ICD version get
+    code = null and stay, so that `n` sums to the table's row count; raw spellings that clean to the same code
+    (`401.9`, `4019`) are merged into one row per visit and code."""
+    pairs, merged = code_pairs(grouped, kind)
+    out = prefix_query(grouped.lazy(), pairs).collect()
+    return merge_spellings(out) if merged else out
 
 
 def usable_events(grouped: pl.DataFrame) -> pl.DataFrame:
@@ -103,10 +120,10 @@ def code_events(df: pl.DataFrame, kind: str, source) -> pl.DataFrame:
 
 def visit_keys(*events: pl.DataFrame) -> pl.DataFrame:
     """(subject_id, hadm_id) present in every events frame."""
-    keys = events[0].select(KEYS).unique()
+    keys = events[0].lazy().select(KEYS).unique()
     for ev in events[1:]:
-        keys = keys.join(ev.select(KEYS).unique(), on=KEYS, how="semi")
-    return keys.sort(KEYS)
+        keys = keys.join(ev.lazy().select(KEYS).unique(), on=KEYS, how="semi")
+    return keys.collect(engine="streaming").sort(KEYS)  # streaming: hash tables of the visits, not the rows
 
 
 def order_visits(keys: pl.DataFrame, admissions: pl.DataFrame) -> pl.DataFrame:
@@ -126,8 +143,15 @@ def code_lists(events: pl.DataFrame, name: str, by_seq: bool) -> pl.DataFrame:
     # one global sort, then an order-keeping group-by: 2.2x cheaper than sorting inside every group
     by = [*KEYS, "seq", "code"] if by_seq else [*KEYS, "code"]
     # (nulls as before: by_seq puts a missing seq or code last, the plain code sort puts a missing code first)
-    ordered = events.select([*KEYS, "code", *(["seq"] if by_seq else [])]).sort(by, nulls_last=by_seq)
-    return ordered.group_by(KEYS, maintain_order=True).agg(pl.col("code").alias(name))
+    # per subject partition (`tables.by_subject_partition`): a visit's codes are never split, and each sort
+    # holds one partition's copy
+    from leadercli.data.tables import by_subject_partition
+
+    def lists(lf: pl.LazyFrame) -> pl.LazyFrame:
+        ordered = lf.select([*KEYS, "code", *(["seq"] if by_seq else [])]).sort(by, nulls_last=by_seq)
+        return ordered.group_by(KEYS, maintain_order=True).agg(pl.col("code").alias(name))
+
+    return by_subject_partition(events, lists)
 
 
 def assemble(ordered: pl.DataFrame, dx: pl.DataFrame, px: pl.DataFrame, meds: pl.DataFrame) -> pl.DataFrame:

@@ -85,8 +85,9 @@ def _semi(frame: pl.DataFrame, keys: pl.DataFrame, on: list[str] | str) -> pl.Da
     return frame.join(keys, on=on, how="semi")
 
 
-def _keep_codes(events: pl.DataFrame, codes: list[str], col: str = "code") -> pl.DataFrame:
-    return events.filter(pl.col(col).is_in(pl.Series(codes, dtype=pl.String)))
+def _keep_codes(events: pl.DataFrame | pl.LazyFrame, codes: list[str], col: str = "code") -> pl.DataFrame:
+    kept = events.lazy().filter(pl.col(col).is_in(pl.Series(codes, dtype=pl.String)))
+    return kept.collect(engine="streaming")
 
 
 def _min_visits(keys: pl.DataFrame, min_visits: int) -> pl.DataFrame:
@@ -178,6 +179,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         raw = read_raw(raw_files, get_layout(source).configure(settings))
         with console.step("Mapping NDC → RXCUI → ATC-3"):
             meds, coverage = map_drugs(raw, aux_files, ndc_map.result())
+    raw.prescriptions = None  # the largest table: released once its drugs are mapped
     tables.require_rows(meds, _where(raw_files, "prescriptions"), "no prescription NDC maps to an ATC code")
     raw.counts["prescriptions"] = {
         "rows": coverage["rows"],
@@ -220,9 +222,11 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         )
 
     with console.step("Fitting vocabularies on the training patients"):
-        dx = _semi(raw.diagnoses, keys, KEYS)
-        px = _semi(raw.procedures, keys, KEYS)
-        md = _semi(meds, keys, KEYS).rename({"atc3": "code"})
+        # the events of the cohort's visits stay lazy queries (no copy of the large tables): the vocabularies
+        # count them, then one filtered copy per kind is made and the raw events are released
+        dx = raw.diagnoses.lazy().join(keys.lazy(), on=KEYS, how="semi")
+        px = raw.procedures.lazy().join(keys.lazy(), on=KEYS, how="semi")
+        md = meds.lazy().join(keys.lazy(), on=KEYS, how="semi").rename({"atc3": "code"})
         top_px = settings.top_procedures()
         dx_codes = vocab.top_codes(dx, train_ids, cfg.top_diagnoses)
         px_codes = vocab.top_codes(px, train_ids, top_px)
@@ -230,6 +234,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         kept = {"diagnoses": (dx, dx_codes), "procedures": (px, px_codes), "medications": (md, med_codes)}
         removed = {kind: _removed_by_split(ev, codes, split_of) for kind, (ev, codes) in kept.items()}
         dx_f, px_f, md_f = (_keep_codes(ev, codes) for ev, codes in kept.values())
+        raw.diagnoses = raw.procedures = meds = dx = px = md = kept = None
         final_keys = cohort.visit_keys(dx_f, px_f, md_f)
         final_keys = _min_visits(_semi(final_keys, keys, KEYS), cfg.min_visits)
         record("vocab_filter", "visits keeping an in-vocabulary diagnosis, procedure and drug", final_keys)
@@ -285,10 +290,13 @@ def _split(raw: RawData, ids: list[int], cfg, raw_files: dict[str, Path]) -> pl.
     return out.sort("subject_id")
 
 
-def _removed_by_split(before: pl.DataFrame, codes: list[str], split_of: pl.DataFrame) -> dict[str, int]:
+def _removed_by_split(
+    before: pl.DataFrame | pl.LazyFrame, codes: list[str], split_of: pl.DataFrame
+) -> dict[str, int]:
     """Visit codes dropped by a vocabulary filter, per split."""
-    lost = before.filter(~pl.col("code").is_in(pl.Series(codes, dtype=pl.String))).select("subject_id")
-    counts = dict(lost.join(split_of, on="subject_id", how="left").group_by("split").len().iter_rows())
+    lost = before.lazy().filter(~pl.col("code").is_in(pl.Series(codes, dtype=pl.String))).select("subject_id")
+    by_split = lost.join(split_of.lazy(), on="subject_id", how="left").group_by("split").len()
+    counts = dict(by_split.collect(engine="streaming").iter_rows())
     return {s: int(counts.get(s, 0)) for s in A.SPLITS}
 
 

@@ -319,8 +319,8 @@ def by_subject_partition(
     k = max(1, -(-frame.height // rows))
     if k == 1:
         return query(frame.lazy()).collect(engine="streaming")
-    part = frame["subject_id"].hash() % k
-    return pl.concat([query(frame.filter(part == i).lazy()).collect(engine="streaming") for i in range(k)])
+    part = pl.col("subject_id").hash() % k  # evaluated batch by batch in each query: no copy of a partition
+    return pl.concat([query(frame.lazy().filter(part == i)).collect(engine="streaming") for i in range(k)])
 
 
 def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool = False):
@@ -345,12 +345,16 @@ def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool 
     for role in ("diagnoses", "procedures"):
         with console.step(f"Reading {role}"):
             rows = collect(scans[role], lambda lf: cohort.code_event_rows(lf, layout))
-            grouped = cohort.prefix_grouped(by_subject_partition(rows, cohort.group_code_events), role)
-            del rows
-            ev = cohort.usable_events(grouped)
+            pairs, merged = cohort.code_pairs(rows, role)
+            ev = by_subject_partition(
+                rows,
+                lambda lf, p=pairs: cohort.prefix_query(cohort.group_code_events(lf), p, usable_only=True),
+            )
+            ev = cohort.usable_events(cohort.merge_spellings(ev) if merged else ev)
+            n_rows, rows = rows.height, None
         require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
         events[role] = ev
-        rows = int(grouped["n"].sum())
+        rows = n_rows
         counts[role] = {"rows": rows, "visit_codes": ev.height, "admissions": ev["hadm_id"].n_unique()}
         console.info(f"  {role}: {rows:,} rows, {ev.height:,} distinct (admission, code)")
 

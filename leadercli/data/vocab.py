@@ -26,13 +26,15 @@ WHO_SPEC = TableSpec("who_atc", ("WHO ATC-DDD",), (Column("atc_code"), Column("a
 
 
 def top_codes(
-    events: pl.DataFrame, train_ids: pl.DataFrame, top: int | None, code_col: str = "code"
+    events: pl.DataFrame | pl.LazyFrame, train_ids: pl.DataFrame, top: int | None, code_col: str = "code"
 ) -> list[str]:
     """Codes of `events` (unique per visit and code) ranked by the number of training visits carrying them."""
     counts = (
-        events.join(train_ids.select("subject_id"), on="subject_id", how="semi")
+        events.lazy()
+        .join(train_ids.lazy().select("subject_id"), on="subject_id", how="semi")
         .group_by(code_col)
         .agg(pl.len().alias("n"))
+        .collect(engine="streaming")
         .sort(["n", code_col], descending=[True, False])
     )
     if top is not None:
