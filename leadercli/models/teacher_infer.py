@@ -143,15 +143,29 @@ def features_path(teacher_dir: Path, split: str) -> Path:
 
 
 def _feature_meta(manifest: dict, artifact: Artifact, split: str) -> dict[str, str]:
-    b = manifest["backbone"]
-    return {
-        "backbone": str(b["name"]),
-        "config_hash": str(b["config_hash"]),
-        "hidden_size": str(b["hidden_size"]),
-        "vocab_hash": artifact.vocab_hash,
-        "split": split,
-        "prompt_template": manifest["prompt"]["template_version"],
-    }
+    """The cache metadata of a teacher run's features (`features.feature_metadata`, the one metadata API)."""
+    from leadercli.models.features import feature_metadata
+
+    return feature_metadata(
+        manifest["backbone"],
+        vocab_hash=artifact.vocab_hash,
+        split=split,
+        prompt_template=manifest["prompt"]["template_version"],
+    )
+
+
+def _is_stale(meta: dict[str, str], manifest: dict, artifact: Artifact, split: str) -> bool:
+    from leadercli.errors import ModelError
+    from leadercli.models.features import check_backbone
+
+    want = _feature_meta(manifest, artifact, split)
+    try:
+        check_backbone(
+            meta, manifest["backbone"], also={k: want[k] for k in ("vocab_hash", "prompt_template")}
+        )
+    except ModelError:
+        return True
+    return False
 
 
 def write_features(
@@ -245,11 +259,7 @@ def ensure_features(settings: Settings, teacher_dir: Path, artifact: Artifact, s
         if not p.is_file():
             stale.append(split)
             continue
-        meta = load_features(p)[3]
-        want = _feature_meta(manifest, artifact, split)
-        if any(
-            meta.get(k) != want[k] for k in ("config_hash", "hidden_size", "vocab_hash", "prompt_template")
-        ):
+        if _is_stale(load_features(p)[3], manifest, artifact, split):
             stale.append(split)
     if stale:
         console.info(
@@ -258,7 +268,8 @@ def ensure_features(settings: Settings, teacher_dir: Path, artifact: Artifact, s
         from leadercli.hardware import resolve_device
 
         device = resolve_device(settings.hardware)
-        model, tokenizer = _load_trained(teacher_dir, manifest, device)
+        teacher = runs.load_run(teacher_dir, device)  # the one way to load a run
+        model, tokenizer = teacher.teacher.model, teacher.teacher.tokenizer
         sp = settings.samples
         ss = {s: load_samples(artifact, s, sp.max_visits, sp.per_visit) for s in stale}
         write_features(
