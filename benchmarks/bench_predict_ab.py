@@ -47,7 +47,9 @@ def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def timed(cmd: list[str], env: dict, log: Path) -> dict:
+def timed(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> dict:
+    """Wall, CPU (user + sys) and peak RSS of `cmd` from GNU time, with the load before and after. `cwd`: the
+    tree to run `python -m leadercli` in (its folder comes first on sys.path, before PYTHONPATH)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
         before = load1()
         t0 = time.perf_counter()
@@ -57,6 +59,7 @@ def timed(cmd: list[str], env: dict, log: Path) -> dict:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=cwd,
             )
         wall = time.perf_counter() - t0
         parts = Path(stats.name).read_text().split()[-4:]
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=HERE / "out" / "predict-ab")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    args.work, args.model = args.work.resolve(), args.model.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     source = args.visits_from
     if source is None:
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     str(args.model),
                 ]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
-                runs[name] = timed([*cmd, "-q"], env, args.work / f"predict-{name.replace(' ', '-')}.log")
+                log = args.work / f"predict-{name.replace(' ', '-')}.log"
+                runs[name] = timed([*cmd, "-q"], env, log, tree)
                 outs[name] = out
             copy = args.work / "floor-copy.csv"
             runs["floor"] = timed(

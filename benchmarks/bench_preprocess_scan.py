@@ -60,8 +60,9 @@ def load1() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def timed(cmd: list[str], env: dict, log: Path) -> dict:
-    """Wall, CPU (user + sys) and peak RSS of `cmd` from GNU time, with the load before and after."""
+def timed(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> dict:
+    """Wall, CPU (user + sys) and peak RSS of `cmd` from GNU time, with the load before and after. `cwd`: the
+    tree to run `python -m leadercli` in (its folder comes first on sys.path, before PYTHONPATH)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
         before = load1()
         t0 = time.perf_counter()
@@ -71,6 +72,7 @@ def timed(cmd: list[str], env: dict, log: Path) -> dict:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=cwd,
             )
         wall = time.perf_counter() - t0
         parts = Path(stats.name).read_text().split()[-4:]
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=HERE / "out" / "preprocess-scan")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     trees = {"this tree": REPO, **({"base": args.base.resolve()} if args.base else {})}
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [py, "-m", "leadercli", "preprocess", "-q", "--source", args.layout]
                 cmd += ["--raw", str(raw), "--out", str(out)]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
-                runs[name] = timed(cmd, env, args.work / f"preprocess-{name.replace(' ', '-')}.log")
+                runs[name] = timed(cmd, env, args.work / f"preprocess-{name.replace(' ', '-')}.log", tree)
                 if runs[name]["rc"] == 0:
                     digests[name] = digest(out)
                 shutil.rmtree(out, ignore_errors=True)

@@ -60,12 +60,30 @@ def eval_linear(x: torch.Tensor, lin_weight: torch.Tensor, bias: torch.Tensor | 
         _FAST.append(_onednn_ok())
     if _FAST[0] and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
         shape = x.shape
-        y = torch.ops.mkldnn._linear_pointwise(
-            x.reshape(-1, shape[-1]), lin_weight, bias, "gelu" if gelu else "none", [], "tanh" if gelu else ""
-        )
+        y = _onednn_blocks(x.reshape(-1, shape[-1]), lin_weight, bias, gelu)
         return y.reshape(*shape[:-1], lin_weight.shape[0])
     y = F.linear(x, lin_weight, bias)
     return F.gelu(y, approximate="tanh") if gelu else y
+
+
+ONEDNN_BLOCK = 2048  # rows per oneDNN call; a shorter tail is padded to a power of two (≥ 64)
+
+
+def _onednn_blocks(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+    """x (n, k) → (n, out) in blocks of `ONEDNN_BLOCK` rows: torch keeps a compiled oneDNN kernel (a few MiB) per
+    input shape, so shapes are kept to a handful (memory would otherwise grow with every new batch length)."""
+    op, act, algo = torch.ops.mkldnn._linear_pointwise, "gelu" if gelu else "none", "tanh" if gelu else ""
+    n = x.shape[0]
+    out = x.new_empty(n, w.shape[0])  # (n, out)
+    full = n - n % ONEDNN_BLOCK
+    for i in range(0, full, ONEDNN_BLOCK):
+        out[i : i + ONEDNN_BLOCK] = op(x[i : i + ONEDNN_BLOCK], w, b, act, [], algo)
+    rest = n - full
+    if rest:
+        pad = x.new_zeros(max(64, 1 << (rest - 1).bit_length()), x.shape[1])  # (m, k), m ≥ rest
+        pad[:rest] = x[full:]
+        out[full:] = op(pad, w, b, act, [], algo)[:rest]
+    return out
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
