@@ -99,25 +99,14 @@ class MedsLayout(SourceLayout):
         with console.step("Reading MEDS codes"):
             codes = _classify_codes(events, pat)
         counts: dict[str, dict] = {"events": {"rows": int(codes["n"].sum()), "codes": codes.height}}
+        wanted = events.join(codes.lazy().select("code", "kind", "value", "version"), on="code", how="inner")
         with console.step("Reading MEDS events"):
-            wanted = events.join(
-                codes.lazy().select("code", "kind", "value", "version"), on="code", how="inner"
-            )
-            ev = _collect(wanted, shards[0].parent)
-        ev = _assign_visits(ev, pat.visit_column in extra, shards[0].parent.parent)
+            if pat.visit_column in extra:  # visits named by a column: aggregate while streaming the shards
+                ev, dx, px, rx, atc = _read_keyed(wanted, shards[0].parent)
+            else:  # visits are admission → discharge windows: every timed event needs its window
+                ev = _assign_visits(_collect(wanted, shards[0].parent), False, shards[0].parent.parent)
+                dx, px, rx, atc = _aggregate(ev.lazy(), shards[0].parent)
         adm, pat_frame = _admissions_and_patients(ev, extra)
-        dx = _code_events(ev, "diagnoses")
-        px = _code_events(ev, "procedures")
-        rx = (
-            ev.filter((pl.col("kind") == "ndc") & pl.col("hadm_id").is_not_null())
-            .group_by(["subject_id", "hadm_id", pl.col("value").alias("ndc")])
-            .agg(pl.len().cast(pl.UInt32).alias("n"))
-        )
-        atc = (
-            ev.filter((pl.col("kind") == "atc") & pl.col("hadm_id").is_not_null())
-            .select("subject_id", "hadm_id", pl.col("value").str.slice(0, 4).alias("atc3"))
-            .unique()
-        )
         root = shards[0].parent
         if dx.height == 0:
             raise InputError(
@@ -174,10 +163,7 @@ def _collect(lf: pl.LazyFrame, where: Path) -> pl.DataFrame:
     try:
         return lf.collect(engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(
-            f"MEDS data under {where} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})",
-            "Check the parquet files (types: subject_id int64, time timestamp, code string)",
-        ) from None
+        raise _read_error(where, exc) from None
 
 
 def _classify_codes(events: pl.LazyFrame, pat) -> pl.DataFrame:
@@ -318,13 +304,57 @@ def _admissions_and_patients(ev: pl.DataFrame, extra: set[str]) -> tuple[pl.Data
     return adm, pat.select("subject_id", "gender", pl.col("dob").cast(pl.Datetime("us"))).sort("subject_id")
 
 
-def _code_events(ev: pl.DataFrame, kind: str) -> pl.DataFrame:
-    """(subject_id, hadm_id, code, seq): unique per visit and code; seq = first position in the data."""
-    return (
-        ev.filter((pl.col("kind") == kind) & pl.col("hadm_id").is_not_null())
-        .group_by(["subject_id", "hadm_id", pl.col("value").alias("code")])
-        .agg(pl.col("row").min().cast(pl.Int64).alias("seq"))
-        .select(pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64), "code", "seq")
+SMALL_KINDS = ("admission", "discharge", "gender", "birth", *PROFILE_CODES)
+
+
+def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
+    """The four aggregates of the visit events: diagnoses, procedures (subject_id, hadm_id, code, seq), NDC
+    drugs (subject_id, hadm_id, ndc, n) and ATC drugs (subject_id, hadm_id, atc3)."""
+    keyed = lf.filter(pl.col("hadm_id").is_not_null())
+
+    def codes(kind: str) -> pl.LazyFrame:
+        return (
+            keyed.filter(pl.col("kind") == kind)
+            .group_by(["subject_id", "hadm_id", pl.col("value").alias("code")])
+            .agg(pl.col("row").min().cast(pl.Int64).alias("seq"))
+            .select(pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64), "code", "seq")
+        )
+
+    rx = (
+        keyed.filter(pl.col("kind") == "ndc")
+        .group_by(["subject_id", "hadm_id", pl.col("value").alias("ndc")])
+        .agg(pl.len().cast(pl.UInt32).alias("n"))
+    )
+    atc = (
+        keyed.filter(pl.col("kind") == "atc")
+        .select("subject_id", "hadm_id", pl.col("value").str.slice(0, 4).alias("atc3"))
+        .unique()
+    )
+    return [codes("diagnoses"), codes("procedures"), rx, atc]
+
+
+def _aggregate(lf: pl.LazyFrame, where: Path) -> list[pl.DataFrame]:
+    try:
+        return pl.collect_all(_queries(lf), engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _read_error(where, exc) from None
+
+
+def _read_keyed(lf: pl.LazyFrame, where: Path):
+    """Events with a visit column, streamed once: the few admission / discharge / profile events in full, the
+    many code and drug events aggregated per visit (memory grows with visits × codes, not with events)."""
+    small = lf.filter(pl.col("kind").is_in(list(SMALL_KINDS)))
+    try:
+        small_df, *aggs = pl.collect_all([small, *_queries(lf)], engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _read_error(where, exc) from None
+    return (small_df, *aggs)
+
+
+def _read_error(where: Path, exc: BaseException) -> InputError:
+    return InputError(
+        f"MEDS data under {where} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})",
+        "Check the parquet files (types: subject_id int64, time timestamp, code string)",
     )
 
 
