@@ -33,39 +33,40 @@ def load_1m() -> float | None:
 
 
 def cpu_threads(
-    hardware, cores: int | None = None, load: float | None = None, pool: bool = False
+    hardware, cores: int | None = None, load: float | None = None, pool: bool = False, small_ops: bool = False
 ) -> tuple[int, str]:
     """The CPU thread policy → (threads, why); measured in benchmarks/README.md, "CPU threads".
 
-    `hardware.threads` when set. Otherwise the cores this process may use (its affinity, not the machine's
-    count that torch's default takes), and for work that runs *inside* torch ops (training, `report`, the
-    teacher) 1 when the machine is busy — the 1-minute load average at or above those cores: the student's
-    many small ops then make its threads wait for each other at every op (10× slower training with 2 threads
-    than with 1 on a 2-core machine at load 5). `pool=True` is `leader predict`'s pool of one-thread workers
-    scoring separate batches: they never wait for each other, so they keep every core under load too
-    (1.7× faster with 2 than with 1 beside a busy loop per core)."""
+    `hardware.threads` when set. Otherwise it depends only on the machine, never on its load, so that the same
+    seed and settings give the same numbers on a quiet and on a busy machine (torch's reductions can differ
+    in the last bits between thread counts):
+    - `small_ops=True` (the student's training and evaluation: many small ops, whose threads wait for each
+      other at every op — 2.5–10× slower with 2 threads than with 1 on a busy 2-core machine, and no faster
+      on a quiet one): 1 thread;
+    - `pool=True` (`leader predict`'s one-thread workers scoring separate batches) and the teacher (large
+      matmuls): every core this process may use (its affinity, not the machine's count torch's default takes).
+    `load` is accepted for the record (logged), not used."""
     if hardware.threads:
         return int(hardware.threads), "hardware.threads"
     cores = available_cores() if cores is None else cores
-    load = load_1m() if load is None else load
-    if not pool and cores > 1 and load is not None and load >= cores:
-        return 1, f"load {load:.1f} >= {cores} cores"
-    return cores, f"{cores} available cores" + (f", load {load:.1f}" if load is not None else "")
+    if small_ops and not pool:
+        return 1, "student: one thread (small ops)"
+    return cores, f"{cores} available cores"
 
 
-def apply_threads(hardware, pool: bool = False) -> int:
+def apply_threads(hardware, pool: bool = False, small_ops: bool = False) -> int:
     """Set torch's intra-op threads by `cpu_threads` (logged at debug level); returns the count."""
     from leadercli import console
 
-    n, why = cpu_threads(hardware, pool=pool)
+    n, why = cpu_threads(hardware, pool=pool, small_ops=small_ops)
     torch.set_num_threads(n)
     console.log.debug(f"torch threads: {n} ({why})")
     return n
 
 
-def resolve_device(hardware) -> torch.device:
+def resolve_device(hardware, small_ops: bool = False) -> torch.device:
     """`hardware.device` (auto/cpu/cuda/mps) → a torch device; torch's CPU threads by `cpu_threads`."""
-    apply_threads(hardware)
+    apply_threads(hardware, small_ops=small_ops)
     want = hardware.device
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -57,7 +57,7 @@ class HardwareSettings(_Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="torch CPU threads; unset = the cores this process may use, 1 when the 1-minute load is at least that (leader predict's pool keeps every core).",
+        description="torch CPU threads; unset = 1 for the student's training and evaluation, the cores this process may use for the teacher and leader predict's pool (never load-dependent: same seed, same numbers).",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def make_synthetic_artifact(path: Path, n_patients: int = 60, seed: int = 0, sou
             d = sorted(rng.sample(diags, rng.randint(2, 6)))
             pr = sorted(rng.sample(procs, rng.randint(1, 3)))
             m = {meds[int(c.split(":")[1]) % len(meds)] for c in d}
-            m.add(meds[hash(prof[fields[0]]) % 3])  # profile-driven drug
+            m.add(meds[zlib.crc32(prof[fields[0]].encode()) % 3])  # profile-driven drug (stable across runs)
             hadm += rng.randint(1, 50)
             rows.append(
                 {

@@ -41,7 +41,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     teacher_dir = Path(settings.paths.teacher)
     # setup: the same order of random draws as `leader train student` (seed → data → student model)
     set_seed(cfg.seed)
-    device = resolve_device(settings.hardware)
+    device = resolve_device(settings.hardware, small_ops=True)
     artifact, encoder, splits = setup_data(settings)
     alpha, beta = loss_weights(settings, artifact.source)
     use_kd, use_align = dcfg.kd and alpha > 0, dcfg.align and beta > 0

@@ -19,7 +19,7 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     out = Path(settings.paths.student)
     # setup: seed before anything draws random numbers
     set_seed(cfg.seed)
-    device = resolve_device(settings.hardware)
+    device = resolve_device(settings.hardware, small_ops=True)
     artifact, encoder, splits = setup_data(settings)
     runs.prepare_out_dir(out, resume)
     runs.save_settings(settings, out)
