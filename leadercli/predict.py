@@ -765,9 +765,7 @@ class _Shrink:
     and distilled runs only — the teacher reads the titles of unknown codes, the baselines read no codes."""
 
     def __init__(self, scorer, lam: float) -> None:
-        self.prior = (
-            scorer.prior() if lam > 0 and scorer.kind in ("student", "distilled") else None
-        )
+        self.prior = scorer.prior() if lam > 0 and scorer.kind in ("student", "distilled") else None
         self.lam = lam
 
     def __call__(self, probs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -19,7 +19,7 @@ What a new layout must provide (subclass `SourceLayout`, register it in `LAYOUTS
 `RawData` (the contract): `admissions` (subject_id, hadm_id, admittime datetime[us], the admission profile
 fields as strings), `patients` (subject_id, gender, and whatever `age_years` reads), `diagnoses` /
 `procedures` (subject_id, hadm_id, code prefixed `D10:I10`, seq), `prescriptions` (subject_id, hadm_id, ndc
-raw string, n rows) for NDC mapping, `atc_events` (subject_id, hadm_id, atc3) for drugs already coded as ATC
+raw string; one row per prescription, or grouped with an `n` column) for NDC mapping, `atc_events` (subject_id, hadm_id, atc3) for drugs already coded as ATC
 (none for MIMIC), `titles` (kind → frame code, title, prefixed), `counts` (per input, rows read),
 `source_version`; and `age_years(frame)` — an expression for the age in whole years at `admittime` over the
 admissions ⋈ patients frame.
@@ -52,7 +52,9 @@ class RawData:
     patients: pl.DataFrame
     diagnoses: pl.DataFrame  # long, prefixed codes
     procedures: pl.DataFrame
-    prescriptions: pl.DataFrame  # grouped (subject_id, hadm_id, ndc, n)
+    prescriptions: (
+        pl.DataFrame
+    )  # (subject_id, hadm_id, ndc): one row per prescription, or grouped with n rows
     titles: dict[str, pl.DataFrame]  # diagnoses / procedures → (code, title)
     counts: dict
     source_version: str

@@ -96,7 +96,9 @@ def fit(
     else:
         history = []
         if resume and (ckpt / "last").exists():  # a checkpoint folder without both files: say so, start over
-            console.info(f"warning: {ckpt / 'last'} is incomplete (killed while writing?): starting from epoch 1")
+            console.info(
+                f"warning: {ckpt / 'last'} is incomplete (killed while writing?): starting from epoch 1"
+            )
         elif resume:
             console.info(f"no checkpoint in {ckpt}: nothing to resume, starting from epoch 1")
     ckpt.mkdir(parents=True, exist_ok=True)
