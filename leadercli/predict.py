@@ -948,6 +948,12 @@ def _encode_chunk(
             f"{path}: rows of a subject are not contiguous",
             "Sort the file by subject_id (and admittime) first",
         )
+    dup = df.select(pl.struct("subject_id", "hadm_id").is_duplicated().sum()).item()
+    if dup:
+        raise InputError(
+            f"{path}: {dup:,} rows repeat a (subject_id, hadm_id) pair (a visit must be one row)",
+            "Merge the code lists of each visit into one row first",
+        )
     if "medications" not in df.columns:
         df = df.with_columns(pl.lit([], dtype=pl.List(pl.Utf8)).alias("medications"))
     df = _prefix_raw(df, path, default_version)

@@ -695,3 +695,54 @@ def test_predict_applies_the_thread_setting(cwd, monkeypatch):
     assert seen[0] == 1
     for p in ("th.csv", "th.csv.meta.json"):
         Path(p).unlink()
+
+
+# -- data-side classes (lead) -----------------------------------------------------------------------------------
+def test_float_ndcs_still_map():
+    import polars as pl
+
+    from leadercli.data.mapping import normalise_ndc
+
+    got = pl.select(
+        normalise_ndc(
+            pl.Series(["00409490000", "409490000", "409490000.0", "409490000.00", "4.0949e+08", "0"])
+        )
+    ).to_series()
+    assert got.to_list() == ["00409490000", "00409490000", "00409490000", "00409490000", "4.0949e+08", None]
+
+
+def test_duplicated_visit_rows_in_predict_input(cwd):
+    import polars as pl
+
+    v = pl.read_parquet("data/mimic3/visits.parquet")
+    pl.concat([v, v.head(1)]).sort("subject_id").write_parquet("dup.parquet")
+    r = runner.invoke(app, ["predict", "dup.parquet", "-o", "dup.csv"])
+    assert_one_line(r, "dup.parquet", "repeat a (subject_id, hadm_id)")
+    assert not Path("dup.csv").exists()
+
+
+def test_empty_admittime_is_named(tmp_path, monkeypatch):
+    import polars as pl
+
+    from leadercli.data.bundled import bundled_raw
+
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+    shutil.copytree(bundled_raw("mimic3"), raw)
+    adm = pl.read_csv(raw / "ADMISSIONS.csv", infer_schema=False)
+    col = next(c for c in adm.columns if c.lower() == "admittime")
+    adm.with_columns(pl.lit(None, dtype=pl.String).alias(col)).write_csv(raw / "ADMISSIONS.csv")
+    r = runner.invoke(app, ["preprocess", "--raw", str(raw), "--out", "data/x"])
+    assert_one_line(r, "admittime", "ADMISSIONS.csv")
+    assert "mapping" not in r.output.lower() and not Path("data/x").exists()
+
+
+def test_stale_preprocess_temporary_folders_are_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    stale = Path("data/.mimic3.tmp-999-deadbeef")
+    stale.mkdir()
+    (stale / "visits.parquet").write_bytes(b"half")
+    r = runner.invoke(app, ["preprocess", "-q", "--out", "data/mimic3"])
+    assert r.exit_code == 0, r.output
+    assert not stale.exists() and Path("data/mimic3/manifest.json").is_file()

@@ -35,7 +35,9 @@ NDC_ATC_SPEC = TableSpec(
 
 
 def normalise_ndc(expr: pl.Expr) -> pl.Expr:
-    """String NDC → 11-digit NDC; null for empty / all-zero values. Non-numeric oddities are kept as written."""
+    """String NDC → 11-digit NDC; null for empty / all-zero values. Leading zeros lost by a numeric export are
+    restored (zfill), a float spelling (`409490000.0`) is read as the integer; other oddities are kept as
+    written (and do not map)."""
     s = expr.str.strip_chars()
     parts = s.str.split("-")
     dashed = (
@@ -48,6 +50,8 @@ def normalise_ndc(expr: pl.Expr) -> pl.Expr:
         .then(dashed)
         .when(s.str.contains(r"^\d{1,11}$"))
         .then(s.str.zfill(11))
+        .when(s.str.contains(r"^\d{1,11}\.0*$"))  # written as a float by a spreadsheet / pandas: 409490000.0
+        .then(s.str.replace(r"\.0*$", "").str.zfill(11))
         .otherwise(s)
     )
     return pl.when(norm.is_null() | (norm == "") | norm.str.contains(r"^0+$")).then(None).otherwise(norm)

@@ -201,8 +201,15 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         adm_keys = raw.admissions.filter(pl.col("admittime").is_not_null()).select(KEYS).unique()
         keys = cohort.visit_keys(raw.diagnoses, raw.procedures, meds)
         record("dx_px_drug", "admissions with a diagnosis, a procedure and a mapped drug", keys)
+        before = keys.height
         keys = _semi(keys, adm_keys, KEYS)
         record("admitted", "... and an ADMISSIONS row with an admit time", keys)
+        if before and keys.height == 0:
+            raise InputError(
+                f"{_where(raw_files, 'admissions').name}: column 'admittime' is empty for every admission that "
+                "has a diagnosis, a procedure and a mapped drug",
+                "Visits are ordered by admit time: fill admittime (YYYY-MM-DD hh:mm:ss)",
+            )
         keys = _min_visits(keys, cfg.min_visits)
         record("min_visits", f"patients with >= {cfg.min_visits} such visits", keys)
         if keys.height == 0:
@@ -347,6 +354,8 @@ def write_artifact(
     """Write the five files into a temporary sibling folder, then rename it to `target`."""
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{target.name}.tmp-*"):  # left by a killed run (kill -9)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     old: Path | None = None
