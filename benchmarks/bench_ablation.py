@@ -204,7 +204,7 @@ def tables(work: Path, names: list[str] | None = None) -> str:
     for group, title in GROUPS:
         ns = {m["metrics"]["test"][group]["n"] for m in manifests.values()}
         n_txt = "/".join(str(n) for n in sorted(ns))
-        parts.append(f"**Test, {title}** ({n_txt} patients; bootstrap mean ± std, 10 × 80 %)\n")
+        parts.append(f"**Test, {title}** ({n_txt} patients; bootstrap mean ± std of the run manifests)\n")
         head = "| model | " + " | ".join(t for _, t in COLUMNS) + " |"
         parts.append(head)
         parts.append("|---|" + "---:|" * len(COLUMNS))
@@ -234,7 +234,10 @@ def run_table(work: Path, manifests: dict[str, dict]) -> str:
             training = f"best epoch {m['best_epoch']} of {m.get('epochs_run', '?')}"
         elif "training" in m:
             tr = m["training"]
-            training = f"{tr['steps']} steps, best step {tr['best_step']}, {tr['tokens_per_s']:,.0f} tok/s"
+            tok = tr.get("tokens_per_s")
+            training = f"{tr.get('steps', 0)} LoRA steps, best step {tr.get('best_step')}" + (
+                f", {tok:,.0f} tok/s" if tok else " (linear probe on frozen features)"
+            )
         thr = m.get("threshold", {}).get("value") if isinstance(m.get("threshold"), dict) else None
         params = m.get("parameters", {}).get("trainable")
         rows.append(
