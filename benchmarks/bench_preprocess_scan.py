@@ -24,13 +24,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import markdown_table, write_json  # noqa: E402
+from common import markdown_table, timed, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -54,37 +52,6 @@ for role in sys.argv[3:]:
     lf = pl.scan_csv(files[role], infer_schema=False, schema_overrides=cols, raise_if_empty=False)
     lf.select(list(cols)).collect(engine="streaming")
 """
-
-
-def load1() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def timed(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> dict:
-    """Wall, CPU (user + sys) and peak RSS of `cmd` from GNU time, with the load before and after. `cwd`: the
-    tree to run `python -m leadercli` in (its folder comes first on sys.path, before PYTHONPATH)."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
-        before = load1()
-        t0 = time.perf_counter()
-        with open(log, "wb") as out:
-            rc = subprocess.call(
-                ["/usr/bin/time", "-f", "%e %U %S %M", "-o", stats.name, *cmd],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-            )
-        wall = time.perf_counter() - t0
-        parts = Path(stats.name).read_text().split()[-4:]
-    _, user, sys_s, rss_kib = (float(p) for p in parts)
-    return {
-        "rc": rc,
-        "wall_s": round(wall, 2),
-        "cpu_s": round(user + sys_s, 2),
-        "peak_rss_gib": round(rss_kib / 2**20, 3),
-        "load_before": before,
-        "load_after": load1(),
-    }
 
 
 def digest(artifact: Path) -> dict[str, str]:

@@ -141,3 +141,34 @@ def write_json(path: Path | None, payload: dict) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def timed(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> dict:
+    """Wall, CPU (user + sys) and peak RSS of `cmd` from GNU time, with the load before and after. `cwd`: the
+    tree to run `python -m leadercli` in (its folder comes first on sys.path, before PYTHONPATH)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
+        before = load1()
+        t0 = time.perf_counter()
+        with open(log, "wb") as out:
+            rc = subprocess.call(
+                ["/usr/bin/time", "-f", "%e %U %S %M", "-o", stats.name, *cmd],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+            )
+        wall = time.perf_counter() - t0
+        parts = Path(stats.name).read_text().split()[-4:]
+    _, user, sys_s, rss_kib = (float(p) for p in parts)
+    return {
+        "rc": rc,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(user + sys_s, 2),
+        "peak_rss_gib": round(rss_kib / 2**20, 3),
+        "load_before": before,
+        "load_after": load1(),
+    }
