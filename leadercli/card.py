@@ -239,6 +239,12 @@ def export_run(run_dir: Path, out: Path) -> Path:
             raise InputError(
                 f"--out {out} exists and is not an earlier export", "Choose another --out or remove it"
             )
+    from leadercli.paths import check_free_space, check_writable_dir
+
+    check_writable_dir(out.parent, "export folder", "Choose another --out")
+    check_free_space(
+        out.parent, sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()), "export folder"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()

@@ -102,6 +102,10 @@ def build_for_run(
             f"--out {out} is inside the raw folder {raw_dir}", "Write the input folder elsewhere"
         )
     check_target(out)
+    from leadercli.paths import check_free_space, check_writable_dir
+
+    check_writable_dir(out.parent, "prediction input folder", "Choose another --out")  # before any reading
+    check_free_space(out.parent, 0, "prediction input folder")
     aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
     from leadercli.data.layouts import get_layout
 

@@ -117,6 +117,10 @@ def preprocess(settings: Settings) -> PreprocessResult:
     aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
     target = Path(settings.artifact_dir())
     check_target(target)
+    from leadercli.paths import check_free_space, check_writable_dir
+
+    check_writable_dir(target.parent, "artifact folder", "Choose another --out")  # before any reading
+    check_free_space(target.parent, 0, "artifact folder")
     layout = get_layout(source)
     raw_files = layout.locate(raw_dir, settings)
     aux_files = tables.locate_aux(aux_dir, cfg.ddi_file)
