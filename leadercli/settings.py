@@ -311,6 +311,11 @@ class DistillSettings(_Section):
     standardize: bool = Field(
         False, description="Standardise teacher features per dimension (train mean/std)."
     )
+    kd_target: Literal["features", "logits"] = Field(
+        "features",
+        description="What KD matches: the teacher's pooled features (reference: MSE through a projector) or its "
+        "drug probabilities (BCE to the soft labels of its head, computed from the cached features).",
+    )
     tau: float = Field(1.0, gt=0, description="Temperature of the contrastive alignment.")
 
 

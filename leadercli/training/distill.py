@@ -66,13 +66,20 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         # created after the student so that the student's initial weights equal `leader train student`'s
         heads = DistillHeads(config, teacher_dim=cache.dim if use_kd else None, align=use_align).to(device)
     mean = std = None
+    soft = None  # (W (M, d), b (M,), feat_mean (d,), feat_scale (d,)) of the teacher's head: logit KD
+    if use_kd and dcfg.kd_target == "logits":
+        soft = _teacher_head(teacher_dir, device)
     if use_kd and dcfg.standardize:
         train_feats = cache.lookup(torch.tensor([e.subject_id for e in splits["train"]]))  # (N, D)
         mean, std = train_feats.mean(0).to(device), train_feats.std(0).to(device)
 
     def extra(outp, batch):
         terms = {}
-        if use_kd:
+        if use_kd and soft is not None:  # BCE of the student's logits to the teacher's probabilities
+            w, b, fm, fs = soft
+            target = torch.sigmoid(((batch["teacher"] - fm) * fs) @ w.T + b)  # (B, M)
+            terms["kd"] = (alpha, torch.nn.functional.binary_cross_entropy_with_logits(outp.logits, target))
+        elif use_kd:
             teacher = batch["teacher"]
             terms["kd"] = (alpha, feature_kd_loss(heads.kd_projector(outp.z), teacher, mean, std))
         if use_align:
@@ -87,7 +94,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         return batch
 
     console.info(
-        f"distill: alpha (KD) {alpha if use_kd else 0}, beta (align) {beta if use_align else 0}"
+        f"distill: alpha (KD, {dcfg.kd_target}) {alpha if use_kd else 0}, beta (align) {beta if use_align else 0}"
         + (", teacher features standardised" if use_kd and dcfg.standardize else "")
     )
     on = heads is not None
@@ -150,3 +157,18 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     console.result(f"distilled: {summary_line(result)}")  # stdout: --quiet keeps the results
     console.result(f"saved {out}")
     return out
+
+
+def _teacher_head(teacher_dir: Path, device) -> tuple[torch.Tensor, ...]:
+    """The teacher's head as tensors (weight (M, d), bias (M,), feature mean (d,), scale (d,)); a bias-free or
+    un-normalised head (older runs, `teacher.head_bias = none`) gets zeros / identity."""
+    from safetensors.torch import load_file
+
+    from leadercli.models.teacher import HEAD_BIAS_KEY, HEAD_FILE, HEAD_KEY
+
+    state = load_file(str(Path(teacher_dir) / HEAD_FILE))
+    w = state[HEAD_KEY].float()
+    b = state.get(HEAD_BIAS_KEY, torch.zeros(w.shape[0])).float()
+    fm = state.get("feat_mean", torch.zeros(w.shape[1])).float()
+    fs = state.get("feat_scale", torch.ones(w.shape[1])).float()
+    return tuple(t.to(device) for t in (w, b, fm, fs))

@@ -255,3 +255,26 @@ def test_teacher_resume_equals_uninterrupted(teacher_wd, tmp_path, monkeypatch):
     for k in la:
         torch.testing.assert_close(la[k], lb[k], rtol=0, atol=1e-6)
     assert [r["step"] for r in runs.read_log(out)] == [2, 4]
+
+
+def test_logit_kd_matches_the_teacher_heads_probabilities(teacher_wd, monkeypatch):
+    """`distill.kd_target = "logits"`: the KD term is BCE to the teacher's probabilities, computed from the
+    cached features through its head — equal to the teacher's own scores of the training patients."""
+    from leadercli.data.artifact import Artifact
+    from leadercli.data.samples import load_samples
+    from leadercli.models.features import FeatureCache
+    from leadercli.runs import load_run
+    from leadercli.training.distill import _teacher_head
+
+    monkeypatch.setenv("LEADER_DISTILL__KD_TARGET", "logits")
+    r = _distill(teacher_wd, "--no-align", "--out", "runs/kd_logits")
+    assert r.exit_code == 0, r.output
+    log = runs.read_log(teacher_wd / "runs/kd_logits")
+    assert all(rec["kd"] > 0 for rec in log)
+    w, b, fm, fs = _teacher_head(teacher_wd / "runs/teacher", torch.device("cpu"))
+    cache = FeatureCache.load(teacher_wd / "runs/teacher/features/train.safetensors")
+    samples = load_samples(Artifact(teacher_wd / "data/mimic3"), "train")[:8]
+    feats = cache.lookup(torch.tensor([s.subject_id for s in samples]))
+    soft = torch.sigmoid(((feats - fm) * fs) @ w.T + b)
+    direct = load_run(teacher_wd / "runs/teacher").score_samples(samples)
+    torch.testing.assert_close(soft, torch.from_numpy(direct), rtol=0, atol=2e-3)  # fp16 feature cache
