@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 
@@ -245,10 +244,10 @@ def export_run(run_dir: Path, out: Path) -> Path:
     check_free_space(
         out.parent, sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()), "export folder"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    from leadercli.modes import fix_tree
+    from leadercli.paths import replaced_folder
+
+    with replaced_folder(out) as tmp:
         for name in SHARED_FILES:
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, tmp / name)
@@ -273,17 +272,5 @@ def export_run(run_dir: Path, out: Path) -> Path:
         manifest = _public_manifest(scorer_manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         write_card(tmp, manifest)
-        from leadercli.modes import fix_tree
-
         fix_tree(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

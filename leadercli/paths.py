@@ -8,9 +8,12 @@ code 2 before minutes of work, not an unexpected error after them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from leadercli.errors import SettingsError
@@ -94,3 +97,39 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
+
+
+@contextlib.contextmanager
+def replaced_folder(target: Path, recheck: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Write a folder atomically: yields a temporary sibling folder; when the block ends without an error,
+    `recheck(target)` runs (the target may have changed meanwhile), the old `target` is moved aside, the new
+    folder renamed into place (the old one restored if that fails) and the old one removed. On an error the
+    temporary folder is removed and `target` stays as it was. Temporary folders left by a killed run
+    (`.NAME.tmp-*`) are removed first. Used by `preprocess`, `preprocess --for-run` and `export`."""
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    old: Path | None = None
+    try:
+        yield tmp
+        if recheck is not None:
+            recheck(target)
+        if target.exists():
+            old = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            target.rename(old)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if old is not None:
+                old.rename(target)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

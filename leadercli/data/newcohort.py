@@ -27,9 +27,6 @@ Building it costs no more than `leader preprocess` on the same tables (the same 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -237,32 +234,14 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
 
 
 def _write(target: Path, visits: pl.DataFrame, codes: pl.DataFrame, manifest: dict) -> None:
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    old: Path | None = None
-    try:
+    from leadercli.paths import replaced_folder
+
+    with replaced_folder(target, check_target) as tmp:
         visits.write_parquet(tmp / A.VISITS, compression="zstd", statistics=True)
         codes.write_parquet(tmp / CODES, compression="zstd", statistics=True)
         (tmp / A.MANIFEST).write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
-        check_target(target)
-        if target.exists():
-            old = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            target.rename(old)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            old.rename(target)
-            old = None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def print_summary(result: NewCohortResult) -> None:

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
-import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -356,14 +353,9 @@ def write_artifact(
     manifest: dict,
 ) -> None:
     """Write the five files into a temporary sibling folder, then rename it to `target`."""
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{target.name}.tmp-*"):  # left by a killed run (kill -9)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    old: Path | None = None
-    try:
+    from leadercli.paths import replaced_folder
+
+    with replaced_folder(target, check_target) as tmp:
         visits.write_parquet(tmp / A.VISITS, compression="zstd", statistics=True)
         patients.write_parquet(tmp / A.PATIENTS, compression="zstd", statistics=True)
         ddi_pairs.write_parquet(tmp / A.DDI, compression="zstd", statistics=True)
@@ -373,22 +365,6 @@ def write_artifact(
         (tmp / A.MANIFEST).write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
-        check_target(target)
-        if target.exists():
-            old = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            target.rename(old)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if old is not None:
-                old.rename(target)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- summary --------------------------------------------------------------------------------------------------
