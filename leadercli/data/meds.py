@@ -104,7 +104,7 @@ class MedsLayout(SourceLayout):
             if pat.visit_column in extra:  # visits named by a column: aggregate while streaming the shards
                 ev, dx, px, rx, atc = _read_keyed(wanted, shards[0].parent)
             else:  # visits are admission → discharge windows: every timed event needs its window
-                ev = _assign_visits(_collect(wanted, shards[0].parent), False, shards[0].parent.parent)
+                ev = _assign_visits(_collect(wanted, shards[0].parent))
                 dx, px, rx, atc = _aggregate(ev.lazy(), shards[0].parent)
         adm, pat_frame = _admissions_and_patients(ev, extra)
         root = shards[0].parent
@@ -218,11 +218,9 @@ def _group(c: pl.Expr, regex: str, name: str) -> pl.Expr:
     return c.str.extract(regex, idx)
 
 
-def _assign_visits(ev: pl.DataFrame, has_column: bool, root: Path) -> pl.DataFrame:
-    """`hadm_id` for every timed event: the visit column where the data has one, else the admission →
-    discharge window it falls in (numbered per subject in time order: subject_id · 1000 + k)."""
-    if has_column:
-        return ev
+def _assign_visits(ev: pl.DataFrame) -> pl.DataFrame:
+    """`hadm_id` for every timed event of data without a visit column: the admission → discharge window it
+    falls in (numbered per subject in time order: subject_id · 1000 + k)."""
     adm = (
         ev.filter(pl.col("kind") == "admission")
         .select("subject_id", pl.col("time").alias("start"))
