@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-share", type=float, default=0.6)
     ap.add_argument("--student-epochs", type=int, default=30)
     ap.add_argument("--teacher", action="store_true", help="also the default teacher (minutes on a CPU)")
+    ap.add_argument(
+        "--distilled", action="store_true", help="also the teacher and `leader distill` (defaults)"
+    )
+    ap.add_argument("--recency", type=int, default=0, help="also a student with student.recency = N")
     ap.add_argument("--shrink", default="0,1,3,5", help="λ values of the unknown-share shrinkage to score")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
@@ -157,14 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    runs = {
-        k: work / "runs" / k
-        for k in ("popularity", "previous", "student", *(["teacher"] if args.teacher else []))
-    }
+    names = ["popularity", "previous", "student"]
+    names += ["teacher"] * (args.teacher or args.distilled) + ["distilled"] * args.distilled
+    names += ["student_recency"] * (args.recency > 0)
+    runs = {k: work / "runs" / k for k in names}
     held_root, m3, new = work / "demo-held", work / "new-mimic3", work / "new-patients"
     cfg = ["--config", str(work / "leader.toml")]
     times: dict = {}
-    if not (args.reuse and all((r / "manifest.json").is_file() for r in runs.values())):
+    fresh = not (args.reuse and (work / "artifact" / "manifest.json").is_file())
+    if fresh:
         train_root, held_root, _ = split_demo(work, args.seed, args.train_share)
         raw = work / "raw"
         shutil.rmtree(raw, ignore_errors=True)
@@ -173,27 +178,27 @@ def main(argv: list[str] | None = None) -> int:
             f'[data]\nsource = "mimic4"\n[paths]\nartifact = "{work / "artifact"}"\n'
             f"[student]\nepochs = {args.student_epochs}\nbatch_size = 64\n"
         )
-        cfg = ["--config", str(work / "leader.toml")]
         shutil.rmtree(work / "artifact", ignore_errors=True)
+        shutil.rmtree(work / "runs", ignore_errors=True)
         times = {
             "preprocess": _leader(
                 "preprocess", *cfg, "--raw", str(raw), "--out", str(work / "artifact"), log=work / "pp.log"
             )
         }
-        runs = {}
-        for kind in ("popularity", "previous", "student"):
-            out = work / "runs" / kind
-            times[kind] = _leader(
-                "train", "student", *cfg, "--model", kind, "--out", str(out), "-q", log=work / f"{kind}.log"
-            )
-            runs[kind] = out
-        if args.teacher:
-            out = work / "runs" / "teacher"
-            times["teacher"] = _leader(
-                "train", "teacher", *cfg, "--out", str(out), "-q", log=work / "teacher.log", threads=2
-            )
-            runs["teacher"] = out
-        new = work / "new-patients"
+    # --reuse: only the runs that are missing are trained
+    for kind, out in runs.items():
+        if (out / "manifest.json").is_file():
+            continue
+        if kind == "teacher":
+            cmd, threads = ["train", "teacher"], 2
+        elif kind == "distilled":  # the defaults (distill.kd_target auto → logits for a probe-only teacher)
+            cmd, threads = ["distill", "--teacher", str(runs["teacher"])], 1
+        elif kind == "student_recency":
+            cmd, threads = ["train", "student", "--set", f"student.recency={args.recency}"], 1
+        else:
+            cmd, threads = ["train", "student", "--model", kind], 1
+        times[kind] = _leader(*cmd, *cfg, "--out", str(out), "-q", log=work / f"{kind}.log", threads=threads)
+    if fresh:
         shutil.rmtree(new, ignore_errors=True)
         _leader(
             "preprocess",
@@ -207,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
             "-q",
             log=work / "forrun.log",
         )
-
-        m3 = work / "new-mimic3"
         shutil.rmtree(m3, ignore_errors=True)
         _leader(
             "preprocess",
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             P, _ = _scores(run, visits, pop_titles, unknown_shrink=0.0)
             if prior is None:
                 prior = load_run(runs["popularity"]).prior().numpy()  # the training split's drug frequencies
-            for lam in lambdas if name in ("student", "distilled") else [0.0]:
+            for lam in lambdas if name in ("student", "distilled", "student_recency") else [0.0]:
                 w = np.clip(lam * u, 0.0, 1.0)[:, None]  # (P, 1), as leader predict does
                 Pl = P if lam == 0 else (1 - w) * P + w * prior[None, :]
                 m = evaluate(Y, Pl, scorer.threshold)

@@ -42,6 +42,9 @@ pl.scan_csv(sys.argv[2]).sink_csv(sys.argv[3])
 
 def compare(a: Path, b: Path) -> dict:
     x, y = pl.read_csv(a), pl.read_csv(b)
+    # since 2026-12-01 predict also writes the selected drugs ranked below --top-k: compare the top-k rows
+    k = min(int(x["rank"].max()), int(y["rank"].max()))
+    x, y = x.filter(pl.col("rank") <= k), y.filter(pl.col("rank") <= k)
     keys = ["subject_id", "hadm_id", "rank", "atc3"]
     same = x.height == y.height and x.select(keys).equals(y.select(keys))
     diff = float((x["score"] - y["score"]).abs().max()) if x.height == y.height else float("nan")

@@ -285,6 +285,12 @@ class StudentSettings(_Section):
     dropout: float = Field(0.4, ge=0, lt=1)
     attn_dropout: float = Field(0.1, ge=0, lt=1)
     head_hidden: int = Field(128, ge=1, description="Width of the hidden layer z of the prediction head.")
+    recency: int = Field(
+        0,
+        ge=0,
+        description="Learned embedding of each visit's distance to the target visit (distances clipped at "
+        "this many − 1), added before the visit encoder; 0 = none (reference).",
+    )
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(16, ge=1)
@@ -311,10 +317,12 @@ class DistillSettings(_Section):
     standardize: bool = Field(
         False, description="Standardise teacher features per dimension (train mean/std)."
     )
-    kd_target: Literal["features", "logits"] = Field(
-        "features",
+    kd_target: Literal["auto", "features", "logits"] = Field(
+        "auto",
         description="What KD matches: the teacher's pooled features (reference: MSE through a projector) or its "
-        "drug probabilities (BCE to the soft labels of its head, computed from the cached features).",
+        "drug probabilities (BCE to the soft labels of its head, computed from the cached features); auto = "
+        "features when the teacher's backbone was fine-tuned (LoRA steps), logits when it stayed frozen (the "
+        "linear probe, the CPU default: its pooled features are the untrained encoder's).",
     )
     tau: float = Field(1.0, gt=0, description="Temperature of the contrastive alignment.")
 

@@ -232,6 +232,10 @@ class StudentConfig:
     attn_dropout: float = 0.1  # dropout on attention probabilities
     head_hidden: int = 128  # width of the head's hidden layer z (the distillation feature)
     layers: int = 1  # transformer blocks per encoder (each set encoder and the visit encoder)
+    # learned embedding of each visit's distance to the target visit (0 = target, clipped at recency - 1),
+    # added to the three visit streams before the visit encoder; 0 = none (the reference: no position or time
+    # encoding, §7.21, so the target visit's codes are indistinguishable from history in the mean over visits)
+    recency: int = 0
 
     def __post_init__(self) -> None:
         if not self.profile_sizes:
@@ -260,6 +264,8 @@ class StudentModel(nn.Module):
         self.visit_enc = Stack(*blk)  # shared by the diagnosis, procedure and medication streams
         self.fc1 = nn.Linear(3 * c.hidden, c.head_hidden)
         self.fc2 = nn.Linear(c.head_hidden, c.n_labels)
+        # created last, and only when used, so runs without it draw exactly the random numbers they always did
+        self.recency = nn.Embedding(c.recency, c.hidden) if c.recency else None
 
     def encode_sets(self, ids: torch.Tensor, enc: Stack) -> torch.Tensor:
         """Code sets (..., S) → one vector each (..., d): embed, set block, masked mean over codes.
@@ -314,6 +320,11 @@ class StudentModel(nn.Module):
         prof = self.profile_enc(batch["profile"])  # (B, d)
         # position 0 = profile pseudo-visit, position t = meds of visit t-1
         med_v = torch.cat([prof.unsqueeze(1), med_v], dim=1)  # (B, V, d)
+        if self.recency is not None:  # visits are left-aligned: real position t is n − 1 − t visits back
+            pos = torch.arange(vmask.shape[1], device=vmask.device)  # (V,)
+            back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, self.config.recency - 1)  # (B, V)
+            r = self.recency(back) * vmask.unsqueeze(-1)  # (B, V, d), zero on padding visits
+            diag_v, proc_v, med_v = diag_v + r, proc_v + r, med_v + r
         pooled = [masked_mean(self.visit_enc(s, vmask), vmask) for s in (diag_v, proc_v, med_v)]  # 3 × (B, d)
         u = torch.cat(pooled, dim=-1)  # (B, 3d)
         z = self.fc1(F.relu(u))  # (B, head_hidden)

@@ -57,19 +57,22 @@ def distill(settings: Settings, resume: bool = False) -> Path:
                 f"teacher feature cache of {teacher_dir} lacks {missing} of {len(splits['train'])} training patients",
                 "Re-run `leader train teacher` on this artifact (or delete its features/ folder to recompute)",
             )
+    kd_target = resolve_kd_target(dcfg.kd_target, teacher_manifest) if use_kd else None
     runs.prepare_out_dir(out, resume)
     runs.save_settings(settings, out)
     model, config = build_student(encoder, cfg)
     model.to(device)
     heads = None
-    if use_kd or use_align:
-        # created after the student so that the student's initial weights equal `leader train student`'s
-        heads = DistillHeads(config, teacher_dim=cache.dim if use_kd else None, align=use_align).to(device)
+    if kd_target == "features" or use_align:
+        # created after the student so that the student's initial weights equal `leader train student`'s;
+        # logit KD needs no projector (none is made, so none is saved or counted)
+        dim = cache.dim if kd_target == "features" else None
+        heads = DistillHeads(config, teacher_dim=dim, align=use_align).to(device)
     mean = std = None
     soft = None  # (W (M, d), b (M,), feat_mean (d,), feat_scale (d,)) of the teacher's head: logit KD
-    if use_kd and dcfg.kd_target == "logits":
+    if kd_target == "logits":
         soft = _teacher_head(teacher_dir, device)
-    if use_kd and dcfg.standardize:
+    if kd_target == "features" and dcfg.standardize:
         train_feats = cache.lookup(torch.tensor([e.subject_id for e in splits["train"]]))  # (N, D)
         mean, std = train_feats.mean(0).to(device), train_feats.std(0).to(device)
 
@@ -94,10 +97,10 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         return batch
 
     console.info(
-        f"distill: alpha (KD, {dcfg.kd_target}) {alpha if use_kd else 0}, beta (align) {beta if use_align else 0}"
-        + (", teacher features standardised" if use_kd and dcfg.standardize else "")
+        f"distill: alpha (KD, {kd_target}) {alpha if use_kd else 0}, beta (align) {beta if use_align else 0}"
+        + (", teacher features standardised" if kd_target == "features" and dcfg.standardize else "")
     )
-    on = heads is not None
+    on = use_kd or use_align
     fitted = fit(
         model,
         encoder,
@@ -129,8 +132,10 @@ def distill(settings: Settings, resume: bool = False) -> Path:
                 "alpha": alpha if use_kd else 0.0,
                 "beta": beta if use_align else 0.0,
                 "kd": use_kd,
+                "kd_target": kd_target,
+                "kd_target_setting": dcfg.kd_target,
                 "align": use_align,
-                "standardize": dcfg.standardize,
+                "standardize": kd_target == "features" and dcfg.standardize,
                 "tau": dcfg.tau,
             },
             "teacher": {
@@ -157,6 +162,16 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     console.result(f"distilled: {summary_line(result)}")  # stdout: --quiet keeps the results
     console.result(f"saved {out}")
     return out
+
+
+def resolve_kd_target(setting: str, teacher_manifest: dict | None) -> str:
+    """`distill.kd_target` → "features" or "logits". auto: logits when the teacher run took no fine-tuning steps
+    (its pooled features are the frozen backbone's, which the probe never changed: distilling them cost 0.0105
+    PRAUC at each of 3 seeds on the 21k set, `benchmarks/README.md`), features when LoRA trained it."""
+    if setting != "auto":
+        return setting
+    steps = ((teacher_manifest or {}).get("training") or {}).get("steps")
+    return "logits" if steps == 0 else "features"
 
 
 def _teacher_head(teacher_dir: Path, device) -> tuple[torch.Tensor, ...]:

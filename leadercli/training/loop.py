@@ -261,6 +261,7 @@ def build_student(encoder: Encoder, cfg):
         dropout=cfg.dropout,
         attn_dropout=cfg.attn_dropout,
         head_hidden=cfg.head_hidden,
+        recency=cfg.recency,
     )
     return StudentModel(config), config
 

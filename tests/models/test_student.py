@@ -212,3 +212,33 @@ def test_config_validation():
         StudentConfig(**{**CFG, "heads": 3})
     with pytest.raises(ValueError):
         StudentConfig(**{**CFG, "profile_sizes": []})
+
+
+def _swap_target_with_first(sample: dict) -> dict:
+    """The same visits with the diagnoses/procedures of the target and of the first visit exchanged."""
+    out = {k: (list(v) if isinstance(v, list) else v) for k, v in sample.items()}
+    for key in ("diag", "proc"):
+        out[key][0], out[key][-1] = sample[key][-1], sample[key][0]
+    return out
+
+
+def test_without_recency_the_target_visit_is_indistinguishable_from_history():
+    """Reference behaviour (§7.21): no position encoding and a mean over visits, so moving the target visit's
+    codes into the history changes nothing; `recency` makes the model see which visit it prescribes for."""
+    batch, swapped = collate([A]), collate([_swap_target_with_first(A)])
+    plain = make(0)
+    assert torch.allclose(logits(plain, batch), logits(plain, swapped), atol=1e-6)
+    rec = make(0, recency=4)
+    assert not torch.allclose(logits(rec, batch), logits(rec, swapped), atol=1e-3)
+
+
+def test_recency_is_padding_invariant_and_leaves_other_weights_alone():
+    rec = make(0, recency=3)
+    assert torch.allclose(logits(rec, collate([A])), logits(rec, collate([A], V=7, S=9)), atol=1e-5)
+    # built last: every other parameter starts exactly as without it (same random numbers)
+    plain = make(0).state_dict()
+    rs = rec.state_dict()
+    assert set(rs) - set(plain) == {"recency.weight"}
+    assert all(torch.equal(plain[k], rs[k]) for k in plain)
+    # distances beyond the table are clipped: 5 visits with a 3-row table still run
+    assert torch.isfinite(logits(rec, collate([LONG]))).all()

@@ -105,6 +105,8 @@ def test_distill_runs_and_projector_follows_teacher(teacher_wd):
     assert heads["kd_projector.weight"].shape == (32, 128)  # teacher hidden × student head_hidden
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "distilled" and m["distill"]["alpha"] == 0.4 and m["distill"]["beta"] == 0.005
+    # kd_target auto: this teacher took LoRA steps, so its features are distilled
+    assert m["distill"]["kd_target"] == "features" and m["distill"]["kd_target_setting"] == "auto"
     assert m["teacher"]["backbone"]["hidden_size"] == 32
     log = runs.read_log(out)
     assert all({"bce", "kd", "align", "loss"} <= set(r) for r in log)
@@ -269,6 +271,11 @@ def test_logit_kd_matches_the_teacher_heads_probabilities(teacher_wd, monkeypatc
     monkeypatch.setenv("LEADER_DISTILL__KD_TARGET", "logits")
     r = _distill(teacher_wd, "--no-align", "--out", "runs/kd_logits")
     assert r.exit_code == 0, r.output
+    assert (
+        json.loads((teacher_wd / "runs/kd_logits/manifest.json").read_text())["distill"]["kd_target"]
+        == "logits"
+    )
+    assert not (teacher_wd / "runs/kd_logits/distill_heads.safetensors").exists()  # no projector is made
     log = runs.read_log(teacher_wd / "runs/kd_logits")
     assert all(rec["kd"] > 0 for rec in log)
     w, b, fm, fs = _teacher_head(teacher_wd / "runs/teacher", torch.device("cpu"))
@@ -278,3 +285,15 @@ def test_logit_kd_matches_the_teacher_heads_probabilities(teacher_wd, monkeypatc
     soft = torch.sigmoid(((feats - fm) * fs) @ w.T + b)
     direct = load_run(teacher_wd / "runs/teacher").score_samples(samples)
     torch.testing.assert_close(soft, torch.from_numpy(direct), rtol=0, atol=2e-3)  # fp16 feature cache
+
+
+def test_kd_target_auto_follows_whether_the_teacher_was_fine_tuned():
+    from leadercli.training.distill import resolve_kd_target
+
+    probe_only = {"training": {"steps": 0}}
+    lora = {"training": {"steps": 120}}
+    assert resolve_kd_target("auto", probe_only) == "logits"
+    assert resolve_kd_target("auto", lora) == "features"
+    assert resolve_kd_target("auto", {}) == "features"  # older runs without the record: the reference
+    assert resolve_kd_target("features", probe_only) == "features"
+    assert resolve_kd_target("logits", lora) == "logits"
