@@ -249,6 +249,29 @@ def run_table(work: Path, manifests: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def seeds_table(work: Path, rows: str) -> str:
+    """Test PRAUC mean ± std (sample std) over seeds, overall / single / multi-visit, from run manifests.
+
+    rows: "label=run_a,run_b,run_c;label2=…" (one run folder under WORK/runs per seed)."""
+    import statistics
+
+    out = [
+        "| model | overall | single-visit | multi-visit | per seed (overall) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for part in filter(None, rows.split(";")):
+        label, names = part.split("=", 1)
+        ms = [json.loads((work / "runs" / n / "manifest.json").read_text()) for n in names.split(",")]
+        cells = []
+        for group in ("overall", "single", "multi"):
+            v = [m["metrics"]["test"][group]["point"]["prauc"] for m in ms]
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            cells.append(f"{statistics.mean(v):.4f} ± {sd:.4f}")
+        per = ", ".join(f"{m['metrics']['test']['overall']['point']['prauc']:.4f}" for m in ms)
+        out.append(f"| {label} | {' | '.join(cells)} | {per} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -272,9 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table", help="markdown tables from WORK/runs/*/manifest.json")
     t.add_argument("--work", type=Path, default=HERE / "out" / "ablation")
     t.add_argument("--runs", default=None, help="comma-separated run names (default: all found)")
+    sd = sub.add_parser("seeds", help="test PRAUC mean ± std over seeds (one run per seed)")
+    sd.add_argument("--work", type=Path, default=HERE / "out" / "ablation")
+    sd.add_argument("--rows", required=True, help='"label=run_s1,run_s2,run_s3;label2=…"')
     args = ap.parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "seeds":
+        print(seeds_table(args.work.resolve(), args.rows))
+        return 0
     print(tables(args.work.resolve(), args.runs.split(",") if args.runs else None))
     return 0
 

@@ -18,7 +18,6 @@ a handful whatever the batch lengths.
 
 from __future__ import annotations
 
-import os
 import types
 
 import torch
@@ -27,15 +26,21 @@ import torch.nn.functional as F
 
 ONEDNN_BLOCK = 2048  # rows per oneDNN call
 
-_FAST: list[bool] = []  # available(), decided on first use
+_FAST: list[bool] = []  # _check(), decided on first use
+_ON = [True]  # `hardware.onednn` (`enable`)
+
+
+def enable(on: bool) -> None:
+    """`hardware.onednn`: false keeps torch's default kernels everywhere (side-by-side benchmarks, bisecting a
+    difference)."""
+    _ON[0] = bool(on)
 
 
 def available() -> bool:
-    """Whether oneDNN's linear is there and agrees with `F.linear` (1e-5) on a small case (decided once);
-    the environment variable LEADER_ONEDNN=0 turns it off (side-by-side benchmarks, bisecting a difference)."""
+    """Whether oneDNN's linear is on, there, and agrees with `F.linear` (1e-5) on a small case (decided once)."""
     if not _FAST:
-        _FAST.append(os.environ.get("LEADER_ONEDNN", "1") != "0" and _check())
-    return _FAST[0]
+        _FAST.append(_check())
+    return _ON[0] and _FAST[0]
 
 
 def _check() -> bool:
