@@ -249,6 +249,15 @@ def test_teacher_run_predicts(wd, tmp_path, monkeypatch):
     assert np.abs(titled["score"].to_numpy() - out["score"].to_numpy()).max() < 1e-4
     assert titled.height == out.height
     assert api["subject_id"].n_unique() == out["subject_id"].n_unique()
+    # a target visit whose own drugs include a class outside the label list, named in the titles (real new
+    # admissions do this): scoring builds no labels, so it scores instead of failing on the unknown index
+    titles = _read_titles(Path("data/new/codes.parquet")) or {}
+    titles["medications"] = {**titles.get("medications", {}), "Z9Z": "a drug class the run never saw"}
+    frame = pl.read_parquet("data/new/visits.parquet")
+    frame = frame.with_columns(pl.concat_list([pl.col("medications"), pl.lit("Z9Z")]).alias("medications"))
+    odd = rec.predict(frame, top_k=4, titles=titles)
+    assert odd["subject_id"].n_unique() == out["subject_id"].n_unique() and odd["score"].is_finite().all()
+    assert "Z9Z" not in set(odd["atc3"].to_list())  # only trained labels are ranked
     torch.set_num_threads(torch.get_num_threads())  # (the predict pool restores the thread count)
 
 

@@ -109,6 +109,8 @@ def run_teacher(
 
     Batches hold prompts of similar length (sorted by length, padded per batch); rows come back in `idx`
     order."""
+    from leadercli.models.teacher import encode_prompts
+
     model.eval()
     idx = np.asarray(idx, dtype=np.int64)
     n_labels = model.n_labels if hasattr(model, "n_labels") else _unwrap(model).n_labels
@@ -118,7 +120,8 @@ def run_teacher(
     with console.progress(progress or "scoring", total=len(idx)) as advance:
         for i in range(0, len(idx), batch_size):
             rows = order[i : i + batch_size]
-            b = _collate(ps, idx[rows], tokenizer, max_length, n_labels)
+            # no labels: scoring needs none, and a new patient's target drugs may lie outside the label list
+            b = encode_prompts(tokenizer, [ps.prompts[j] for j in idx[rows]], max_length)
             o = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device))
             x = torch.sigmoid(o.logits) if want == "probs" else o.pooled
             res[rows] = x.float().cpu().numpy()
