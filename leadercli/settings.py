@@ -291,10 +291,11 @@ class StudentSettings(_Section):
     attn_dropout: float = Field(0.1, ge=0, lt=1)
     head_hidden: int = Field(128, ge=1, description="Width of the hidden layer z of the prediction head.")
     recency: int = Field(
-        0,
+        10,
         ge=0,
         description="Learned embedding of each visit's distance to the target visit (distances clipped at "
-        "this many − 1), added before the visit encoder; 0 = none (reference).",
+        "this many − 1), added before the visit encoder, so the model knows which visit it prescribes for; "
+        "0 = none (the reference: +0.015 PRAUC overall, +0.11 on multi-visit patients on the 21k set).",
     )
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)

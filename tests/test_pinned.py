@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 from leadercli.cli.main import app
 
 TOML = "[student]\nepochs = 3\nhidden = 32\nff = 64\n"
+# the reference student (no visit-recency embedding): the pins below go back to 3397a3a
+REFERENCE = TOML + "recency = 0\n"
 COHORT_SHA = "68036d82"  # visits.parquet content (sorted rows), first 8 hex digits
 # top-5 ranks, drugs and selected flags of every patient (rounded-score hashes: 6acb3b5e at 3397a3a and after
 # the architecture change; 241cc7e8 after the oneDNN eval path, same ranks and drugs, scores within 1.2e-7)
@@ -39,10 +41,30 @@ def _sha(df: pl.DataFrame) -> str:
     return hashlib.sha256(df.write_csv().encode()).hexdigest()[:8]
 
 
+# the default student since student.recency = 10 became the default (2026-12-01): same cohort
+RECENCY_PREDICTIONS_SHA = "3dcfe778"
+RECENCY_SCORE_SUM = 249.213028
+RECENCY_METRICS = {
+    "prauc": 0.528022,
+    "jaccard": 0.306513,
+    "f1": 0.465984,
+    "ddi_rate": 0.049897,
+    "avg_drugs": 18.333333,
+}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("pinned")
-    (wd / "leader.toml").write_text(TOML)
+    return _pinned_run(tmp_path_factory.mktemp("pinned"), REFERENCE)
+
+
+@pytest.fixture(scope="module")
+def recency_run(tmp_path_factory) -> Path:
+    return _pinned_run(tmp_path_factory.mktemp("pinned-recency"), TOML)
+
+
+def _pinned_run(wd: Path, toml: str) -> Path:
+    (wd / "leader.toml").write_text(toml)
     runner = CliRunner()
     cwd = os.getcwd()
     os.chdir(wd)
@@ -87,3 +109,14 @@ def test_metrics_are_pinned(run):
         "point"
     ]
     assert {k: round(point[k], 6) for k in METRICS} == METRICS
+
+
+def test_default_recency_student_is_pinned(recency_run):
+    recs = pl.read_parquet(recency_run / "recs.parquet")
+    assert recs.height == 5 * 81
+    assert _sha(recs.select("subject_id", "hadm_id", "rank", "atc3", "selected")) == RECENCY_PREDICTIONS_SHA
+    assert abs(float(recs["score"].sum()) - RECENCY_SCORE_SUM) < 1e-4
+    manifest = json.loads((recency_run / "runs/student/manifest.json").read_text())
+    assert manifest["model_config"]["recency"] == 10
+    point = manifest["metrics"]["test"]["overall"]["point"]
+    assert {k: round(point[k], 6) for k in METRICS} == RECENCY_METRICS
