@@ -1,4 +1,4 @@
-"""`leader distill`: the student trained with feature-level KD from the teacher and profile alignment."""
+"""`leader distill`: the student trained with KD from the teacher (its features or its drug probabilities) and profile alignment."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def distill(
         Path | None, typer.Option("--teacher", help="Teacher run folder. Default: runs/teacher.")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/distilled.")] = None,
-    no_kd: Annotated[bool, typer.Option("--no-kd", help="Switch the feature-distillation term off.")] = False,
+    no_kd: Annotated[bool, typer.Option("--no-kd", help="Switch the distillation (KD) term off.")] = False,
     no_align: Annotated[
         bool, typer.Option("--no-align", help="Switch the profile-alignment term off.")
     ] = False,

@@ -1,6 +1,8 @@
 """Recipe: `leader distill` — the LEADER student trained with
-loss = BCE + α · MSE(projector(z), teacher feature) + β · contrastive(profile, target-drug set)
-(reference §4.3, with the alignment index bug and the batch-size-1 crash fixed — §7.5).
+loss = BCE + α · KD + β · contrastive(profile, target-drug set)
+(reference §4.3, with the alignment index bug and the batch-size-1 crash fixed — §7.5). KD is the reference's
+MSE(projector(z), teacher feature) or BCE(student logits, teacher probabilities) (`distill.kd_target`; auto =
+features for a fine-tuned teacher backbone, logits for a frozen one, `resolve_kd_target`).
 
 Offline distillation (the reference's default, §7.18): teacher features are the pooled hidden states that
 `leader train teacher` caches per training/validation patient; when the cache is missing or belongs to another
