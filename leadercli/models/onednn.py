@@ -81,6 +81,39 @@ def _blocks(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool
     return out
 
 
+def eval_linear_sums(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    run: int,
+    gelu: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`eval_linear(x, w, b, gelu)` summed over consecutive runs of `run` rows: x (n·run, k) → (n, out),
+    without keeping the (n·run, out) result (inference: a feed-forward's hidden layer pooled per set). With
+    oneDNN each call takes the next `ONEDNN_BLOCK` rows and keeps the whole runs among them (rows of the next
+    run computed twice, at most run − 1 per block), the tail padded as in `linear`. `out`: (n, out) to write
+    into."""
+    n = x.shape[0] // run
+    if out is None:
+        out = x.new_empty(n, w.shape[0])  # (n, out)
+    if n == 0:
+        return out
+    if torch.is_grad_enabled() or not _usable(x) or run > ONEDNN_BLOCK:
+        return torch.sum(eval_linear(x, w, b, gelu).view(n, run, -1), 1, out=out)
+    op, act, algo = torch.ops.mkldnn._linear_pointwise, "gelu" if gelu else "none", "tanh" if gelu else ""
+    x = x.contiguous()
+    per = ONEDNN_BLOCK // run  # whole runs per call
+    i = 0  # runs done
+    while i * run + ONEDNN_BLOCK <= x.shape[0]:
+        y = op(x[i * run : i * run + ONEDNN_BLOCK], w, b, act, [], algo)  # (BLOCK, out)
+        torch.sum(y[: per * run].view(per, run, -1), 1, out=out[i : i + per])
+        i += per
+    if i < n:  # fewer than ONEDNN_BLOCK rows left
+        torch.sum(_blocks(x[i * run :], w, b, gelu).view(n - i, run, -1), 1, out=out[i:])
+    return out
+
+
 def eval_linear(x: torch.Tensor, lin_weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False):
     """`F.linear` (then tanh-GELU when `gelu`) for inference: oneDNN when it is there and no gradient is
     recorded, else the aten ops (training never comes here)."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from leadercli.models.onednn import eval_linear
+from leadercli.models.onednn import eval_linear, eval_linear_sums
 
 NEG_INF = -1e9  # finite "minus infinity" for masked attention scores
 SET_CHUNK = 1024  # sets encoded together at most (training, and eval of sets given as a padded tensor)
@@ -87,11 +87,12 @@ class _Packed:
 
 def pooled_sum(x: torch.Tensor, groups: list[tuple[int, int]]) -> torch.Tensor:
     """Packed positions x (T, d) of sets grouped by length [(L, n)] → the sum over each set's positions."""
-    out, t = [], 0
+    out = x.new_empty(sum(n for _, n in groups), x.shape[-1])  # (sets, d)
+    i = t = 0
     for L, n in groups:
-        out.append(x[t : t + n * L].view(n, L, -1).sum(1))  # (n, d)
-        t += n * L
-    return torch.cat(out) if len(out) > 1 else out[0]  # (sets, d)
+        torch.sum(x[t : t + n * L].view(n, L, -1), 1, out=out[i : i + n])
+        i, t = i + n, t + n * L
+    return out
 
 
 class SelfAttention(nn.Module):
@@ -226,6 +227,28 @@ class TransformerBlock(nn.Module):
         x = x + self.attn.packed(self.ln1(x) if qkv is None else None, groups, qkv)  # (T, d)
         return x + self.ffn(self.ln2(x))  # (T, d)
 
+    def packed_means(
+        self, x: torch.Tensor, groups: list[tuple[int, int]], qkv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Eval: `packed` followed by the mean over each set's positions (n, d), with the feed-forward's second
+        linear applied to the mean of its input (the mean of a linear map is the map of the mean): its hidden
+        layer is summed per set as it is computed (`eval_linear_sums`), never kept for every position."""
+        x = x + self.attn.packed(self.ln1(x) if qkv is None else None, groups, qkv)  # (T, d)
+        z = self.ln2(x)  # (T, d)
+        ffn, n_sets = self.ffn, sum(n for _, n in groups)
+        hidden = z.new_empty(n_sets, ffn.w1.weight.shape[0])  # (n, ff) sums over each set
+        i = t = 0
+        for L, n in groups:
+            eval_linear_sums(
+                z[t : t + n * L], ffn.w1.weight, ffn.w1.bias, L, gelu=True, out=hidden[i : i + n]
+            )
+            i, t = i + n, t + n * L
+        lens = torch.tensor([float(L) for L, _ in groups]).repeat_interleave(
+            torch.tensor([n for _, n in groups])
+        )
+        sums = pooled_sum(x, groups).add_(eval_linear(hidden, ffn.w2.weight, None))  # (n, d)
+        return sums.div_(lens.to(x.dtype)[:, None]).add_(ffn.w2.bias)  # (n, d) means
+
 
 class Stack(nn.Module):
     """`layers` TransformerBlocks applied in turn with the same key mask."""
@@ -249,6 +272,15 @@ class Stack(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block.packed(x, groups, qkv if i == 0 else None)
         return x
+
+    def packed_means(
+        self, x: torch.Tensor, groups: list[tuple[int, int]], qkv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Eval: `packed`, then the mean over each set's positions (n, d) (`TransformerBlock.packed_means`)."""
+        *head, last = self.blocks
+        for i, block in enumerate(head):
+            x = block.packed(x, groups, qkv if i == 0 else None)
+        return last.packed_means(x, groups, qkv if not head else None)
 
 
 class ProfileEncoder(nn.Module):
@@ -352,9 +384,8 @@ class StudentModel(nn.Module):
                 s0, t0, groups = s0 + n, t0 + n, groups[1:]
             if not groups:
                 continue
-            c = codes[t0:t1]  # (t, )
-            y = enc.packed(self.embed(c), groups, F.embedding(c, table))  # (t, d)
-            out[pk.rows[s0:s1]] = pooled_sum(y, groups) / pk.lens[s0:s1, None]  # (n, d) means
+            c = codes[t0:t1]  # (t,)
+            out[pk.rows[s0:s1]] = enc.packed_means(self.embed(c), groups, F.embedding(c, table))  # (n, d)
         return out.reshape(*lead, self.config.hidden)  # (..., d)
 
     def _cached(self, name: str, enc: Stack, params: tuple[torch.Tensor, ...], make) -> torch.Tensor:
@@ -415,9 +446,8 @@ class StudentModel(nn.Module):
             diag_v, proc_v, med_v = diag_v + r, proc_v + r, med_v + r
         if not self.training:
             u = self._encode_visits(torch.stack([diag_v, proc_v, med_v], dim=1), vmask)  # (B, 3d)
-            z = eval_linear(F.relu(u), self.fc1.weight, self.fc1.bias)  # (B, head_hidden)
-            logits = eval_linear(F.relu(z), self.fc2.weight, self.fc2.bias)  # (B, M)
-            return StudentOutput(logits=logits, z=z, profile=prof)
+            z = self.fc1(F.relu(u))  # (B, head_hidden)
+            return StudentOutput(logits=self.fc2(F.relu(z)), z=z, profile=prof)
         pooled = [masked_mean(self.visit_enc(s, vmask), vmask) for s in (diag_v, proc_v, med_v)]  # 3 × (B, d)
         u = torch.cat(pooled, dim=-1)  # (B, 3d)
         z = self.fc1(F.relu(u))  # (B, head_hidden)
@@ -432,8 +462,7 @@ class StudentModel(nn.Module):
         x = streams.reshape(-1, d)  # (B·K·V, d)
         out = x.new_zeros(B * K, d)  # a patient without visits pools to zeros, as masked_mean gives
         for s0, s1, t0, t1, groups in pk.chunks():
-            y = self.visit_enc.packed(x[pk.index[t0:t1]], groups)  # (t, d)
-            out[pk.rows[s0:s1]] = pooled_sum(y, groups) / pk.lens[s0:s1, None]  # (n, d)
+            out[pk.rows[s0:s1]] = self.visit_enc.packed_means(x[pk.index[t0:t1]], groups)  # (n, d)
         return out.view(B, K * d)
 
     def probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
