@@ -293,6 +293,8 @@ class ProfileEncoder(nn.Module):
 
     def forward(self, profile: torch.Tensor) -> torch.Tensor:
         parts = [emb(profile[:, i]) for i, emb in enumerate(self.embeds)]  # F × (B, d)
+        if not self.training:
+            return eval_linear(torch.cat(parts, dim=-1), self.proj.weight, self.proj.bias)  # (B, d)
         return self.proj(torch.cat(parts, dim=-1))  # (B, d)
 
 
@@ -446,8 +448,9 @@ class StudentModel(nn.Module):
             diag_v, proc_v, med_v = diag_v + r, proc_v + r, med_v + r
         if not self.training:
             u = self._encode_visits(torch.stack([diag_v, proc_v, med_v], dim=1), vmask)  # (B, 3d)
-            z = self.fc1(F.relu(u))  # (B, head_hidden)
-            return StudentOutput(logits=self.fc2(F.relu(z)), z=z, profile=prof)
+            z = eval_linear(F.relu(u), self.fc1.weight, self.fc1.bias)  # (B, head_hidden)
+            logits = eval_linear(F.relu(z), self.fc2.weight, self.fc2.bias)  # (B, M)
+            return StudentOutput(logits=logits, z=z, profile=prof)
         pooled = [masked_mean(self.visit_enc(s, vmask), vmask) for s in (diag_v, proc_v, med_v)]  # 3 × (B, d)
         u = torch.cat(pooled, dim=-1)  # (B, 3d)
         z = self.fc1(F.relu(u))  # (B, head_hidden)
