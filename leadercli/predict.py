@@ -712,7 +712,7 @@ def _score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
 
             samples = samples_from_frame(df, encoder.profile_fields, scorer.max_visits)
             probs = torch.from_numpy(scorer.score_samples(samples, vocab=vocab))  # (P, M)
-            table, counts = _ordered([rows_fn(probs[b["sample"]], b) for b in batches])
+            table, counts = _ordered(rows_fn, [rows_fn(probs[b["sample"]], b) for b in batches])
             yield table, nrows, counts
         return
 
@@ -740,11 +740,11 @@ def _score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
                 )
                 while len(pending) > max(1, threads // 2):  # the next chunks keep the scorers busy meanwhile
                     futures, n = pending.popleft()
-                    table, counts = _ordered([f.result() for f in futures])
+                    table, counts = _ordered(rows_fn, [f.result() for f in futures])
                     yield table, n, counts
             while pending:
                 futures, n = pending.popleft()
-                table, counts = _ordered([f.result() for f in futures])
+                table, counts = _ordered(rows_fn, [f.result() for f in futures])
                 yield table, n, counts
     finally:
         torch.set_num_threads(threads)
@@ -791,8 +791,9 @@ def _titled_vocab(vocab, titles: dict[str, dict[str, str]] | None):
 
 
 class _Rows:
-    """Probabilities of one batch → its output rows (top-k plus every selected drug), in batch order, and
-    the counts; `sample` of each row keeps the patient's place in the chunk."""
+    """Probabilities of one batch → its output rows (top-k plus every selected drug), in batch order, as
+    columns (`_ordered` makes the table; the drug columns are the label index `ix`), and the counts; `sample`
+    of each row keeps the patient's place in the chunk."""
 
     def __init__(self, top_k, threshold, adj, max_pairs, labels: pa.Array, names: pa.Array) -> None:
         self.top_k, self.threshold, self.adj, self.max_pairs = top_k, threshold, adj, max_pairs
@@ -800,7 +801,7 @@ class _Rows:
 
     def __call__(
         self, probs: torch.Tensor, batch: dict[str, torch.Tensor]
-    ) -> tuple[pa.Table, np.ndarray, Counts]:
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, Counts]:
         from leadercli.selection import limit_ddi
 
         B, M = probs.shape
@@ -811,52 +812,73 @@ class _Rows:
             kept, dropped = sel, torch.zeros_like(sel)
         n_sel = sel.sum(1)  # (B,)
         k = int(min(M, max(self.top_k, int(n_sel.max()) if B else 0)))
-        top = torch.topk(probs, k, dim=1)  # (B, k)
+        top_values, top_indices = _top(probs, k)  # (B, k)
         rank = torch.arange(1, k + 1).expand(B, k)
-        sel_k = sel.gather(1, top.indices)
+        sel_k = sel.gather(1, top_indices)
         keep = (rank <= self.top_k) | sel_k  # (B, k)
         kf = keep.numpy().ravel()
         n_unknown = batch["n_unknown"].numpy()
         n_codes = batch["n_codes"].numpy()
         per_patient = keep.sum(1).numpy()
-        ix = pa.array(top.indices.numpy().ravel()[kf])
-        table = pa.table(
-            {
-                "subject_id": np.repeat(batch["subject_id"].numpy(), per_patient),
-                "hadm_id": np.repeat(batch["hadm_id"].numpy(), per_patient),
-                "rank": rank.numpy().ravel()[kf].astype(np.int32),
-                "atc3": self.labels.take(ix),
-                "drug_name": self.names.take(ix),
-                "score": top.values.numpy().astype(np.float32).ravel()[kf],
-                "selected": kept.gather(1, top.indices).numpy().ravel()[kf],
-                "ddi_dropped": dropped.gather(1, top.indices).numpy().ravel()[kf],
-                "n_unknown_codes": np.repeat(n_unknown.astype(np.int32), per_patient),
-            },
-            schema=OUT_SCHEMA,
-        )
+        cols = {
+            "subject_id": np.repeat(batch["subject_id"].numpy(), per_patient),
+            "hadm_id": np.repeat(batch["hadm_id"].numpy(), per_patient),
+            "rank": rank.numpy().ravel()[kf].astype(np.int32),
+            "ix": top_indices.numpy().ravel()[kf],
+            "score": top_values.numpy().astype(np.float32).ravel()[kf],
+            "selected": kept.gather(1, top_indices).numpy().ravel()[kf],
+            "ddi_dropped": dropped.gather(1, top_indices).numpy().ravel()[kf],
+            "n_unknown_codes": np.repeat(n_unknown.astype(np.int32), per_patient),
+        }
         counts = Counts(
             patients=B,
-            rows=table.num_rows,
+            rows=len(cols["ix"]),
             selected=int(kept.sum()),
             beyond_top_k=int((sel_k & (rank > self.top_k)).sum()),
             ddi_dropped=int(dropped.sum()),
             mostly_unknown=int((n_unknown > MOSTLY_UNKNOWN * n_codes).sum()),
             no_known_code=int(((n_unknown == n_codes) & (n_codes > 0)).sum()),
         )
-        return table, np.repeat(batch["sample"].numpy(), per_patient), counts
+        return cols, np.repeat(batch["sample"].numpy(), per_patient), counts
+
+    def table(self, cols: dict[str, np.ndarray]) -> pa.Table:
+        """Columns of `__call__` → the output table (drug codes and names looked up by label index)."""
+        ix = pa.array(cols["ix"])
+        named = {"atc3": self.labels.take(ix), "drug_name": self.names.take(ix)}
+        return pa.table({f.name: named.get(f.name, cols.get(f.name)) for f in OUT_SCHEMA}, schema=OUT_SCHEMA)
 
 
-def _ordered(results: list[tuple[pa.Table, np.ndarray, Counts]]) -> tuple[pa.Table, Counts]:
-    """The batches of one chunk (in visit-count order) → one table in sample (subject) order, each patient's
-    rows together and by rank."""
+def _top(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest scores of each row (B, M), largest first, and their columns: `torch.topk(probs, k)`
+    where a row's k + 1 best scores are distinct, from numpy's vectorised sort (about 4× faster on these
+    rows); a row with equal scores there is sorted stably (equal scores in column order, where topk's order
+    is unspecified)."""
+    p = probs.numpy()
+    if probs.dtype != torch.float32 or np.isnan(p).any():  # NaN: topk ranks it first, the sort last
+        top = torch.topk(probs, k, dim=1)
+        return top.values, top.indices
+    neg = -p  # (B, M) ascending = scores descending
+    idx = np.argsort(neg, axis=1)  # (B, M)
+    first = np.take_along_axis(neg, idx[:, : min(k + 1, p.shape[1])], 1)  # (B, ≤ k+1)
+    tied = np.flatnonzero((first[:, 1:] == first[:, :-1]).any(1))  # (t,) rows with equal scores there
+    if len(tied):
+        idx[tied] = np.argsort(neg[tied], axis=1, kind="stable")
+    idx = np.ascontiguousarray(idx[:, :k])  # (B, k)
+    return torch.from_numpy(np.take_along_axis(p, idx, 1)), torch.from_numpy(idx)
+
+
+def _ordered(rows_fn: _Rows, results: list[tuple[dict[str, np.ndarray], np.ndarray, Counts]]):
+    """The batches of one chunk (in visit-count order) → (one table in sample (subject) order, each patient's
+    rows together and by rank, the counts); the columns are put in order before the drug names are looked up."""
     counts = Counts()
     if not results:
         return OUT_SCHEMA.empty_table(), counts
-    tables, samples, cs = zip(*results, strict=True)
+    parts, samples, cs = zip(*results, strict=True)
     for c in cs:
         counts.add(c)
     order = np.argsort(np.concatenate(samples), kind="stable")  # rows of a patient keep their rank order
-    return pa.concat_tables(tables).take(pa.array(order)), counts
+    cols = {name: np.concatenate([p[name] for p in parts])[order] for name in parts[0]}
+    return rows_fn.table(cols), counts
 
 
 def _subject_chunks(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.DataFrame]]:
