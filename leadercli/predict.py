@@ -28,6 +28,7 @@ version, input sha256, counts, time).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import queue
@@ -496,6 +497,10 @@ def predict_file(
     digest = hasher.submit(_sha256, src.path, stop)
     try:
         scorer = load_run(model_dir)
+        # the modules and the model are there for good: the collector skips them from now on (it walked
+        # torch's objects on every full collection, about 4 % of predict's CPU time)
+        gc.freeze()
+        _keep_freed_memory()
         opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, cfg.unknown_shrink)
         _check_input_run(src, scorer)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -549,6 +554,29 @@ def predict_file(
         counts,
         meta,
     )
+
+
+def _keep_freed_memory() -> None:
+    """glibc: blocks of up to 64 MiB come from the heap, which grows by at least 64 MiB and keeps up to 256 MiB
+    freed (M_MMAP_THRESHOLD, M_TOP_PAD, M_TRIM_THRESHOLD). By default the batch tensors (a few MiB each) are mapped and unmapped one by one, and
+    every page of the next batch is faulted in and zeroed by the kernel again (about 7 % of predict's CPU time
+    on the development machine); memory stays bounded by the largest batch. Nothing happens elsewhere."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    mallopt(M_MMAP_THRESHOLD, 64 << 20)
+    mallopt(M_TOP_PAD, 64 << 20)
+    mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
 def _input_run(src: PredictInput) -> Path | None:
@@ -644,7 +672,8 @@ def _open_writer(path: Path, suffix: str):
         return pq.ParquetWriter(path, OUT_SCHEMA)
     import pyarrow.csv as pacsv
 
-    return pacsv.CSVWriter(path, OUT_SCHEMA)
+    # 64k rows converted at a time (the default 1,024 costs about 15 % more CPU, same bytes)
+    return pacsv.CSVWriter(path, OUT_SCHEMA, write_options=pacsv.WriteOptions(batch_size=1 << 16))
 
 
 # -- scoring --------------------------------------------------------------------------------------------------
