@@ -920,9 +920,15 @@ def _subject_chunks(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.Da
             df = pl.concat([carry, df], how="vertical_relaxed")
         if df.height == 0:
             continue
-        last = df["subject_id"][-1]
-        carry = df.filter(pl.col("subject_id") == last)
-        yield nrows, df.filter(pl.col("subject_id") != last)
+        sid = df["subject_id"].to_numpy()
+        last = sid[-1]
+        start = len(sid) - int(np.argmax(sid[::-1] != last)) if (sid != last).any() else 0  # its last run
+        if (sid[:start] == last).any():  # rows of it earlier in the frame too: all of them go on
+            carry = df.filter(pl.col("subject_id") == last)
+            yield nrows, df.filter(pl.col("subject_id") != last)
+        else:  # the usual case: the last run is the subject's only one (slices, no copy)
+            carry = df.slice(start)
+            yield nrows, df.slice(0, start)
     if carry is not None and carry.height:
         yield 0, carry
 
