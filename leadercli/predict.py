@@ -497,8 +497,8 @@ def predict_file(
     digest = hasher.submit(_sha256, src.path, stop)
     try:
         scorer = load_run(model_dir)
-        # the modules and the model are there for good: the collector skips them from now on (it walked
-        # torch's objects on every full collection, about 4 % of predict's CPU time)
+        # the modules and the model stay for the whole command: the collector skips them until it ends (it
+        # walked torch's objects on every full collection, about 4 % of predict's CPU time)
         gc.freeze()
         _keep_freed_memory()
         opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, cfg.unknown_shrink)
@@ -534,6 +534,7 @@ def predict_file(
             if tmp.exists():
                 tmp.unlink()
     finally:
+        gc.unfreeze()  # a caller that goes on (the Python API, tests) gets its collector back as it was
         stop.set()
         hasher.shutdown(wait=True)
     unk = scorer.encoder.unknown
