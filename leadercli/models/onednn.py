@@ -70,19 +70,61 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool 
     return y.reshape(*shape[:-1], w.shape[0])
 
 
+def _op():
+    return torch.ops.mkldnn._linear_pointwise.default  # the overload itself: no per-call overload resolution
+
+
 def _blocks(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool) -> torch.Tensor:
-    op, act, algo = torch.ops.mkldnn._linear_pointwise, "gelu" if gelu else "none", "tanh" if gelu else ""
+    op, act, algo = _op(), "gelu" if gelu else "none", "tanh" if gelu else ""
     x = x.contiguous()
     n = x.shape[0]
-    out = x.new_empty(n, w.shape[0])  # (n, out)
     full = n - n % ONEDNN_BLOCK
-    for i in range(0, full, ONEDNN_BLOCK):
-        out[i : i + ONEDNN_BLOCK] = op(x[i : i + ONEDNN_BLOCK], w, b, act, [], algo)
     rest = n - full
+    tail = None
     if rest:
         pad = x.new_zeros(max(64, 1 << (rest - 1).bit_length()), x.shape[1])  # (m, k), m ≥ rest
         pad[:rest] = x[full:]
-        out[full:] = op(pad, w, b, act, [], algo)[:rest]
+        tail = op(pad, w, b, act, [], algo)[:rest]  # (rest, out)
+        if not full:
+            return tail  # one call: its rows as they are, no copy
+    out = x.new_empty(n, w.shape[0])  # (n, out)
+    for i in range(0, full, ONEDNN_BLOCK):
+        out[i : i + ONEDNN_BLOCK] = op(x[i : i + ONEDNN_BLOCK], w, b, act, [], algo)
+    if tail is not None:
+        out[full:] = tail
+    return out
+
+
+def eval_linear_sums(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    run: int,
+    gelu: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`eval_linear(x, w, b, gelu)` summed over consecutive runs of `run` rows: x (n·run, k) → (n, out),
+    without keeping the (n·run, out) result (inference: a feed-forward's hidden layer pooled per set). With
+    oneDNN each call takes the next `ONEDNN_BLOCK` rows and keeps the whole runs among them (rows of the next
+    run computed twice, at most run − 1 per block), the tail padded as in `linear`. `out`: (n, out) to write
+    into."""
+    n = x.shape[0] // run
+    if out is None:
+        out = x.new_empty(n, w.shape[0])  # (n, out)
+    if n == 0:
+        return out
+    if torch.is_grad_enabled() or not _usable(x) or run > ONEDNN_BLOCK:
+        return torch.sum(eval_linear(x, w, b, gelu).view(n, run, -1), 1, out=out)
+    op, act, algo = _op(), "gelu" if gelu else "none", "tanh" if gelu else ""
+    x = x.contiguous()
+    per = ONEDNN_BLOCK // run  # whole runs per call
+    i = 0  # runs done
+    while i * run + ONEDNN_BLOCK <= x.shape[0]:
+        y = op(x[i * run : i * run + ONEDNN_BLOCK], w, b, act, [], algo)  # (BLOCK, out)
+        torch.sum(y[: per * run].view(per, run, -1), 1, out=out[i : i + per])
+        i += per
+    if i < n:  # fewer than ONEDNN_BLOCK rows left
+        torch.sum(_blocks(x[i * run :], w, b, gelu).view(n - i, run, -1), 1, out=out[i:])
     return out
 
 

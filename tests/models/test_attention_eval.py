@@ -3,6 +3,7 @@ explicit training path (masked_fill(−1e9) → softmax → dropout) when dropou
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from leadercli.models.student import SelfAttention, StudentConfig, StudentModel
@@ -59,3 +60,53 @@ def test_eval_attention_single_key():
     x = torch.randn(3, 1, 8)  # (N, 1, d)
     mask = torch.tensor([[True], [False], [True]])
     torch.testing.assert_close(att.eval()(x, mask), att.train()(x, mask), rtol=0, atol=1e-6)
+
+
+def _batch(g: torch.Generator, B: int, V: int, vocab: int, holes: bool) -> dict[str, torch.Tensor]:
+    """Random batch: left-aligned visits (1..V per patient), sets of 0..5 codes (left-aligned, or with PAD
+    holes), some sets of one code, some patients with one visit."""
+    n_visits = torch.randint(1, V + 1, (B,), generator=g)
+    n_visits[: B // 3] = 1
+    vmask = torch.arange(V)[None] < n_visits[:, None]  # (B, V)
+
+    def sets(S: int) -> torch.Tensor:
+        lens = torch.randint(0, S + 1, (B, V), generator=g)
+        lens[: B // 4, :, ...] = 1  # sets of one code
+        ids = torch.randint(1, vocab, (B, V, S), generator=g)
+        keep = torch.arange(S) < lens[..., None]  # (B, V, S) left-aligned
+        if holes:
+            keep = keep[..., torch.randperm(S, generator=g)]
+        return ids * keep * vmask[..., None]
+
+    return {
+        "diag": sets(5),
+        "proc": sets(3),
+        "med": sets(4),
+        "visit_mask": vmask,
+        "profile": torch.randint(0, 3, (B, 2), generator=g),
+    }
+
+
+@pytest.mark.parametrize("layers,recency,holes", [(1, 0, False), (1, 0, True), (2, 3, False)])
+def test_packed_eval_equals_explicit_path(layers, recency, holes):
+    """The packed eval path (`_Packed`: sets end to end, attention per length without mask, sets of one code
+    and the last feed-forward pooled) gives the explicit training path's logits, dropout off."""
+    torch.manual_seed(0)
+    cfg = StudentConfig(
+        vocab_size=30,
+        n_labels=7,
+        med_offset=23,
+        profile_sizes=[3, 4],
+        hidden=16,
+        ff=24,
+        dropout=0.0,
+        attn_dropout=0.0,
+        layers=layers,
+        recency=recency,
+    )
+    model = StudentModel(cfg)
+    batch = _batch(torch.Generator().manual_seed(1), 300, 4, 30, holes)
+    with torch.no_grad():
+        explicit = model.train()(batch).logits
+        packed = model.eval()(batch).logits
+    torch.testing.assert_close(packed, explicit, rtol=0, atol=1e-5)

@@ -51,3 +51,13 @@ def test_frozen_path_is_deterministic_and_shape_stable():
         part = net(x[:2048])
     assert torch.equal(a, b)
     torch.testing.assert_close(a[:2048], part, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,run", [(1, 1), (37, 3), (2048, 1), (700, 7), (5000, 12)])
+def test_eval_linear_sums_equals_linear_then_sums(n, run):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(n * run, 16), torch.randn(40, 16), torch.randn(40)
+    with torch.no_grad():
+        want = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b), approximate="tanh")
+        got = onednn.eval_linear_sums(x, w, b, run, gelu=True)
+    torch.testing.assert_close(got, want.view(n, run, 40).sum(1), rtol=0, atol=1e-4)
