@@ -500,7 +500,6 @@ def predict_file(
         # the modules and the model stay for the whole command: the collector skips them until it ends (it
         # walked torch's objects on every full collection, about 4 % of predict's CPU time)
         gc.freeze()
-        _keep_freed_memory()
         opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, cfg.unknown_shrink)
         _check_input_run(src, scorer)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -557,8 +556,9 @@ def predict_file(
     )
 
 
-def _keep_freed_memory() -> None:
-    """glibc: blocks of up to 64 MiB come from the heap, which grows by at least 64 MiB and keeps up to 256 MiB
+def keep_freed_memory() -> None:
+    """For the `leader predict` command's process only (it changes the allocator for the rest of the process):
+    glibc: blocks of up to 64 MiB come from the heap, which grows by at least 64 MiB and keeps up to 256 MiB
     freed (M_MMAP_THRESHOLD, M_TOP_PAD, M_TRIM_THRESHOLD). By default the batch tensors (a few MiB each) are mapped and unmapped one by one, and
     every page of the next batch is faulted in and zeroed by the kernel again (about 7 % of predict's CPU time
     on the development machine); memory stays bounded by the largest batch. Nothing happens elsewhere."""
