@@ -243,11 +243,11 @@ class TransformerBlock(nn.Module):
                 z[t : t + n * L], ffn.w1.weight, ffn.w1.bias, L, gelu=True, out=hidden[i : i + n]
             )
             i, t = i + n, t + n * L
-        lens = torch.tensor([float(L) for L, _ in groups]).repeat_interleave(
-            torch.tensor([n for _, n in groups])
-        )
+        lens = torch.tensor([float(L) for L, _ in groups], dtype=x.dtype, device=x.device).repeat_interleave(
+            torch.tensor([n for _, n in groups], device=x.device)
+        )  # (n,) positions of each set
         sums = pooled_sum(x, groups).add_(eval_linear(hidden, ffn.w2.weight, None))  # (n, d)
-        return sums.div_(lens.to(x.dtype)[:, None]).add_(ffn.w2.bias)  # (n, d) means
+        return sums.div_(lens[:, None]).add_(ffn.w2.bias)  # (n, d) means
 
 
 class Stack(nn.Module):
@@ -377,7 +377,7 @@ class StudentModel(nn.Module):
         flat = ids.reshape(-1, S)  # (N, S)
         pk = _Packed.of(flat > 0)
         codes = flat.reshape(-1)[pk.index]  # (T,) the real codes, set after set
-        out = torch.zeros(flat.shape[0], self.config.hidden, dtype=self.embed.weight.dtype)  # (N, d)
+        out = self.embed.weight.new_zeros(flat.shape[0], self.config.hidden)  # (N, d), the model's device
         table, single = self._qkv_table(enc), self._single_table(enc)  # (vocab, 3d), (vocab, d)
         for s0, s1, t0, t1, groups in pk.chunks():
             if groups[0][0] == 1:  # sets of one code: the encoder's output is the code's own
