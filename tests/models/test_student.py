@@ -242,3 +242,14 @@ def test_recency_is_padding_invariant_and_leaves_other_weights_alone():
     assert all(torch.equal(plain[k], rs[k]) for k in plain)
     # distances beyond the table are clipped: 5 visits with a 3-row table still run
     assert torch.isfinite(logits(rec, collate([LONG]))).all()
+
+
+def test_runs_saved_before_recency_load_as_reference_students():
+    """A manifest's model_config from before `recency` existed has no such key: it builds the reference
+    architecture, whose state dict is exactly what those runs saved."""
+    from dataclasses import asdict
+
+    old = {k: v for k, v in asdict(StudentConfig(**CFG)).items() if k != "recency"}
+    model = StudentModel(StudentConfig(**old))
+    assert model.config.recency == 0 and model.recency is None
+    assert "recency.weight" not in model.state_dict()
