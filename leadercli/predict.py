@@ -556,30 +556,6 @@ def predict_file(
     )
 
 
-def keep_freed_memory() -> None:
-    """For the `leader predict` command's process only (it changes the allocator for the rest of the process):
-    glibc: blocks of up to 64 MiB come from the heap, which grows by at least 64 MiB and keeps up to 256 MiB
-    freed (M_MMAP_THRESHOLD, M_TOP_PAD, M_TRIM_THRESHOLD). By default the batch tensors (a few MiB each) are mapped and unmapped one by one, and
-    every page of the next batch is faulted in and zeroed by the kernel again (about 7 % of predict's CPU time
-    on the development machine); memory stays bounded by the largest batch. Nothing happens elsewhere."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    mallopt(M_MMAP_THRESHOLD, 64 << 20)
-    mallopt(M_TOP_PAD, 64 << 20)
-    mallopt(M_TRIM_THRESHOLD, 256 << 20)
-
-
 def _input_run(src: PredictInput) -> Path | None:
     """The run a `preprocess --for-run` folder was built for, when it still exists (the default --model)."""
     path = ((src.manifest or {}).get("run") or {}).get("path")

@@ -31,7 +31,9 @@ def demo(
 
     def body() -> None:
         from leadercli.demo import run_demo
+        from leadercli.hardware import keep_freed_memory
 
+        keep_freed_memory()  # this process ends with the command
         run_demo(load(config, sets), workdir=workdir)
 
     run(body, quiet=quiet, debug=debug)

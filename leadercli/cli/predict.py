@@ -77,7 +77,8 @@ def predict(
         checks.predict_args(input, output)  # before the heavy imports: a wrong path fails at once
         settings = load(config, sets, predict={"model": model, "top_k": top_k, "threshold": threshold})
         checks.run_folder(settings.predict.model, "--model")
-        from leadercli.predict import keep_freed_memory, predict_file
+        from leadercli.hardware import keep_freed_memory
+        from leadercli.predict import predict_file
 
         keep_freed_memory()  # this process ends with the command: its allocator may keep what it frees
         predict_file(settings, input, output, max_ddi_pairs=max_ddi_pairs)

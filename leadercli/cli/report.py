@@ -93,6 +93,9 @@ def report(
 
         check_writable_dir(settings.paths.report, "report folder", "Choose another -o")  # before any scoring
         check_free_space(settings.paths.report, 0, "report folder")
+        from leadercli.hardware import keep_freed_memory
+
+        keep_freed_memory()  # this process ends with the command
         if predictions is not None:
             result = report_from_predictions(settings, predictions, log=console.info)
         else:

@@ -79,6 +79,9 @@ def train_teacher(
         check_out_dir(
             settings.paths.teacher, protected, need=need, command="train teacher"
         )  # before any work
+        from leadercli.hardware import keep_freed_memory
+
+        keep_freed_memory()  # this process ends with the command (the frozen pass: −20 % CPU)
         do_train(settings, resume=resume)
 
     run(body, quiet=quiet, debug=debug)
