@@ -229,6 +229,30 @@ def header(version: str, created_at: str, artifact: dict, y_true, n_visits, ddi,
     }
 
 
+def assemble(
+    source: str,
+    artifact_info: dict,
+    artifact,
+    y_true,
+    n_visits,
+    ddi,
+    settings,
+    frequency,
+    entries,
+    comparison,
+) -> dict:
+    """A whole report: `header`, where the scores came from ("runs" / "predictions"), the drugs block (training
+    frequencies `frequency`), the scored entries and their comparison; `efficiency` is the caller's."""
+    from leadercli import __version__, runs
+
+    report = header(__version__, runs.now(), artifact_info, y_true, n_visits, ddi, settings)
+    report["source"] = source
+    report["drugs"] = drugs_block(artifact.labels, artifact.vocab.medications.titles, frequency, y_true)
+    report["runs"] = entries
+    report["comparison"] = comparison
+    return report
+
+
 def drugs_block(labels: list[str], names: list[str], train_frequency, y_test: np.ndarray) -> dict:
     test_frequency = metrics.drug_frequency(y_test)
     return {

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from leadercli import __version__, runs
 from leadercli.data.artifact import Artifact
 from leadercli.errors import InputError, SettingsError
 from leadercli.report import evaluate
@@ -197,14 +196,17 @@ def score_predictions(
     entries = [entry, pop]
     comparison = evaluate.compare(entries, [reps, pop_reps], floor_index=1)
 
-    report = evaluate.header(
-        __version__, runs.now(), artifact_block(artifact, SETTINGS_ARTIFACT), y_true, n_visits, ddi, settings
+    report = evaluate.assemble(
+        "predictions",
+        artifact_block(artifact, SETTINGS_ARTIFACT),
+        artifact,
+        y_true,
+        n_visits,
+        ddi,
+        settings,
+        popularity.frequency,
+        entries,
+        comparison,
     )
-    report["source"] = "predictions"
-    report["drugs"] = evaluate.drugs_block(
-        artifact.labels, artifact.vocab.medications.titles, popularity.frequency, y_true
-    )
-    report["runs"] = entries
-    report["comparison"] = comparison
     report["efficiency"] = None
     return report

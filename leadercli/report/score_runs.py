@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leadercli import __version__, metrics, runs
+from leadercli import metrics, runs
 from leadercli.data.artifact import Artifact
 from leadercli.errors import ArtifactError
 from leadercli.report import evaluate
@@ -429,15 +429,18 @@ def score_runs(settings, run_dirs: list[Path], log: Log | None = None) -> dict:
     floor_index = next(i for i, e in enumerate(entries) if e["kind"] == "popularity")
     comparison = evaluate.compare(entries, reps, floor_index)
     env["load_after"] = read_load()
-    report = evaluate.header(
-        __version__, runs.now(), artifact_block(artifact, how), y_true, n_visits, ddi, settings
+    report = evaluate.assemble(
+        "runs",
+        artifact_block(artifact, how),
+        artifact,
+        y_true,
+        n_visits,
+        ddi,
+        settings,
+        popularity.frequency,
+        entries,
+        comparison,
     )
-    report["source"] = "runs"
-    report["drugs"] = evaluate.drugs_block(
-        artifact.labels, artifact.vocab.medications.titles, popularity.frequency, y_true
-    )
-    report["runs"] = entries
-    report["comparison"] = comparison
     report["efficiency"] = {
         "device": str(device),
         "batch_size": rcfg.latency_batch_size,
