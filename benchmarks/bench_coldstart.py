@@ -198,35 +198,25 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cmd, threads = ["train", "student", "--model", kind], 1
         times[kind] = _leader(*cmd, *cfg, "--out", str(out), "-q", log=work / f"{kind}.log", threads=threads)
-    if fresh:
-        shutil.rmtree(new, ignore_errors=True)
-        _leader(
-            "preprocess",
-            *cfg,
-            "--for-run",
-            str(runs["student"]),
-            "--raw",
-            str(held_root / "mimic-iv-demo"),
-            "--out",
-            str(new),
-            "-q",
-            log=work / "forrun.log",
-        )
-        shutil.rmtree(m3, ignore_errors=True)
-        _leader(
-            "preprocess",
-            *cfg,
-            "--for-run",
-            str(runs["student"]),
-            "--source",
-            "mimic3",
-            "--raw",
-            str(REPO / "sample_data" / "mimic-iii-demo"),
-            "--out",
-            str(m3),
-            "-q",
-            log=work / "forrun-m3.log",
-        )
+    if fresh:  # the two real populations, prepared against the student run's vocabulary
+        for out, raw, extra, log in (
+            (new, held_root / "mimic-iv-demo", [], "forrun.log"),
+            (m3, REPO / "sample_data" / "mimic-iii-demo", ["--source", "mimic3"], "forrun-m3.log"),
+        ):
+            shutil.rmtree(out, ignore_errors=True)
+            _leader(
+                "preprocess",
+                *cfg,
+                "--for-run",
+                str(runs["student"]),
+                *extra,
+                "--raw",
+                str(raw),
+                "--out",
+                str(out),
+                "-q",
+                log=work / log,
+            )
     from leadercli.data.artifact import Artifact
     from leadercli.predict import INPUT_CODES, _read_titles
     from leadercli.runs import load_run

@@ -74,7 +74,8 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     soft = None  # (W (M, d), b (M,), feat_mean (d,), feat_scale (d,)) of the teacher's head: logit KD
     if kd_target == "logits":
         soft = _teacher_head(teacher_dir, device)
-    if kd_target == "features" and dcfg.standardize:
+    standardize = kd_target == "features" and dcfg.standardize  # only feature KD has features to standardise
+    if standardize:
         train_feats = cache.lookup(torch.tensor([e.subject_id for e in splits["train"]]))  # (N, D)
         mean, std = train_feats.mean(0).to(device), train_feats.std(0).to(device)
 
@@ -100,7 +101,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
 
     console.info(
         f"distill: alpha (KD, {kd_target}) {alpha if use_kd else 0}, beta (align) {beta if use_align else 0}"
-        + (", teacher features standardised" if kd_target == "features" and dcfg.standardize else "")
+        + (", teacher features standardised" if standardize else "")
     )
     on = use_kd or use_align
     fitted = fit(
@@ -137,7 +138,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
                 "kd_target": kd_target,
                 "kd_target_setting": dcfg.kd_target,
                 "align": use_align,
-                "standardize": kd_target == "features" and dcfg.standardize,
+                "standardize": standardize,
                 "tau": dcfg.tau,
             },
             "teacher": {

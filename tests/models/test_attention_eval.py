@@ -26,19 +26,15 @@ def test_eval_attention_equals_explicit_path():
     torch.testing.assert_close(fused[3], att.out(v).expand(5, 16), rtol=0, atol=1e-5)
 
 
+def _config(**kw) -> StudentConfig:
+    """A tiny student without dropout (train and eval paths must then give the same logits)."""
+    base = dict(vocab_size=30, n_labels=7, med_offset=23, profile_sizes=[3, 4], hidden=16, ff=24)
+    return StudentConfig(**base, dropout=0.0, attn_dropout=0.0, **kw)
+
+
 def test_eval_model_equals_explicit_path():
     torch.manual_seed(0)
-    cfg = StudentConfig(
-        vocab_size=30,
-        n_labels=7,
-        med_offset=23,
-        profile_sizes=[3, 4],
-        hidden=16,
-        ff=24,
-        dropout=0.0,
-        attn_dropout=0.0,
-    )
-    model = StudentModel(cfg)
+    model = StudentModel(_config())
     B, V, S = 5, 3, 4
     ids = torch.randint(0, 30, (B, V, S))  # (B, V, S) some sets all PAD
     batch = {
@@ -92,19 +88,7 @@ def test_packed_eval_equals_explicit_path(layers, recency, holes):
     """The packed eval path (`_Packed`: sets end to end, attention per length without mask, sets of one code
     and the last feed-forward pooled) gives the explicit training path's logits, dropout off."""
     torch.manual_seed(0)
-    cfg = StudentConfig(
-        vocab_size=30,
-        n_labels=7,
-        med_offset=23,
-        profile_sizes=[3, 4],
-        hidden=16,
-        ff=24,
-        dropout=0.0,
-        attn_dropout=0.0,
-        layers=layers,
-        recency=recency,
-    )
-    model = StudentModel(cfg)
+    model = StudentModel(_config(layers=layers, recency=recency))
     batch = _batch(torch.Generator().manual_seed(1), 300, 4, 30, holes)
     with torch.no_grad():
         explicit = model.train()(batch).logits
