@@ -238,6 +238,12 @@ class TeacherSettings(_Section):
     warmup_steps: int | None = Field(
         None, ge=0, description="Linear warm-up steps; unset = 6 % of the fine-tuning steps."
     )
+    dropout_masks: Literal["fast", "torch"] = Field(
+        "fast",
+        description="Dropout masks of LoRA training on CPU: fast = vectorised, seeded from torch's generator "
+        "(drop rate within 1e-5 of p); torch = torch's kernel (serial on AMD CPUs; the masks of earlier "
+        "versions). GPUs always use torch's.",
+    )
     length_buckets: bool = Field(
         True, description="Batch prompts of similar length (shuffled buckets), padded per batch."
     )

@@ -82,8 +82,9 @@ def _blocks(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool
     rest = n - full
     tail = None
     if rest:
-        pad = x.new_zeros(max(64, 1 << (rest - 1).bit_length()), x.shape[1])  # (m, k), m ≥ rest
+        pad = x.new_empty(max(64, 1 << (rest - 1).bit_length()), x.shape[1])  # (m, k), m ≥ rest
         pad[:rest] = x[full:]
+        pad[rest:] = 0.0
         tail = op(pad, w, b, act, [], algo)[:rest]  # (rest, out)
         if not full:
             return tail  # one call: its rows as they are, no copy
@@ -137,19 +138,31 @@ def eval_linear(x: torch.Tensor, lin_weight: torch.Tensor, bias: torch.Tensor | 
     return F.gelu(y, approximate="tanh") if gelu else y
 
 
+def transposed(m: nn.Linear) -> torch.Tensor:
+    """A frozen linear's Wᵀ, contiguous, built once and kept on the module (rebuilt when the weight is
+    replaced, moved or changed in place): the input gradient's weight."""
+    w = m.weight
+    key = (w.data_ptr(), w._version, tuple(w.shape), w.device, w.dtype)
+    cached = m.__dict__.get("_leader_wt")
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().t().contiguous())
+        m.__dict__["_leader_wt"] = cached
+    return cached[1]
+
+
 class _FrozenLinear(torch.autograd.Function):
     """y = x Wᵀ + b with W and b constant: the backward returns the input's gradient only, gy W (itself a
-    linear with weight Wᵀ), so x is not saved."""
+    linear with weight Wᵀ, kept by `transposed`), so x is not saved."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
-        ctx.save_for_backward(w)
+    def forward(ctx, x, w, wt, b):
+        ctx.save_for_backward(wt)
         return linear(x, w, b)
 
     @staticmethod
     def backward(ctx, gy):
-        (w,) = ctx.saved_tensors
-        return linear(gy, w.t().contiguous(), None), None, None
+        (wt,) = ctx.saved_tensors
+        return linear(gy, wt, None), None, None, None
 
 
 def _frozen_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +170,7 @@ def _frozen_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if w.requires_grad or (b is not None and b.requires_grad) or not _usable(x):
         return F.linear(x, w, b)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _FrozenLinear.apply(x, w, b)
+        return _FrozenLinear.apply(x, w, transposed(self), b)
     return linear(x, w, b)
 
 

