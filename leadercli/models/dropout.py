@@ -4,7 +4,7 @@ torch's CPU dropout draws its mask with `bernoulli_`, which runs a serial kernel
 one is taken on Intel only): on the 2-core development machine it was 36 % of a LoRA step of MiniLM (hidden,
 attention-probability and LoRA dropout, 55 masks per micro-batch), one core idle meanwhile. Here every mask is
 one SFC64 stream (numpy) seeded by a single 63-bit draw from torch's CPU generator, read as 16-bit integers
-and compared with round(p · 65536) (as floats: vectorised): the drop rate is that over 65536 (within 8e-6 of p) and kept values are
+and compared with round(p · 65536): the drop rate is that over 65536 (within 8e-6 of p) and kept values are
 scaled by its complement, so the expectation is unchanged. The masks are not torch's (results differ from
 `"torch"` as they would for another seed), but they depend on the seed only: the same seed gives the same
 run on any CPU and thread count (torch's own masks differ between AMD and Intel), and a resumed run draws the
@@ -40,14 +40,16 @@ def drop_rate(p: float) -> float:
 
 def keep_scale(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """A float32 multiplier of `shape`: 0 where an element is dropped (probability `drop_rate(p)`), else
-    1 / (1 − that rate). Every step a vectorised float op (torch's bool and int16 kernels are not)."""
+    1 / (1 − that rate). The compare and the scaling are one numpy ufunc (torch's int16 and bool kernels are
+    not vectorised)."""
     n = math.prod(shape)
     seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
     words = np.random.Generator(np.random.SFC64(seed)).bit_generator.random_raw(-(-n // 4))
-    u = torch.from_numpy(words.view(np.int16)[:n]).to(torch.float32)  # uniform over the 2¹⁶ integers
-    # kept ⇔ u ≥ t − 2¹⁵ ⇔ u − (t − 2¹⁵ − 1) ≥ 1; integers, so clamp(·, 0, 1) is the 0/1 mask
-    u.sub_(_threshold(p) - (1 << (_BITS - 1)) - 1).clamp_(0.0, 1.0).mul_(1.0 / (1.0 - drop_rate(p)))
-    return u.view(shape)
+    u = words.view(np.int16)[:n]  # uniform over the 2¹⁶ integers
+    keep = np.empty(n, np.float32)
+    scale = np.float32(1.0 / (1.0 - drop_rate(p)))
+    np.multiply(np.greater_equal(u, _threshold(p) - (1 << (_BITS - 1))), scale, out=keep)
+    return torch.from_numpy(keep).view(shape)
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

@@ -12,7 +12,9 @@ shape), so the random stream is unchanged.
 
 `use_for_lora(model)` routes every eligible peft `lora.Linear` (one active vanilla adapter, unmerged, frozen
 `nn.Linear` base) through this when a gradient is recorded on CPU in fp32 with oneDNN on; anything else
-(inference, GPUs, DoRA, several adapters) takes peft's own forward.
+(GPUs, DoRA, several adapters) takes peft's own forward. Inference on CPU takes oneDNN too (validation,
+features), and with B = 0 (a fresh adapter: the frozen pass before LoRA, a probe-only teacher's features)
+skips the adapter, whose term is then exactly zero.
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ def _adapter(m) -> str | None:
 def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = _adapter(self) if not args and not kwargs else None
     a_lin = self.lora_A[name] if name else None
+    if name and not self.training and not torch.is_grad_enabled() and onednn._usable(x):
+        bm = self.lora_B[name].weight
+        if not bm.any():
+            return self.base_layer(x)  # B = 0 (a fresh adapter: the frozen pass, a probe-only teacher): exact
+        if a_lin.weight.dtype == torch.float32:  # inference: base + s·B(A x), all through oneDNN
+            shape = x.shape
+            x2 = x.reshape(-1, shape[-1])
+            h = onednn.linear(x2, a_lin.weight, None).mul_(float(self.scaling[name]))
+            y = onednn.linear(x2, self.base_layer.weight, self.base_layer.bias)
+            y = torch.ops.mkldnn._linear_pointwise.binary(h, y, bm, None, "add")
+            return y.view(*shape[:-1], bm.shape[0])
     if (
         name is None
         or not torch.is_grad_enabled()

@@ -421,7 +421,7 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
     lengths = np.array([len(p) for p in run.ps["train"].prompts])  # characters: a cheap proxy for tokens
     step = state["step"]
     micro, seen, loss_sum, loss_n = 0, 0, 0.0, 0
-    t0 = time.perf_counter()
+    t0, eval_s = time.perf_counter(), 0.0
     run.model.train()
     with console.progress("teacher", total=total) as advance:
         advance(step)
@@ -447,19 +447,25 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                elapsed = time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0 - eval_s  # training only: evaluations are not counted
                 tok_s = seen / max(elapsed, 1e-9)
                 advance(1, status=f"loss {loss_sum / loss_n:.4f}  {tok_s:,.0f} tok/s")
                 if step % plan["eval_every"] == 0 or step == total:
                     record = {"step": step, "loss": loss_sum / loss_n, "lr": scheduler.get_last_lr()[0]}
+                    t_eval = time.perf_counter()
                     _evaluate_and_keep(
                         run, optimizer, scheduler, state, step, record | {"tokens_per_s": tok_s}
                     )
+                    eval_s += time.perf_counter() - t_eval
                     loss_sum, loss_n = 0.0, 0
                 if step >= total:
                     break
-    elapsed = time.perf_counter() - t0
-    return {"steps": step, "tokens_per_s": seen / max(elapsed, 1e-9) if seen else None}
+    elapsed = time.perf_counter() - t0 - eval_s
+    return {
+        "steps": step,
+        "tokens_per_s": seen / max(elapsed, 1e-9) if seen else None,
+        "eval_seconds": eval_s,
+    }
 
 
 def _evaluate_and_keep(run: TeacherRun, optimizer, scheduler, state: dict, step: int, record: dict) -> None:
@@ -599,7 +605,8 @@ def _manifest(run: TeacherRun, state: dict, stats: dict) -> dict:
             "best_val_prauc": state["best"] if state["best_step"] >= 0 else None,
             "processes": acc.num_processes,
             "seconds": stats["seconds"],
-            "tokens_per_s": stats["tokens_per_s"],
+            "tokens_per_s": stats["tokens_per_s"],  # training steps only, evaluations excluded
+            "eval_seconds": stats.get("eval_seconds", 0.0),
             "precision": run.recipe["precision"],
             "device": str(acc.device),
             "device_name": torch.cuda.get_device_name() if cuda else "cpu",

@@ -149,10 +149,22 @@ def test_fused_lora_equals_peft(fast):
     assert set(g1) == set(g0) and len(g0) == 20
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)
-    model.eval()  # inference takes peft's own forward
+    model.eval()  # inference: oneDNN as well, peft's numbers to float rounding
     with torch.no_grad():
         a = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert torch.isfinite(a).all()
+        routed = [m for m in model.modules() if "_peft_forward" in m.__dict__]
+        for m in routed:
+            m.forward, m.__dict__["_fused"] = m._peft_forward, m.forward
+        b = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for m in routed:
+            m.forward = m.__dict__.pop("_fused")
+        for m in routed:  # B = 0: the adapter is skipped, exactly the base model
+            nn.init.zeros_(m.lora_B["default"].weight)
+        c = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        with model.disable_adapter():
+            base = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a, base, atol=1e-3) and torch.equal(c, base)
 
 
 @pytest.mark.skipif(not onednn.available(), reason="oneDNN linear not available in this build")

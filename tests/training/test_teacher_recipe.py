@@ -159,6 +159,23 @@ def test_fine_tuning_after_the_probe(wd):
     assert moved == (tr["best_step"] > 0)  # LoRA B starts at zero
 
 
+def test_dropout_masks_fast_is_reproducible_and_torch_differs(wd):
+    """`teacher.dropout_masks`: the fast masks give the same run twice for one seed; torch's masks are another
+    random stream (another loss path), and the choice is recorded."""
+
+    def losses(name: str, **kw) -> list[float]:
+        run = _train(wd, name, lp_epochs=5, max_steps=6, eval_every=3, grad_accum=1, **kw)
+        assert json.loads((run / "manifest.json").read_text())["recipe"]["dropout_masks"] == kw.get(
+            "dropout_masks", "fast"
+        )
+        return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+    a, b = losses("masks_a"), losses("masks_b")
+    c = losses("masks_torch", dropout_masks="torch")
+    assert a == b and len(a) == 2
+    assert a != c and all(abs(x - y) < 0.1 for x, y in zip(a, c, strict=True))  # other masks, same training
+
+
 def test_length_buckets_cover_every_sample_once_per_epoch():
     from leadercli.training.teacher import epoch_batches
 
