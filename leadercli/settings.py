@@ -264,7 +264,7 @@ class TeacherSettings(_Section):
         None,
         ge=0,
         description="LoRA fine-tuning epochs (ignored when max_steps is set); 0 = linear probe only; unset = 3 on "
-        "a GPU, 0 on CPU (an epoch over 17k MiniLM prompts takes about 20 minutes on 2 cores).",
+        "a GPU, 0 on CPU (an epoch of LoRA over 17k MiniLM prompts takes about 15 minutes on 2 cores).",
     )
     max_steps: int | None = Field(
         None, ge=0, description="LoRA fine-tuning optimizer steps (reference: 3000 on MIMIC-III); 0 = none."
