@@ -34,8 +34,7 @@ class _LoraLinear(torch.autograd.Function):
     def forward(ctx, x, keep, w, wt, b, a, bm, scale):  # x (N, k); keep (N, k) or None; a (r, k); bm (out, r)
         xd = x * keep if keep is not None else x
         h = onednn.linear(xd, a, None)  # (N, r)
-        y = onednn.linear(x, w, b)  # (N, out)
-        y = torch.ops.mkldnn._linear_pointwise.binary(h * scale, y, bm, None, "add")  # y + s·h Bᵀ
+        y = onednn.linear(h * scale, bm, None, add=onednn.linear(x, w, b))  # x Wᵀ + b + s·h Bᵀ
         ctx.save_for_backward(xd, keep, wt, a, bm, h)
         ctx.scale = scale
         return y
@@ -50,7 +49,7 @@ class _LoraLinear(torch.autograd.Function):
         g_a = torch.mm(gh.t(), xd)  # (r, k)
         g_x = onednn.linear(gy, wt, None)  # (N, k) = gy W
         if keep is None:
-            g_x = torch.ops.mkldnn._linear_pointwise.binary(gh, g_x, a.t().contiguous(), None, "add")
+            g_x = onednn.linear(gh, a.t().contiguous(), None, add=g_x)
         else:
             g_x.addcmul_(onednn.linear(gh, a.t().contiguous(), None), keep)
         return g_x, None, None, None, None, g_a, g_b, None
@@ -74,41 +73,29 @@ def _adapter(m) -> str | None:
 
 def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = _adapter(self) if not args and not kwargs else None
-    a_lin = self.lora_A[name] if name else None
-    if name and not self.training and not torch.is_grad_enabled() and onednn._usable(x):
-        bm = self.lora_B[name].weight
-        if not bm.any():
-            return self.base_layer(x)  # B = 0 (a fresh adapter: the frozen pass, a probe-only teacher): exact
-        if a_lin.weight.dtype == torch.float32:  # inference: base + s·B(A x), all through oneDNN
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            h = onednn.linear(x2, a_lin.weight, None).mul_(float(self.scaling[name]))
-            y = onednn.linear(x2, self.base_layer.weight, self.base_layer.bias)
-            y = torch.ops.mkldnn._linear_pointwise.binary(h, y, bm, None, "add")
-            return y.view(*shape[:-1], bm.shape[0])
-    if (
-        name is None
-        or not torch.is_grad_enabled()
-        or not onednn._usable(x)
-        or a_lin.weight.dtype != torch.float32
-        or (self.base_layer.bias is not None and self.base_layer.bias.requires_grad)
-    ):
+    if name is None or not onednn._usable(x) or self.lora_A[name].weight.dtype != torch.float32:
         return self._peft_forward(x, *args, **kwargs)
-    w, b = self.base_layer.weight, self.base_layer.bias
-    drop = self.lora_dropout[name]
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    keep = None
-    if self.training and isinstance(drop, (nn.Dropout, MaskDropout)) and drop.p > 0:
-        if isinstance(drop, MaskDropout):
-            keep = keep_scale(x2.shape, drop.p)
-        else:  # torch's mask, drawn on the same shape as `drop(x)` would: the same random stream
-            keep = F.dropout(torch.ones_like(x2), drop.p, True)
-    bm = self.lora_B[name].weight
-    y = _LoraLinear.apply(
-        x2, keep, w, onednn.transposed(self.base_layer), b, a_lin.weight, bm, float(self.scaling[name])
-    )
-    return y.view(*shape[:-1], w.shape[0])
+    base, a, bm = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
+    scale = float(self.scaling[name])
+    x2 = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled():
+        if base.bias is not None and base.bias.requires_grad:
+            return self._peft_forward(x)
+        drop, keep = self.lora_dropout[name], None
+        if self.training and isinstance(drop, (nn.Dropout, MaskDropout)) and drop.p > 0:
+            if isinstance(drop, MaskDropout):
+                keep = keep_scale(x2.shape, drop.p)
+            else:  # torch's mask, drawn on the same shape as `drop(x)` would: the same random stream
+                keep = F.dropout(torch.ones_like(x2), drop.p, True)
+        y = _LoraLinear.apply(x2, keep, base.weight, onednn.transposed(base), base.bias, a, bm, scale)
+    elif self.training:  # no gradient but dropout on: peft's own (its masks)
+        return self._peft_forward(x)
+    elif not bm.any():
+        return base(x)  # B = 0 (a fresh adapter: the frozen pass, a probe-only teacher): exact
+    else:  # inference: base + s·B(A x), all through oneDNN
+        h = onednn.linear(x2, a, None).mul_(scale)
+        y = onednn.linear(h, bm, None, add=onednn.linear(x2, base.weight, base.bias))
+    return y.view(*x.shape[:-1], bm.shape[0])
 
 
 def use_for_lora(model: nn.Module) -> int:

