@@ -38,12 +38,12 @@ import polars as pl
 
 from leadercli import __version__, console
 from leadercli.data import artifact as A
-from leadercli.data import cohort, tables, vocab
+from leadercli.data import cohort, contract, tables, vocab
 from leadercli.errors import ArtifactError, InputError
 
-KIND = "prediction-input"
+KIND = contract.KIND
 KEYS = cohort.KEYS
-CODES = "codes.parquet"
+CODES = contract.CODES
 
 
 @dataclass
@@ -174,7 +174,7 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
             ordered.join(cohort.code_lists(raw.diagnoses, "diagnoses", True), on=KEYS, how="left")
             .join(cohort.code_lists(raw.procedures, "procedures", True), on=KEYS, how="left")
             .join(cohort.code_lists(meds.rename({"atc3": "code"}), "medications", False), on=KEYS, how="left")
-            .with_columns(pl.col(c).fill_null(empty) for c in ("diagnoses", "procedures", "medications"))
+            .with_columns(pl.col(c).fill_null(empty) for c in contract.LIST_COLUMNS)
         )
         fields = tuple(voc.profile.keys())
         visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
@@ -203,7 +203,7 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
                 .with_columns(pl.col("title").fill_null(""))
             )
             codes_parts.append(
-                per_code.select("kind", "code", "title", "known", pl.col("visits").cast(pl.Int64))
+                per_code.with_columns(pl.col("visits").cast(pl.Int64)).select(contract.CODES_COLUMNS)
             )
             unk_rows = long.filter(~known)
             unknown[kind] = {
