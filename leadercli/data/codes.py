@@ -75,6 +75,8 @@ def prefix_lists(df: pl.DataFrame, column: str, kind: str, version: pl.Expr) -> 
     stays empty, and a code of a row whose version is null is dropped."""
     rows = df.select(pl.col(column).alias("c"), version.alias("v")).with_row_index("i")
     codes = rows.explode("c", empty_as_null=True).with_columns(  # an empty list keeps its row
-        pl.when(is_prefixed(pl.col("c"))).then(pl.col("c")).otherwise(prefixed(kind, pl.col("v"), pl.col("c")))
+        pl.when(is_prefixed(pl.col("c")))
+        .then(pl.col("c"))
+        .otherwise(prefixed(kind, pl.col("v"), pl.col("c")))
     )
     return codes.group_by("i", maintain_order=True).agg(pl.col("c").drop_nulls())["c"].alias(column)
