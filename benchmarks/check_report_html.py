@@ -149,6 +149,13 @@ IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => ({
 })))"""
 
 
+# the page's own width against the viewport's: a wider page scrolls sideways (a table that overflows)
+WIDTHS_JS = """JSON.stringify({scroll: Math.max(document.documentElement.scrollWidth, document.body.scrollWidth),
+  client: document.documentElement.clientWidth,
+  tables: Array.from(document.querySelectorAll("table")).filter(
+    t => t.scrollWidth > t.parentElement.clientWidth + 1).length})"""
+
+
 def check_html(
     html_path: Path, screenshot: Path | None = None, binary: str | None = None, timeout: float = 30
 ) -> dict:
@@ -180,6 +187,11 @@ def check_html(
             height = dt.send(
                 "Runtime.evaluate",
                 {"expression": "document.documentElement.scrollHeight", "returnByValue": True},
+                session=session,
+            )["result"]["value"]
+            widths = dt.send(
+                "Runtime.evaluate",
+                {"expression": WIDTHS_JS, "returnByValue": True},
                 session=session,
             )["result"]["value"]
             if screenshot is not None:
@@ -221,6 +233,10 @@ def check_html(
         "images_rendered": len(rendered),
         "external_requests": external,
         "page_height": int(height),
+        "viewport_width": WIDTH,
+        "scroll_width": int(json.loads(widths)["scroll"]),
+        "client_width": int(json.loads(widths)["client"]),
+        "tables_scrolling": int(json.loads(widths)["tables"]),
         "screenshot": str(screenshot) if screenshot is not None else None,
     }
 
@@ -232,6 +248,7 @@ def ok(result: dict) -> bool:
         and result["images"] > 0
         and result["images_rendered"] == result["images"]
         and not result["external_requests"]
+        and result["scroll_width"] <= result["client_width"]
     )
 
 
@@ -256,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {e}")
         print(f"images rendered: {result['images_rendered']} of {result['images']}")
         print(f"external requests: {len(result['external_requests'])}")
+        print(f"page width: {result['scroll_width']} px in a {result['client_width']} px viewport")
+        print(f"tables wider than the page (they scroll inside): {result['tables_scrolling']}")
         print(f"screenshot: {result['screenshot']} (page height {result['page_height']} px)")
     return 0 if ok(result) else 1
 

@@ -23,17 +23,28 @@ METRIC_COLUMNS = (
     ("avg_true_drugs", "#drugs true", 2),
 )
 
+def _cell_html(text: str) -> str:
+    """A cell's HTML: an interval `value [lo, hi]` breaks before its bracket, so that the metrics table of several
+    runs fits a 1280-px window (the markdown keeps one line)."""
+    value, sep, interval = str(text).partition(" [")
+    if not sep:
+        return _html.escape(str(text))
+    return f'{_html.escape(value)}<br><span class="ci">[{_html.escape(interval)}</span>'
+
+
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 2rem auto;
        max-width: 1100px; padding: 0 1rem; color: #1d232a; line-height: 1.45; }
 h1 { font-size: 1.7rem; border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
 h2 { font-size: 1.3rem; margin-top: 2rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
 h3 { font-size: 1.05rem; margin-bottom: .3rem; }
-table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .9rem; }
-th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; }
+div.table { overflow-x: auto; margin: .6rem 0 1rem; }
+table { border-collapse: collapse; font-size: .82rem; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .45rem; }
 th { background: #f3f5f7; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:nth-child(even) td { background: #fafbfc; }
+span.ci { color: #57606a; font-size: .78rem; }
 figure { margin: 1rem 0 2rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e1e4e8; }
 figcaption { color: #57606a; font-size: .88rem; margin-top: .3rem; }
@@ -440,12 +451,14 @@ def html(report: dict, figures: list[dict], image_dir: Path) -> str:
             body = "".join(
                 "<tr>"
                 + "".join(
-                    f"<td{' class=num' if n else ''}>{e(c)}</td>" for n, c in zip(num, row, strict=True)
+                    f"<td{' class=num' if n else ''}>{_cell_html(c)}</td>" for n, c in zip(num, row, strict=True)
                 )
                 + "</tr>"
                 for row in rows
             )
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            parts.append(
+                f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+            )
         elif kind == "img":
             _, file, title, caption = blk
             parts.append(

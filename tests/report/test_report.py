@@ -466,3 +466,6 @@ def test_html_renders_in_headless_chromium(work: Path, tmp_path: Path) -> None:
     assert result["images"] == len(PLOTS) and result["images_rendered"] == len(PLOTS)
     assert result["external_requests"] == []
     assert shot.read_bytes().startswith(b"\x89PNG") and result["page_height"] > 1000
+    # no horizontal scroll at 1280 px: neither the page nor any table is wider than the window
+    assert result["client_width"] == 1280 and result["scroll_width"] <= result["client_width"]
+    assert result["tables_scrolling"] == 0
