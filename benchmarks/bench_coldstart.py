@@ -218,14 +218,14 @@ def main(argv: list[str] | None = None) -> int:
                 log=work / log,
             )
     from leadercli.data.artifact import Artifact
-    from leadercli.predict import INPUT_CODES, _read_titles
+    from leadercli.predict import INPUT_CODES, read_titles
     from leadercli.runs import load_run
 
     art = Artifact(work / "artifact")
     test_ids = art.patients().filter(pl.col("split") == "test")["subject_id"]
     test_visits = art.visits().filter(pl.col("subject_id").is_in(test_ids.implode()))
     cold_visits = pl.read_parquet(new / "visits.parquet")
-    titles = _read_titles(new / INPUT_CODES)
+    titles = read_titles(new / INPUT_CODES)
     vocab = art.vocab
     prior = None
     results: dict = {
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "cold start (held-out MIMIC-IV demo admissions)": (cold_visits, titles),
         "cold start (MIMIC-III demo, another database)": (
             pl.read_parquet(m3 / "visits.parquet"),
-            _read_titles(m3 / INPUT_CODES),
+            read_titles(m3 / INPUT_CODES),
         ),
     }
     for pop_name, (visits, pop_titles) in populations.items():

@@ -1,4 +1,4 @@
-"""Scaling of `leader predict`'s contiguity check (`leadercli.predict._SeenSubjects`) with shuffled subject ids.
+"""Scaling of `leader predict`'s contiguity check (`leadercli.predict.streaming.SeenSubjects`) with shuffled subject ids.
 
 Rows of N visits (1–3 per subject, each subject's rows contiguous, subjects in a random order — the worst case:
 every chunk needs a lookup) are cut into chunks of whole subjects as `predict` cuts them (8,192 rows =
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from leadercli.predict import _SeenSubjects
+from leadercli.predict.streaming import SeenSubjects
 
 CHUNK_ROWS = 8192
 
@@ -93,9 +93,9 @@ def main() -> None:
         parts = chunks(make_rows(n, base=1 << 40 if "2^40" in which else 10_000_000))
         assert sum(map(len, parts)) == n
         # a seen subject again is refused (the check still works at this size)
-        bad = _SeenSubjects()
+        bad = SeenSubjects()
         assert all(bad.add(p) for p in parts[:3]) and not bad.add(parts[1][:1])
-        dt = time_check(_OldSeenSubjects if which == "old" else _SeenSubjects, parts)
+        dt = time_check(_OldSeenSubjects if which == "old" else SeenSubjects, parts)
         print(f"{n:>12,} {len(parts):>7,} {dt:>8.2f} {dt / n * 1e6:>14.3f}  {which}", flush=True)
     print(f"load after: {open('/proc/loadavg').read().split()[:3]}")
 

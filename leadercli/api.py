@@ -98,7 +98,7 @@ class Recommender:
         import polars as pl
 
         from leadercli.data.newcohort import build_for_run
-        from leadercli.predict import INPUT_CODES, _read_titles
+        from leadercli.predict import INPUT_CODES, read_titles
         from leadercli.settings import load_settings
 
         settings = self.settings or load_settings(None, overrides={"paths": {"aux": aux}})
@@ -106,7 +106,7 @@ class Recommender:
             target = Path(out) if out is not None else Path(tmp) / "input"
             result = build_for_run(settings, self.scorer.path, Path(raw_dir), target, source)
             visits = pl.read_parquet(result.path / "visits.parquet")
-            titles = _read_titles(result.path / INPUT_CODES)
+            titles = read_titles(result.path / INPUT_CODES)
             return self.predict(visits, titles=titles, **predict_options)
 
 

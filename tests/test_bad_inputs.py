@@ -186,9 +186,9 @@ def test_teacher_free_space_estimate(cwd, tmp_path, monkeypatch):
 
 
 def test_disk_full_while_writing_leaves_nothing(cwd, unchanged, monkeypatch):
-    import leadercli.predict as predict
+    import leadercli.predict.output as predict
 
-    real = predict._open_writer
+    real = predict.open_writer
 
     class Full:
         def __init__(self, w):
@@ -200,7 +200,7 @@ def test_disk_full_while_writing_leaves_nothing(cwd, unchanged, monkeypatch):
         def close(self):
             self.w.close()
 
-    monkeypatch.setattr(predict, "_open_writer", lambda p, s: Full(real(p, s)))
+    monkeypatch.setattr(predict, "open_writer", lambda p, s: Full(real(p, s)))
     r = invoke(["predict", "data/mimic3/visits.parquet", "-o", "recs-full.csv", "--model", "runs/student"])
     assert_one_line(r, "recs-full.csv", "No space left on device", "nothing was written")
 
@@ -575,13 +575,13 @@ def test_killed_predict_leaves_only_its_temporary_file(cwd, tmp_path):
     """kill -9 in the middle of writing: the output is absent (only the hidden temporary file remains, and the
     next run removes it)."""
     code = (
-        "import os, signal, leadercli.predict as p\n"
-        "real = p._open_writer\n"
+        "import os, signal, leadercli.predict.output as p\n"
+        "real = p.open_writer\n"
         "class W:\n"
         "    def __init__(s, w): s.w = w\n"
         "    def write_table(s, t): s.w.write_table(t); os.kill(os.getpid(), signal.SIGKILL)\n"
         "    def close(s): s.w.close()\n"
-        "p._open_writer = lambda path, suf: W(real(path, suf))\n"
+        "p.open_writer = lambda path, suf: W(real(path, suf))\n"
         "from leadercli.cli.main import app\n"
         "app(['predict', 'data/mimic3/visits.parquet', '-o', 'killed.csv', '--model', 'runs/student'])\n"
     )
@@ -599,12 +599,12 @@ def test_killed_predict_leaves_only_its_temporary_file(cwd, tmp_path):
 def test_contiguity_check_with_shuffled_subjects(base):
     """Any order of whole subjects is accepted; a subject seen in an earlier chunk is refused (bool array for
     ids below 2^26, sorted runs otherwise, whichever run of the merge holds it)."""
-    from leadercli.predict import _SeenSubjects
+    from leadercli.predict.streaming import SeenSubjects
 
     rng = np.random.default_rng(0)
     ids = rng.permutation(20_000).astype(np.int64) * 3 + base
     chunks = np.array_split(ids, 157)
-    seen = _SeenSubjects()
+    seen = SeenSubjects()
     assert all(seen.add(c) for c in chunks)
     assert (seen.dense is not None) == (base == 0)
     if base:
@@ -618,9 +618,9 @@ def test_contiguity_check_with_shuffled_subjects(base):
 
 
 def test_contiguity_check_switches_from_dense_to_runs():
-    from leadercli.predict import _SeenSubjects
+    from leadercli.predict.streaming import SeenSubjects
 
-    seen = _SeenSubjects()
+    seen = SeenSubjects()
     assert seen.add(np.array([5, 9, 1000])) and seen.add(np.array([3, 7]))
     assert seen.add(np.array([1 << 40]))  # out of the bool array's range: its ids move to a run
     assert seen.dense is None and not seen.add(np.array([2, 9])) and not seen.add(np.array([1 << 40]))
@@ -631,11 +631,11 @@ def test_contiguity_check_is_linear():
     """Doubling the rows about doubles the time (shuffled ids; the old check was quadratic)."""
     import time
 
-    from leadercli.predict import _SeenSubjects
+    from leadercli.predict.streaming import SeenSubjects
 
     def run(n):
         ids = np.random.default_rng(1).permutation(n).astype(np.int64) * 7 + 10_000_000
-        seen = _SeenSubjects()
+        seen = SeenSubjects()
         t0 = time.perf_counter()
         for c in np.array_split(ids, n // 4096):
             seen.add(c)

@@ -239,19 +239,19 @@ def test_teacher_run_predicts(wd, tmp_path, monkeypatch):
     rec = Recommender.load(tmp_path / "teacher")
     api = rec.predict(pl.read_parquet("data/new/visits.parquet"), top_k=4)
     # the CLI names unseen codes from codes.parquet; so does the API when given the same titles
-    from leadercli.predict import _read_titles
+    from leadercli.predict import read_titles
 
     titled = rec.predict(
         pl.read_parquet("data/new/visits.parquet"),
         top_k=4,
-        titles=_read_titles(Path("data/new/codes.parquet")),
+        titles=read_titles(Path("data/new/codes.parquet")),
     )
     assert np.abs(titled["score"].to_numpy() - out["score"].to_numpy()).max() < 1e-4
     assert titled.height == out.height
     assert api["subject_id"].n_unique() == out["subject_id"].n_unique()
     # a target visit whose own drugs include a class outside the label list, named in the titles (real new
     # admissions do this): scoring builds no labels, so it scores instead of failing on the unknown index
-    titles = _read_titles(Path("data/new/codes.parquet")) or {}
+    titles = read_titles(Path("data/new/codes.parquet")) or {}
     titles["medications"] = {**titles.get("medications", {}), "Z9Z": "a drug class the run never saw"}
     frame = pl.read_parquet("data/new/visits.parquet")
     frame = frame.with_columns(pl.concat_list([pl.col("medications"), pl.lit("Z9Z")]).alias("medications"))

@@ -14,7 +14,7 @@ import torch
 from leadercli.data.artifact import Artifact, CodeList, Vocab
 from leadercli.data.batching import Encoder, batches
 from leadercli.data.samples import samples_from_frame
-from leadercli.predict import _prefix_raw
+from leadercli.predict.input import prefix_raw
 
 
 def _assert_same(
@@ -66,7 +66,7 @@ def test_same_tensors_on_raw_icd_codes_unsorted_with_nulls(tiny_artifact: Path):
         .otherwise(pl.col("language"))
         .alias("language"),
     )
-    prefixed = _prefix_raw(raw, Path("raw.parquet"), None)
+    prefixed = prefix_raw(raw, Path("raw.parquet"), None)
     assert prefixed["diagnoses"].explode().drop_nulls().str.starts_with("D9:").all()
     for max_visits, batch_size, by_length in [(10, 16, False), (2, 3, False), (10, 5, True)]:
         _assert_same(art.vocab, prefixed, max_visits, batch_size, by_length)

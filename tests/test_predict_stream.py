@@ -137,25 +137,25 @@ def test_empty_subject_id_is_refused(workdir, monkeypatch):
 
 
 def test_top_equals_topk_and_orders_equal_scores_by_column():
-    from leadercli.predict import _top
+    from leadercli.predict.ranking import top
 
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(500, 40, generator=g)
-    values, indices = _top(probs, 12)
+    values, indices = top(probs, 12)
     want = torch.topk(probs, 12, dim=1)
     assert torch.equal(indices, want.indices) and torch.equal(values, want.values)
     tied = torch.tensor([[0.2, 0.9, 0.5, 0.9, 0.5, 0.1]])
-    values, indices = _top(tied, 4)
+    values, indices = top(tied, 4)
     assert indices.tolist() == [[1, 3, 2, 4]] and values[0].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.5])
 
 
 def test_subject_chunks_carry_the_last_subject():
-    from leadercli.predict import _subject_chunks
+    from leadercli.predict.streaming import subject_chunks
 
     frames = [pl.DataFrame({"subject_id": [1, 1, 2, 3, 3]}), pl.DataFrame({"subject_id": [3, 4, 4]})]
-    out = [(n, df["subject_id"].to_list()) for n, df in _subject_chunks(iter(frames))]
+    out = [(n, df["subject_id"].to_list()) for n, df in subject_chunks(iter(frames))]
     assert out == [(5, [1, 1, 2]), (3, [3, 3, 3]), (0, [4, 4])]
     # the last subject also earlier in the frame: all its rows are carried over, as before
     frames = [pl.DataFrame({"subject_id": [3, 1, 3]}), pl.DataFrame({"subject_id": [5]})]
-    out = [(n, df["subject_id"].to_list()) for n, df in _subject_chunks(iter(frames))]
+    out = [(n, df["subject_id"].to_list()) for n, df in subject_chunks(iter(frames))]
     assert out == [(3, [1]), (1, [3, 3]), (0, [5])]
