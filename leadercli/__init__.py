@@ -22,6 +22,7 @@ Module map (one line each; the folder says the concern):
     data/ddi.py       ATC-3 interaction pairs (TOP-40 side-effect rule)
     data/preprocess.py  `leader preprocess`: raw data → artifact folder (atomic)
     data/newcohort.py   `leader preprocess --for-run`: new patients' raw data → prediction input folder
+    data/contract.py  the prediction-input contract (columns, types, ids) that newcohort writes and predict reads
     data/artifact.py  the artifact contract (files, Vocab, hashes)
     data/samples.py   visits → samples (the one sample rule); data/batching.py samples → student tensors
     data/prompts.py   samples → teacher prompts (template, length fitting)
@@ -31,7 +32,10 @@ Module map (one line each; the folder says the concern):
                       components both student recipes use (recipes never import each other)
     checkpoint.py     the one resume-checkpoint format (weights, optimizer, scheduler, RNG; safetensors)
     runs.py           run folders: manifests, checks, `load_run(path)` → a Scorer for every run kind
-    predict.py        `leader predict`: any run → streamed, batched inference → ranked table (+ .meta.json)
+    predict/          `leader predict`: any run → streamed, batched inference → ranked table (+ .meta.json):
+                      input.py (read, check), streaming.py (subject chunks, background encoding, ordered
+                      results), ranking.py (top-k, threshold, DDI cap), shrink.py (unknown-code shrink),
+                      output.py (output checks, writer, sidecar), command.py (`predict_file`)
     selection.py      threshold and the greedy DDI cap (`--max-ddi-pairs`)
     api.py            `Recommender`: the Python API (load / predict / predict_raw)
     metrics.py        pure metric functions, bootstrap intervals, paired comparison, threshold choice
