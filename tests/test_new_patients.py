@@ -110,6 +110,23 @@ def test_every_new_subject_gets_drugs_for_its_latest_admission(wd, monkeypatch):
     assert meta["model"]["labels_hash"] == m["run"]["labels_hash"]
 
 
+def test_for_run_folder_follows_the_input_contract(wd):
+    """What `preprocess --for-run` writes is what `predict` reads: one contract (`data/contract.py`)."""
+    import pyarrow.parquet as pq
+
+    from leadercli.data import contract
+    from leadercli.predict import read_input
+    from leadercli.predict.input import check_schema
+
+    folder = wd / "data" / "new"
+    assert sorted(f.name for f in folder.iterdir()) == sorted(contract.FILES)
+    check_schema(folder / contract.VISITS, pq.read_schema(folder / contract.VISITS))  # raises on a break
+    src = read_input(folder)
+    assert src.manifest["kind"] == contract.KIND and src.titles
+    assert set(contract.REQUIRED) | set(contract.ORDER_COLUMNS) <= set(src.columns)
+    assert tuple(pl.read_parquet(folder / contract.CODES).columns) == contract.CODES_COLUMNS
+
+
 def test_n_unknown_codes_hand_count(wd):
     from leadercli import Recommender
 
