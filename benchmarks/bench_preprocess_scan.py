@@ -41,14 +41,14 @@ import sys
 import polars as pl
 from pathlib import Path
 from leadercli.data import tables
-from leadercli.data.layouts import get_layout
+from leadercli.data.registry import get_layout
 
 layout = get_layout(sys.argv[1])
 files = layout.locate(Path(sys.argv[2]))
 for role in sys.argv[3:]:
     spec = layout.table_spec(role)
     names = tables.match_columns(files[role], tables.read_header(files[role]), spec)
-    cols = {names[c.name]: tables._DTYPES[c.kind] for c in spec.columns if names[c.name] is not None}
+    cols = {names[c.name]: tables.DTYPES[c.kind] for c in spec.columns if names[c.name] is not None}
     lf = pl.scan_csv(files[role], infer_schema=False, schema_overrides=cols, raise_if_empty=False)
     lf.select(list(cols)).collect(engine="streaming")
 """

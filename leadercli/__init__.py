@@ -13,8 +13,12 @@ Module map (one line each; the folder says the concern):
     offline.py        the HF offline / telemetry switches set at start-up (no network at run time)
     paths.py          output checks before any work: writable, free space, never destroy an input
     hardware.py       device, torch threads and seeds
-    data/layouts.py   one source-layout object per raw layout (MIMIC-III, MIMIC-IV; MEDS in data/meds.py)
-    data/tables.py    CSV scans with explicit dtypes and schema checks (the MIMIC layouts' reader)
+    data/codes.py     the code rule (D9:4019, P10:0DTJ4ZZ: kind + ICD version), its one home
+    data/layouts.py   the source-layout contract: SourceLayout and RawData (what reading a raw layout gives)
+    data/mimic.py     the MIMIC-III / MIMIC-IV layouts: CSV tables → RawData
+    data/meds.py      the MEDS layout: parquet events → RawData
+    data/registry.py  source name → layout object (resolved once by the commands, then passed down)
+    data/tables.py    CSV scans with explicit dtypes and schema checks, the aux files, subject partitions
     data/mapping.py   NDC → RXCUI → ATC-3 (two routes)
     data/cohort.py    visits, their order, code lists, profile and age group
     data/vocab.py     frequency filters and vocabularies fit on the training patients, titles

@@ -413,12 +413,11 @@ class Settings(BaseSettings):
     def artifact_dir(self) -> Path:
         return self.paths.artifact or (self.paths.data / self.data.source)
 
-    def top_procedures(self) -> int | None:
+    def top_procedures(self, layout) -> int | None:
+        """`data.top_procedures`, or the default of the source `layout` (a `data.layouts.SourceLayout`)."""
         if self.data.top_procedures is not None:
             return self.data.top_procedures
-        from leadercli.data.layouts import get_layout
-
-        return get_layout(self.data.source).default_top_procedures
+        return layout.default_top_procedures
 
     def describe(self) -> str:
         """Every key, set or not, as commented TOML: `key = value  # description`; an unset key is a comment

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from leadercli.data import artifact as A
+from leadercli.data.registry import get_layout
 
 
 def make_synthetic_artifact(path: Path, n_patients: int = 60, seed: int = 0, source: str = "mimic3") -> Path:
@@ -19,7 +20,7 @@ def make_synthetic_artifact(path: Path, n_patients: int = 60, seed: int = 0, sou
     diags = [f"D9:{400 + i}" for i in range(30)]
     procs = [f"P9:{3800 + i}" for i in range(10)]
     meds = ["A02B", "B01A", "C07A", "N02B", "J01D", "A12C", "C03C", "N05C", "A06A", "H02A", "R03A", "C10A"]
-    fields = A.profile_fields(source)
+    fields = get_layout(source).profile_fields()
     values = {f: [f"{f}_{k}" for k in range(3)] for f in fields}
     rows, prows = [], []
     t0 = datetime(2150, 1, 1)

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leadercli.cli.main import app
+from leadercli.data.registry import get_layout
 from leadercli.settings import load_settings, settings_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def test_settings_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("LEADER_DATA__SEED", "2")
     assert load_settings().data.seed == 2
     s = load_settings(overrides={"data": {"seed": 3}})
-    assert s.data.seed == 3 and s.data.source == "mimic4" and s.top_procedures() == 1000
+    assert s.data.seed == 3 and s.data.source == "mimic4" and s.top_procedures(get_layout(s.data.source)) == 1000
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,13 @@ One folder per dataset, written to a temporary sibling and renamed into place wh
 | `vocab.json` | `{"diagnoses": {"codes": [...], "titles": [...]}, "procedures": {...}, "medications": {...}, "profile": {field: [values]}}`; fit on the training patients; medication order = label order |
 | `ddi.parquet` | `atc3_a`, `atc3_b` (str, a < b): unordered ATC-3 pairs that interact |
 
-Codes carry kind and ICD version (`D9:4019`, `D10:I10`, `P9:3893`, `P10:0DTJ4ZZ`); medications are bare ATC-3
-codes (`N02B`). Profile values are strings; missing values are "unknown".
+Codes carry kind and ICD version (`D9:4019`, `D10:I10`, `P9:3893`, `P10:0DTJ4ZZ`: the rule is
+`data/codes.py`); medications are bare ATC-3 codes (`N02B`). Profile values are strings; missing values are
+"unknown".
+
+polars and numpy are imported inside the functions that read tables: `runs.py` reads run manifests and
+vocabularies through this module in the argument checks, before any table is needed (polars alone takes
+about 0.5 s to import).
 """
 
 from __future__ import annotations
@@ -38,17 +43,10 @@ UNKNOWN = "unknown"
 PATIENT_PROFILE = ("gender", "age_group")  # after the layout's admission profile (`layouts.SourceLayout`)
 
 
-def profile_fields(source: str) -> tuple[str, ...]:
-    """The profile columns of a source's artifacts: its layout's admission fields, then gender and age group."""
-    from leadercli.data.layouts import get_layout
-
-    return get_layout(source).profile_fields()
-
-
 def visits_table(frame, fields: tuple[str, ...] | list[str]):
     """A frame with the visit columns → the `visits.parquet` schema and order (shared by `leader preprocess`
     and `leader preprocess --for-run`)."""
-    import polars as pl
+    import polars as pl  # not at the top: see the module docstring
 
     return frame.select(
         pl.col("subject_id").cast(pl.Int64),
@@ -60,20 +58,6 @@ def visits_table(frame, fields: tuple[str, ...] | list[str]):
         "medications",
         *fields,
     ).sort(["subject_id", "visit_no"])
-
-
-def prefix_code(kind: str, version: int | str, code: str) -> str:
-    """`prefix_code("diagnoses", 9, "4019") == "D9:4019"`; procedures use P."""
-    letter = {"diagnoses": "D", "procedures": "P"}[kind]
-    return f"{letter}{int(version)}:{code.strip().replace('.', '').upper()}"
-
-
-def split_code(code: str) -> tuple[str, int | None, str]:
-    """Inverse of prefix_code: ("diagnoses", 9, "4019"); medications → ("medications", None, code)."""
-    if len(code) > 2 and code[0] in "DP" and ":" in code:
-        head, raw = code.split(":", 1)
-        return ("diagnoses" if head[0] == "D" else "procedures", int(head[1:]), raw)
-    return ("medications", None, code)
 
 
 @dataclass(frozen=True)
@@ -192,7 +176,7 @@ class Artifact:
     def _read_parquet(self, name: str, columns: list[str] | None = None):
         """One of the artifact's parquet files; a damaged one (truncated, not parquet, a column missing) is an
         ArtifactError naming it."""
-        import polars as pl
+        import polars as pl  # not at the top: see the module docstring
 
         path = self.path / name
         try:
@@ -209,7 +193,7 @@ class Artifact:
 
     def ddi_index_pairs(self):
         """DDI pairs as label indices, (K, 2) int64 array, restricted to the label vocabulary."""
-        import numpy as np
+        import numpy as np  # not at the top: see the module docstring
 
         idx = self.vocab.medications.index
         pairs = [(idx[a], idx[b]) for a, b in self.ddi_pairs() if a in idx and b in idx]

@@ -2,8 +2,8 @@
 
 Reference §1.3-1.5, with the fixes of §7.7-8 and §7.11:
 
-- codes carry kind and ICD version (`D9:4019`, `D10:I10`, `P9:3893`, `P10:0DTJ4ZZ`, see
-  `artifact.prefix_code`): MIMIC-III is all ICD-9, MIMIC-IV has `icd_version`; dots and blanks are removed;
+- codes carry kind and ICD version (`D9:4019`, `D10:I10`, `P9:3893`, `P10:0DTJ4ZZ`; the rule is
+  `data/codes.py`, each layout applies it when it reads its codes);
 - a visit is an admission with ≥ 1 diagnosis, ≥ 1 procedure and ≥ 1 mapped medication that is in ADMISSIONS;
 - visits are ordered by admit time (ties by hadm_id), not by hadm_id; `visit_no` is 0-based;
 - code lists: diagnoses and procedures by their `seq_num` (then code), medications alphabetically; unique;
@@ -22,102 +22,13 @@ from __future__ import annotations
 import polars as pl
 
 from leadercli.data.artifact import PATIENT_PROFILE, UNKNOWN
+from leadercli.data.tables import by_subject_partition
 
 AGE_GROUPS = ("0-17", "18-29", "30-39", "40-49", "50-59", "60-69", "70-79", "80-89", "90+")
 KEYS = ["subject_id", "hadm_id"]
 
 
-# -- codes ----------------------------------------------------------------------------------------------------
-def clean_code(expr: pl.Expr) -> pl.Expr:
-    """The code part of `artifact.prefix_code`: blanks and dots removed, upper case."""
-    return expr.str.strip_chars().str.replace_all(".", "", literal=True).str.to_uppercase()
-
-
-def prefixed(kind: str, version: pl.Expr, code: pl.Expr) -> pl.Expr:
-    """Vectorised `artifact.prefix_code(kind, version, code)`."""
-    letter = {"diagnoses": "D", "procedures": "P"}[kind]
-    return pl.format(letter + "{}:{}", version.cast(pl.Int64), clean_code(code))
-
-
-def code_event_rows(lf: pl.LazyFrame, source) -> pl.LazyFrame:
-    """Raw DIAGNOSES_ICD / PROCEDURES_ICD rows → (subject_id, hadm_id, version, raw, seq_num): the ICD version
-    and the code as written (a Categorical, so that grouping hashes integers)."""
-    from leadercli.data.layouts import get_layout
-
-    layout = get_layout(source)
-    return lf.select(
-        "subject_id",
-        "hadm_id",
-        layout.icd_version().alias("version"),
-        pl.col(layout.spec.code_column).cast(pl.Categorical).alias("raw"),
-        "seq_num",
-    )
-
-
-def group_code_events(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """`code_event_rows` → (subject_id, hadm_id, version, raw, seq, n) grouped by visit, version and raw code;
-    `seq` = the smallest seq_num, `n` = raw rows."""
-    return lf.group_by(["subject_id", "hadm_id", "version", "raw"]).agg(
-        pl.col("seq_num").min().alias("seq"), pl.len().alias("n")
-    )
-
-
-def code_events_query(lf: pl.LazyFrame, source) -> pl.LazyFrame:
-    """`group_code_events(code_event_rows(lf))`; `prefix_grouped` turns the few distinct (version, raw) pairs
-    into prefixed codes."""
-    return group_code_events(code_event_rows(lf, source))
-
-
-def code_pairs(rows: pl.DataFrame, kind: str) -> tuple[pl.DataFrame, bool]:
-    """The distinct (version, raw) pairs of `code_event_rows` (or of its grouped form) with their prefixed
-    `code` (null when unusable), and whether two raw spellings clean to the same code (`401.9`, `4019`)."""
-    pairs = rows.select("version", "raw").unique()
-    code = prefixed(kind, pl.col("version"), pl.col("raw").cast(pl.String))
-    pairs = pairs.with_columns(
-        pl.when(code.is_not_null() & code.str.contains(r":.+$")).then(code).otherwise(None).alias("code")
-    )
-    merged = pairs.filter(pl.col("code").is_not_null()).group_by("code").len().filter(pl.col("len") > 1)
-    return pairs, merged.height > 0
-
-
-def prefix_query(lf: pl.LazyFrame, pairs: pl.DataFrame, usable_only: bool = False) -> pl.LazyFrame:
-    """Grouped (subject_id, hadm_id, version, raw, seq, n) → (subject_id, hadm_id, code, seq, n) through the
-    `code_pairs` table; rows without a usable code or hadm_id get code = null (`usable_only`: are dropped)."""
-    out = lf.join(pairs.lazy(), on=["version", "raw"], how="left", nulls_equal=True).select(
-        "subject_id",
-        "hadm_id",
-        pl.when(pl.col("hadm_id").is_not_null()).then(pl.col("code")).alias("code"),
-        "seq",
-        "n",
-    )
-    return out.filter(pl.col("code").is_not_null()) if usable_only else out
-
-
-def merge_spellings(events: pl.DataFrame) -> pl.DataFrame:
-    """One row per visit and code where two raw spellings gave the same prefixed code."""
-    return events.group_by(["subject_id", "hadm_id", "code"]).agg(pl.col("seq").min(), pl.col("n").sum())
-
-
-def prefix_grouped(grouped: pl.DataFrame, kind: str) -> pl.DataFrame:
-    """`code_events_query`'s result → (subject_id, hadm_id, code, seq, n): the prefixed code of each distinct
-    (version, raw code), joined back. Rows without a usable code, hadm_id or (MIMIC-IV) ICD version get
-    code = null and stay, so that `n` sums to the table's row count; raw spellings that clean to the same code
-    (`401.9`, `4019`) are merged into one row per visit and code."""
-    pairs, merged = code_pairs(grouped, kind)
-    out = prefix_query(grouped.lazy(), pairs).collect()
-    return merge_spellings(out) if merged else out
-
-
-def usable_events(grouped: pl.DataFrame) -> pl.DataFrame:
-    """The rows of `prefix_grouped`'s result that are visit codes: (subject_id, hadm_id, code, seq)."""
-    return grouped.filter(pl.col("code").is_not_null()).select("subject_id", "hadm_id", "code", "seq")
-
-
-def code_events(df: pl.DataFrame, kind: str, source) -> pl.DataFrame:
-    """Eager form of `code_events_query` + `prefix_grouped` + `usable_events` (for small tables and tests)."""
-    return usable_events(prefix_grouped(code_events_query(df.lazy(), source).collect(), kind))
-
-
+# -- visits ---------------------------------------------------------------------------------------------------
 def visit_keys(*events: pl.DataFrame) -> pl.DataFrame:
     """(subject_id, hadm_id) present in every events frame."""
     keys = events[0].lazy().select(KEYS).unique()
@@ -142,11 +53,10 @@ def code_lists(events: pl.DataFrame, name: str, by_seq: bool) -> pl.DataFrame:
     """Long (subject_id, hadm_id, code[, seq]) → (subject_id, hadm_id, name: list[str]) in a fixed order."""
     # one global sort, then an order-keeping group-by: 2.2x cheaper than sorting inside every group
     by = [*KEYS, "seq", "code"] if by_seq else [*KEYS, "code"]
+
     # (nulls as before: by_seq puts a missing seq or code last, the plain code sort puts a missing code first)
     # per subject partition (`tables.by_subject_partition`): a visit's codes are never split, and each sort
     # holds one partition's copy
-    from leadercli.data.tables import by_subject_partition
-
     def lists(lf: pl.LazyFrame) -> pl.LazyFrame:
         ordered = lf.select([*KEYS, "code", *(["seq"] if by_seq else [])]).sort(by, nulls_last=by_seq)
         return ordered.group_by(KEYS, maintain_order=True).agg(pl.col("code").alias(name))
@@ -192,12 +102,10 @@ def age_mimic4(admittime: pl.Expr, anchor_age: pl.Expr, anchor_year: pl.Expr) ->
 
 
 def visit_profile(
-    visits: pl.DataFrame, admissions: pl.DataFrame, patients: pl.DataFrame, source
+    visits: pl.DataFrame, admissions: pl.DataFrame, patients: pl.DataFrame, layout
 ) -> pl.DataFrame:
-    """Add the profile columns (the layout's admission profile + gender, age_group) to each visit row."""
-    from leadercli.data.layouts import get_layout
-
-    layout = get_layout(source)
+    """Add the profile columns (the `layout`'s admission profile + gender, age_group) to each visit row;
+    `layout` is a `layouts.SourceLayout` (its `admission_profile` and `age_years()`)."""
     fields = list(layout.admission_profile)
     adm = admissions.select([*KEYS, *fields]).unique(KEYS, keep="first")
     pat = patients.unique("subject_id", keep="first")

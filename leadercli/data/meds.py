@@ -28,13 +28,17 @@ per distinct code string, not once per event.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
 
 from leadercli import console
-from leadercli.data.layouts import LAYOUTS, RawData, SourceLayout
+from leadercli.data.codes import clean_code, prefixed
+from leadercli.data.cohort import age_mimic3
+from leadercli.data.layouts import RawData, SourceLayout
 from leadercli.errors import InputError
+from leadercli.settings import MedsSettings
 
 PROFILE_CODES = ("insurance", "language", "marital_status", "race")
 SPLIT_NAMES = {"train": "train", "tuning": "val", "held_out": "test"}
@@ -58,14 +62,10 @@ class MedsLayout(SourceLayout):
 
     def _pat(self):
         if self.patterns is None:
-            from leadercli.settings import MedsSettings
-
             self.patterns = MedsSettings()
         return self.patterns
 
     def age_years(self) -> pl.Expr:
-        from leadercli.data.cohort import age_mimic3
-
         return age_mimic3(pl.col("admittime"), pl.col("dob"))
 
     # -- files ----------------------------------------------------------------------------------------------
@@ -168,8 +168,6 @@ def _collect(lf: pl.LazyFrame, where: Path) -> pl.DataFrame:
 
 def _classify_codes(events: pl.LazyFrame, pat) -> pl.DataFrame:
     """Each distinct code → (kind, value, version): diagnoses/procedures get the prefixed code as value."""
-    from leadercli.data.cohort import clean_code
-
     codes = _collect(events.group_by("code").agg(pl.len().alias("n")), Path("."))
     c = pl.col("code")
     rules = [
@@ -198,11 +196,10 @@ def _classify_codes(events: pl.LazyFrame, pat) -> pl.DataFrame:
             )
     out = codes.with_columns(kind.alias("kind"), value.alias("value"), version.alias("version"))
     out = out.filter(pl.col("kind").is_not_null())
-    letter = pl.when(pl.col("kind") == "diagnoses").then(pl.lit("D")).otherwise(pl.lit("P"))
-    prefixed = pl.format("{}{}:{}", letter, pl.col("version"), clean_code(pl.col("value")))
+    code = prefixed(pl.col("kind"), pl.col("version"), pl.col("value"))
     is_icd = pl.col("kind").is_in(["diagnoses", "procedures"])
     out = out.with_columns(
-        pl.when(is_icd).then(prefixed).otherwise(pl.col("value")).alias("value"),
+        pl.when(is_icd).then(code).otherwise(pl.col("value")).alias("value"),
         pl.col("code").alias("meds_code"),
     )
     bad = out.filter(is_icd & (pl.col("version").is_null() | (clean_code(pl.col("code")) == "")))
@@ -210,8 +207,6 @@ def _classify_codes(events: pl.LazyFrame, pat) -> pl.DataFrame:
 
 
 def _group(c: pl.Expr, regex: str, name: str) -> pl.Expr:
-    import re
-
     idx = re.compile(regex).groupindex.get(name)
     if idx is None:
         return pl.lit(None, dtype=pl.String)
@@ -406,4 +401,3 @@ def _dataset_version(path: Path | None) -> str:
 
 
 MEDS = MedsLayout()
-LAYOUTS.layouts["meds"] = MEDS

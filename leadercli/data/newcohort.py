@@ -35,11 +35,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
+from rich.table import Table
 
-from leadercli import __version__, console
+from leadercli import __version__, console, runs
 from leadercli.data import artifact as A
 from leadercli.data import cohort, contract, tables, vocab
+from leadercli.data.bundled import bundled_aux
+from leadercli.data.layouts import SourceLayout
+from leadercli.data.preprocess import hash_files, map_drugs
+from leadercli.data.registry import get_layout
 from leadercli.errors import ArtifactError, InputError
+from leadercli.paths import check_free_space, check_writable_dir, replaced_folder
 
 KIND = contract.KIND
 KEYS = cohort.KEYS
@@ -73,10 +79,6 @@ def build_for_run(
     settings, run_dir: Path, raw_dir: Path, out: Path, source: str | None = None
 ) -> NewCohortResult:
     """Read the raw tables of `raw_dir` and write the prediction input folder `out` for the run `run_dir`."""
-    from leadercli import runs
-    from leadercli.data.bundled import bundled_aux
-    from leadercli.data.preprocess import _hash_all, read_raw
-
     t0 = time.perf_counter()
     run_dir, raw_dir, out = Path(run_dir), Path(raw_dir), Path(out)
     if not run_dir.is_dir():
@@ -99,23 +101,20 @@ def build_for_run(
             f"--out {out} is inside the raw folder {raw_dir}", "Write the input folder elsewhere"
         )
     check_target(out)
-    from leadercli.paths import check_free_space, check_writable_dir
-
     check_writable_dir(out.parent, "prediction input folder", "Choose another --out")  # before any reading
     check_free_space(out.parent, 0, "prediction input folder")
     aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
-    from leadercli.data.layouts import get_layout
-
-    raw_files = get_layout(source).locate(raw_dir, settings)
+    layout = get_layout(source).configure(settings)
+    raw_files = layout.locate(raw_dir, settings)
     aux_files = tables.locate_aux(aux_dir, settings.data.ddi_file)
     console.info(f"Building a prediction input for {run_dir} from {raw_dir} ({source})")
 
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        hashes = pool.submit(_hash_all, {**raw_files, **{f"aux.{k}": v for k, v in aux_files.items()}}, stop)
+        hashes = pool.submit(hash_files, {**raw_files, **{f"aux.{k}": v for k, v in aux_files.items()}}, stop)
         try:
-            raw = read_raw(raw_files, get_layout(source).configure(settings), allow_empty_prescriptions=True)
-            visits, codes, counts = _assemble(raw, raw_files, aux_files, voc, source)
+            raw = layout.read(raw_files, allow_empty_prescriptions=True)
+            visits, codes, counts = _assemble(raw, raw_files, aux_files, voc, layout)
         except BaseException:
             stop.set()
             raise
@@ -145,7 +144,9 @@ def build_for_run(
     return NewCohortResult(out, out_manifest)
 
 
-def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: A.Vocab, source: str):
+def _assemble(
+    raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: A.Vocab, layout: SourceLayout
+):
     steps: list[dict] = []
 
     def record(step: str, description: str, frame: pl.DataFrame) -> None:
@@ -155,8 +156,6 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
         )
 
     with console.step("Mapping NDC → RXCUI → ATC-3"):
-        from leadercli.data.preprocess import map_drugs
-
         meds, coverage = map_drugs(raw, aux_files)
 
     with console.step("Building the visits"):
@@ -177,7 +176,7 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
             .with_columns(pl.col(c).fill_null(empty) for c in contract.LIST_COLUMNS)
         )
         fields = tuple(voc.profile.keys())
-        visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
+        visits = cohort.visit_profile(visits, raw.admissions, raw.patients, layout)
         missing = [f for f in fields if f not in visits.columns]
         visits = visits.with_columns(pl.lit(A.UNKNOWN).alias(f) for f in missing)
         visits = A.visits_table(visits, fields)
@@ -234,8 +233,6 @@ def _assemble(raw, raw_files: dict[str, Path], aux_files: dict[str, Path], voc: 
 
 
 def _write(target: Path, visits: pl.DataFrame, codes: pl.DataFrame, manifest: dict) -> None:
-    from leadercli.paths import replaced_folder
-
     with replaced_folder(target, check_target) as tmp:
         visits.write_parquet(tmp / A.VISITS, compression="zstd", statistics=True)
         codes.write_parquet(tmp / CODES, compression="zstd", statistics=True)
@@ -245,8 +242,6 @@ def _write(target: Path, visits: pl.DataFrame, codes: pl.DataFrame, manifest: di
 
 
 def print_summary(result: NewCohortResult) -> None:
-    from rich.table import Table
-
     m = result.manifest
     table = Table(title=f"prediction input for {m['run']['path']}: {result.path}", header_style="bold")
     table.add_column("item")

@@ -1,6 +1,8 @@
-"""`leader preprocess`: raw MIMIC tables + aux mapping files → one artifact folder (DESIGN §3, reference §1).
+"""`leader preprocess`: raw data (MIMIC tables, MEDS events) + aux mapping files → one artifact folder
+(DESIGN §3, reference §1).
 
-Steps: scan the raw tables (`tables`) → NDC → ATC-3 (`mapping`) → candidate visits: admissions with a
+Steps: the source's layout (`registry.get_layout`, resolved once here and passed down) reads the raw data into
+`RawData` (`mimic`, `meds`) → NDC → ATC-3 (`mapping`) → candidate visits: admissions with a
 diagnosis, a procedure and a mapped drug, ordered by admit time (`cohort`) → patients with ≥ `min_visits`
 visits → optional seeded patient sample → patient split (`splits`) → vocabularies and frequency filters fit on
 the training patients (`vocab`) → the filters are applied to every split and the visit rule is applied again
@@ -25,13 +27,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
+from rich.table import Table
 
 from leadercli import __version__, console
 from leadercli.data import artifact as A
 from leadercli.data import cohort, ddi, mapping, splits, tables, vocab
 from leadercli.data.bundled import bundled_aux, bundled_raw
-from leadercli.data.layouts import RawData, get_layout
+from leadercli.data.layouts import RawData, SourceLayout
+from leadercli.data.registry import get_layout
 from leadercli.errors import InputError
+from leadercli.paths import check_free_space, check_writable_dir, replaced_folder
 from leadercli.settings import Settings
 
 KEYS = cohort.KEYS
@@ -54,7 +59,8 @@ def _sha256(path: Path, stop: threading.Event) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def _hash_all(files: dict[str, Path], stop: threading.Event) -> dict[str, dict]:
+def hash_files(files: dict[str, Path], stop: threading.Event) -> dict[str, dict]:
+    """role → path, size and sha256 of each input file (for the manifest); {} per file once `stop` is set."""
     return {role: _sha256(p, stop) for role, p in files.items()}
 
 
@@ -93,12 +99,6 @@ def _min_visits(keys: pl.DataFrame, min_visits: int) -> pl.DataFrame:
     return keys.filter(pl.len().over("subject_id") >= min_visits)
 
 
-# -- reading --------------------------------------------------------------------------------------------------
-def read_raw(files: dict[str, Path], source, allow_empty_prescriptions: bool = False) -> RawData:
-    """The layout's `RawData` (`layouts.SourceLayout.read`)."""
-    return get_layout(source).read(files, allow_empty_prescriptions)
-
-
 # -- the pipeline ---------------------------------------------------------------------------------------------
 def preprocess(settings: Settings) -> PreprocessResult:
     """Run the whole step and write the artifact folder `settings.artifact_dir()`."""
@@ -114,11 +114,9 @@ def preprocess(settings: Settings) -> PreprocessResult:
     aux_dir = Path(settings.paths.aux) if settings.paths.aux is not None else bundled_aux()
     target = Path(settings.artifact_dir())
     check_target(target)
-    from leadercli.paths import check_free_space, check_writable_dir
-
     check_writable_dir(target.parent, "artifact folder", "Choose another --out")  # before any reading
     check_free_space(target.parent, 0, "artifact folder")
-    layout = get_layout(source)
+    layout = get_layout(source).configure(settings)
     raw_files = layout.locate(raw_dir, settings)
     aux_files = tables.locate_aux(aux_dir, cfg.ddi_file)
     console.info(f"Preprocessing {source} ({layout.title}) from {raw_dir}")
@@ -126,10 +124,10 @@ def preprocess(settings: Settings) -> PreprocessResult:
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
         hashes: Future = pool.submit(
-            _hash_all, {**raw_files, **{f"aux.{k}": v for k, v in aux_files.items()}}, stop
+            hash_files, {**raw_files, **{f"aux.{k}": v for k, v in aux_files.items()}}, stop
         )
         try:
-            built = _build(settings, raw_files, aux_files)
+            built = _build(settings, layout, raw_files, aux_files)
         except BaseException:
             stop.set()
             raise
@@ -170,14 +168,13 @@ def map_drugs(
     return meds, coverage
 
 
-def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, Path]):
+def _build(settings: Settings, layout: SourceLayout, raw_files: dict[str, Path], aux_files: dict[str, Path]):
     cfg = settings.data
-    source = cfg.source
     # the NDC dictionaries (a fixed second of parsing) load in a thread while the raw tables are read; an
     # error in them is raised after the raw tables' own errors, as before
     with ThreadPoolExecutor(max_workers=1) as pool:
         ndc_map = pool.submit(mapping.load_ndc_map, aux_files["ndc_rxcui"], aux_files["ndc_atc"])
-        raw = read_raw(raw_files, get_layout(source).configure(settings))
+        raw = layout.read(raw_files)
         with console.step("Mapping NDC → RXCUI → ATC-3"):
             meds, coverage = map_drugs(raw, aux_files, ndc_map.result())
     raw.prescriptions = None  # the largest table: released once its drugs are mapped
@@ -199,29 +196,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         steps.append({"step": step, "description": description, **_patients_visits(frame)})
 
     with console.step("Building the cohort"):
-        adm_keys = raw.admissions.filter(pl.col("admittime").is_not_null()).select(KEYS).unique()
-        keys = cohort.visit_keys(raw.diagnoses, raw.procedures, meds)
-        record("dx_px_drug", "admissions with a diagnosis, a procedure and a mapped drug", keys)
-        before = keys.height
-        keys = _semi(keys, adm_keys, KEYS)
-        record("admitted", "... and an ADMISSIONS row with an admit time", keys)
-        if before and keys.height == 0:
-            raise InputError(
-                f"{_where(raw_files, 'admissions').name}: column 'admittime' is empty for every admission that "
-                "has a diagnosis, a procedure and a mapped drug",
-                "Visits are ordered by admit time: fill admittime (YYYY-MM-DD hh:mm:ss)",
-            )
-        keys = _min_visits(keys, cfg.min_visits)
-        record("min_visits", f"patients with >= {cfg.min_visits} such visits", keys)
-        if keys.height == 0:
-            raise InputError(
-                f"no admission in {_where(raw_files, 'admissions').parent} has a diagnosis, a procedure and a mapped drug",
-                "Check --source, --raw and --aux (the NDC mapping files)",
-            )
-        ids = splits.sample_patients(keys["subject_id"].unique().to_list(), cfg.sample_fraction, cfg.seed)
-        keys = _semi(keys, pl.DataFrame({"subject_id": ids}, schema={"subject_id": pl.Int64}), "subject_id")
-        if cfg.sample_fraction is not None:
-            record("sample", f"seeded sample of {cfg.sample_fraction:g} of the patients", keys)
+        keys, ids = _candidate_visits(raw, meds, cfg, raw_files, record)
         split_of = _split(raw, ids, cfg, raw_files)
     train_ids = split_of.filter(pl.col("split") == "train")
     if train_ids.height == 0:
@@ -235,7 +210,7 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         dx = raw.diagnoses.lazy().join(keys.lazy(), on=KEYS, how="semi")
         px = raw.procedures.lazy().join(keys.lazy(), on=KEYS, how="semi")
         md = meds.lazy().join(keys.lazy(), on=KEYS, how="semi").rename({"atc3": "code"})
-        top_px = settings.top_procedures()
+        top_px = settings.top_procedures(layout)
         dx_codes = vocab.top_codes(dx, train_ids, cfg.top_diagnoses)
         px_codes = vocab.top_codes(px, train_ids, top_px)
         med_codes = vocab.top_codes(md, train_ids, cfg.top_medications)
@@ -252,8 +227,8 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
     with console.step("Assembling visits and patients"):
         ordered = cohort.order_visits(final_keys, raw.admissions)
         visits = cohort.assemble(ordered, dx_f, px_f, md_f.rename({"code": "atc3"}))
-        fields = get_layout(source).profile_fields()
-        visits = cohort.visit_profile(visits, raw.admissions, raw.patients, source)
+        fields = layout.profile_fields()
+        visits = cohort.visit_profile(visits, raw.admissions, raw.patients, layout)
         visits = A.visits_table(visits, fields)
         patients = cohort.patient_table(visits, split_of, fields)
 
@@ -272,8 +247,40 @@ def _build(settings: Settings, raw_files: dict[str, Path], aux_files: dict[str, 
         ddi_pairs = ddi.atc3_pairs(cid_pairs, cid_atc3, med_codes)
     ddi_info["atc3_pairs"] = ddi_pairs.height
 
-    manifest = _manifest(settings, raw, coverage, steps, removed, visits, patients, voc, ddi_info)
+    manifest = _manifest(settings, layout, raw, coverage, steps, removed, visits, patients, voc, ddi_info)
     return visits, patients, voc, ddi_pairs, manifest
+
+
+def _candidate_visits(
+    raw: RawData, meds: pl.DataFrame, cfg, raw_files: dict[str, Path], record
+) -> tuple[pl.DataFrame, list[int]]:
+    """The visits before the vocabulary filters: admissions with a diagnosis, a procedure, a mapped drug and an
+    admit time, of patients with >= `min_visits` of them, in the seeded sample; and the sampled patients' ids.
+    `record(step, description, keys)` counts each step for the manifest."""
+    adm_keys = raw.admissions.filter(pl.col("admittime").is_not_null()).select(KEYS).unique()
+    keys = cohort.visit_keys(raw.diagnoses, raw.procedures, meds)
+    record("dx_px_drug", "admissions with a diagnosis, a procedure and a mapped drug", keys)
+    before = keys.height
+    keys = _semi(keys, adm_keys, KEYS)
+    record("admitted", "... and an ADMISSIONS row with an admit time", keys)
+    if before and keys.height == 0:
+        raise InputError(
+            f"{_where(raw_files, 'admissions').name}: column 'admittime' is empty for every admission that "
+            "has a diagnosis, a procedure and a mapped drug",
+            "Visits are ordered by admit time: fill admittime (YYYY-MM-DD hh:mm:ss)",
+        )
+    keys = _min_visits(keys, cfg.min_visits)
+    record("min_visits", f"patients with >= {cfg.min_visits} such visits", keys)
+    if keys.height == 0:
+        raise InputError(
+            f"no admission in {_where(raw_files, 'admissions').parent} has a diagnosis, a procedure and a mapped drug",
+            "Check --source, --raw and --aux (the NDC mapping files)",
+        )
+    ids = splits.sample_patients(keys["subject_id"].unique().to_list(), cfg.sample_fraction, cfg.seed)
+    keys = _semi(keys, pl.DataFrame({"subject_id": ids}, schema={"subject_id": pl.Int64}), "subject_id")
+    if cfg.sample_fraction is not None:
+        record("sample", f"seeded sample of {cfg.sample_fraction:g} of the patients", keys)
+    return keys, ids
 
 
 def _split(raw: RawData, ids: list[int], cfg, raw_files: dict[str, Path]) -> pl.DataFrame:
@@ -308,7 +315,7 @@ def _removed_by_split(
     return {s: int(counts.get(s, 0)) for s in A.SPLITS}
 
 
-def _manifest(settings, raw, coverage, steps, removed, visits, patients, voc, ddi_info) -> dict:
+def _manifest(settings, layout, raw, coverage, steps, removed, visits, patients, voc, ddi_info) -> dict:
     cfg = settings.data
     n_vis = patients["n_visits"]
     split_patients = dict(patients.group_by("split").len().iter_rows())
@@ -319,7 +326,7 @@ def _manifest(settings, raw, coverage, steps, removed, visits, patients, voc, dd
         .iter_rows()
     )
     options = cfg.model_dump(mode="json")
-    options["top_procedures"] = settings.top_procedures()
+    options["top_procedures"] = settings.top_procedures(layout)
     return {
         "format": 1,
         "source": cfg.source,
@@ -353,8 +360,6 @@ def write_artifact(
     manifest: dict,
 ) -> None:
     """Write the five files into a temporary sibling folder, then rename it to `target`."""
-    from leadercli.paths import replaced_folder
-
     with replaced_folder(target, check_target) as tmp:
         visits.write_parquet(tmp / A.VISITS, compression="zstd", statistics=True)
         patients.write_parquet(tmp / A.PATIENTS, compression="zstd", statistics=True)
@@ -370,8 +375,6 @@ def write_artifact(
 # -- summary --------------------------------------------------------------------------------------------------
 def print_summary(result: PreprocessResult) -> None:
     """A one-screen table of the artifact on stdout."""
-    from rich.table import Table
-
     m = result.manifest
     cov = m["ndc_mapping"]
     sizes = m["vocab_sizes"]

@@ -1,10 +1,10 @@
-"""Raw MIMIC tables: finding the files, scanning them lazily with explicit dtypes, and schema checks.
+"""CSV tables: finding the files, scanning them lazily with explicit dtypes, and schema checks.
 
-Owns the *reading* half of `leader preprocess` (reference §1.1, with its inputs made robust):
+Owns the *reading* half of `leader preprocess` (reference §1.1, with its inputs made robust) for the raw MIMIC
+tables (their layouts are `data/mimic.py`) and the aux mapping files:
 
 - file names are matched case-insensitively, `.csv` or `.csv.gz` (MIMIC-III v1.4 as distributed has UPPER-CASE
-  names and headers and is gzipped; the demo has lower-case headers and plain `.csv`); MIMIC-IV tables are
-  looked up in the folder given, in its `hosp/` and (v1.x) `core/` sub-folders;
+  names and headers and is gzipped; the demo has lower-case headers and plain `.csv`);
 - headers are matched case-insensitively and every column is renamed to its lower-case canonical name;
 - dtypes are explicit: ids are Int64, codes, NDCs and profile values are strings (leading zeros kept), dates
   are read as strings and parsed here;
@@ -31,8 +31,8 @@ import polars as pl
 from leadercli.errors import InputError
 
 INT, STR, DATETIME = "int", "str", "datetime"
-_DTYPES = {INT: pl.Int64, STR: pl.String, DATETIME: pl.String}  # datetimes are parsed after reading
-_DATETIME_FORMATS = (
+DTYPES = {INT: pl.Int64, STR: pl.String, DATETIME: pl.String}  # datetimes are parsed after reading
+DATETIME_FORMATS = (
     "%Y-%m-%d %H:%M:%S",
     "%Y-%m-%d %H:%M:%S%.f",
     "%Y-%m-%dT%H:%M:%S",
@@ -73,36 +73,6 @@ def find_file(dirs: list[Path], stems: tuple[str, ...], what: str) -> Path | Non
             if name in by_name:
                 return by_name[name]
     return None
-
-
-def locate_raw(raw: Path, source) -> dict[str, Path]:
-    """Map each raw role of the layout `source` (a name or a `SourceLayout`) to its file."""
-    from leadercli.data.layouts import get_layout
-
-    return get_layout(source).locate(Path(raw))
-
-
-def locate_tables(raw: Path, layout) -> dict[str, Path]:
-    """The CSV tables of a `TableLayout`; a missing folder or table is an InputError naming it."""
-    from leadercli.data.layouts import RAW_ROLES
-
-    if not raw.is_dir():
-        raise InputError(
-            f"raw data folder {raw} does not exist", "Pass the folder holding the MIMIC tables with --raw"
-        )
-    dirs = layout.search_dirs(raw)
-    found: dict[str, Path] = {}
-    for role in RAW_ROLES:
-        spec = layout.table_spec(role)
-        path = find_file(dirs, spec.stems, role)
-        if path is None:
-            sub = f" (or its {'/, '.join(layout.spec.subdirs)}/ folder)" if layout.spec.subdirs else ""
-            raise InputError(
-                f"{spec.stems[0]}.csv[.gz] not found in {raw}{sub}",
-                f"Check --raw and --source ({layout.name}); file names may be any case, .csv or .csv.gz",
-            )
-        found[role] = path
-    return found
 
 
 # -- headers --------------------------------------------------------------------------------------------------
@@ -171,13 +141,13 @@ class Scan:
 def scan_table(path: Path, spec: TableSpec) -> Scan:
     header = read_header(path)
     names = match_columns(path, header, spec)
-    overrides = {names[c.name]: _DTYPES[c.kind] for c in spec.columns if names[c.name] is not None}
+    overrides = {names[c.name]: DTYPES[c.kind] for c in spec.columns if names[c.name] is not None}
     lf = pl.scan_csv(path, infer_schema=False, schema_overrides=overrides, raise_if_empty=False)
     exprs = []
     for col in spec.columns:
         actual = names[col.name]
         if actual is None:
-            exprs.append(pl.lit(None, dtype=_DTYPES[col.kind]).alias(col.name))
+            exprs.append(pl.lit(None, dtype=DTYPES[col.kind]).alias(col.name))
         elif col.kind == INT:
             exprs.append(pl.col(actual).alias(col.name))
         else:
@@ -233,7 +203,7 @@ def _collect_error(scan: Scan, exc: BaseException) -> InputError:
 def parse_datetimes(df: pl.DataFrame, column: str, scan: Scan) -> pl.DataFrame:
     """Parse a string column of `df` into Datetime[us]; a non-empty value that is not a date is an InputError."""
     raw = pl.col(column)
-    parsed = pl.coalesce([raw.str.to_datetime(f, time_unit="us", strict=False) for f in _DATETIME_FORMATS])
+    parsed = pl.coalesce([raw.str.to_datetime(f, time_unit="us", strict=False) for f in DATETIME_FORMATS])
     out = df.with_columns(parsed.alias(column), raw.is_not_null().alias("__had"))
     bad = out.filter(pl.col("__had") & pl.col(column).is_null()).height
     if bad:
@@ -306,7 +276,7 @@ def locate_aux(aux: Path, ddi_file: Path | None = None) -> dict[str, Path]:
     return found
 
 
-# -- reading the tables of a TableLayout ----------------------------------------------------------------------
+# -- partitions -----------------------------------------------------------------------------------------------
 PARTITION_ROWS = 4_000_000  # rows per subject partition in the large group-bys and joins (bounds peak memory)
 
 
@@ -321,78 +291,3 @@ def by_subject_partition(
         return query(frame.lazy()).collect(engine="streaming")
     part = pl.col("subject_id").hash() % k  # evaluated batch by batch in each query: no copy of a partition
     return pl.concat([query(frame.lazy().filter(part == i)).collect(engine="streaming") for i in range(k)])
-
-
-def read_tables(layout, files: dict[str, Path], allow_empty_prescriptions: bool = False):
-    """Scan and collect the raw tables of a `TableLayout` into `RawData` (`allow_empty_prescriptions`: a new
-    cohort may have none yet)."""
-    from leadercli import console
-    from leadercli.data import cohort
-    from leadercli.data.layouts import RawData
-
-    scans = {role: scan_table(path, layout.table_spec(role)) for role, path in files.items()}
-    counts: dict[str, dict] = {}
-
-    with console.step("Reading admissions and patients"):
-        adm = parse_datetimes(collect(scans["admissions"]), "admittime", scans["admissions"])
-        pat = collect(scans["patients"])
-        for col in layout.spec.patient_datetimes:
-            pat = parse_datetimes(pat, col, scans["patients"])
-    counts["admissions"] = {"rows": adm.height}
-    counts["patients"] = {"rows": pat.height}
-
-    events = {}
-    for role in ("diagnoses", "procedures"):
-        with console.step(f"Reading {role}"):
-            rows = collect(scans[role], lambda lf: cohort.code_event_rows(lf, layout))
-            pairs, merged = cohort.code_pairs(rows, role)
-            ev = by_subject_partition(
-                rows,
-                lambda lf, p=pairs: cohort.prefix_query(cohort.group_code_events(lf), p, usable_only=True),
-            )
-            ev = cohort.usable_events(cohort.merge_spellings(ev) if merged else ev)
-            n_rows, rows = rows.height, None
-        require_rows(ev, files[role], "no row has an ICD code and a hadm_id")
-        events[role] = ev
-        rows = n_rows
-        counts[role] = {"rows": rows, "visit_codes": ev.height, "admissions": ev["hadm_id"].n_unique()}
-        console.info(f"  {role}: {rows:,} rows, {ev.height:,} distinct (admission, code)")
-
-    with console.step("Reading prescriptions"):
-        # one row per prescription, the NDC as a categorical (integers); grouping and the NDC join happen in
-        # `mapping.map_medications`, per subject partition, after the few distinct NDCs are mapped
-        rx = collect(
-            scans["prescriptions"],
-            lambda lf: lf.select("subject_id", "hadm_id", pl.col("ndc").cast(pl.Categorical)),
-            allow_empty=allow_empty_prescriptions,
-        )
-    with console.step("Reading ICD dictionaries"):
-        d_dx = collect(scans["d_diagnoses"])
-        d_px = collect(scans["d_procedures"])
-    counts["d_diagnoses"] = {"rows": d_dx.height}
-    counts["d_procedures"] = {"rows": d_px.height}
-    titles = {
-        "diagnoses": icd_titles(d_dx, "diagnoses", layout),
-        "procedures": icd_titles(d_px, "procedures", layout),
-    }
-    return RawData(
-        adm, pat, events["diagnoses"], events["procedures"], rx, titles, counts, layout.detect_version(scans)
-    )
-
-
-def icd_titles(d_table: pl.DataFrame, kind: str, source) -> pl.DataFrame:
-    """D_ICD_DIAGNOSES / D_ICD_PROCEDURES → (code [prefixed], title); short title when a long one is missing."""
-    from leadercli.data.cohort import prefixed
-    from leadercli.data.layouts import get_layout
-
-    layout = get_layout(source)
-    code_col, version = layout.spec.code_column, layout.icd_version()
-    if "short_title" in d_table.columns:
-        title = pl.coalesce([pl.col("long_title"), pl.col("short_title")])
-    else:
-        title = pl.col("long_title")
-    return (
-        d_table.filter(pl.col(code_col).is_not_null() & version.is_not_null())
-        .select(prefixed(kind, version, pl.col(code_col)).alias("code"), title.fill_null("").alias("title"))
-        .unique("code", keep="first", maintain_order=True)
-    )

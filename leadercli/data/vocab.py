@@ -6,9 +6,9 @@ Reference §1.3, §1.6 and §1.9, with the leakage fix of §7.13 and the collisi
   deduplicated tables over all splits); the `top` most frequent are kept (diagnoses 2000, ATC-3 300,
   procedures all on MIMIC-III / 1000 on MIMIC-IV by default; the reference's MIMIC-IV `loc[:1000]` kept 1001);
 - order: frequency descending, ties by code; the medication order is the label order;
-- titles: ICD long titles from the D_ICD tables looked up by (code, version) through the prefixed code
-  (MIMIC-III has no version column: all ICD-9; short title when a long one is missing); ATC level-3 names
-  from the WHO ATC-DDD list, lower-cased like the reference. A code without a title gets "" (the reference
+- titles: ICD titles as the layout reads them (`RawData.titles`; MIMIC: the D_ICD tables by (code, version)
+  through the prefixed code, `mimic.icd_titles`); ATC level-3 names from the WHO ATC-DDD list, lower-cased
+  like the reference. A code without a title gets "" (the reference
   silently drops such codes from prompts);
 - profile value lists: the sorted distinct values of each field over the training patients.
 """
@@ -40,13 +40,6 @@ def top_codes(
     if top is not None:
         counts = counts.head(top)
     return counts[code_col].to_list()
-
-
-def icd_titles(d_table: pl.DataFrame, kind: str, source) -> pl.DataFrame:
-    """D_ICD_DIAGNOSES / D_ICD_PROCEDURES → (code [prefixed], title) (`tables.icd_titles`)."""
-    from leadercli.data.tables import icd_titles as titles
-
-    return titles(d_table, kind, source)
 
 
 def atc3_names(who_path: Path) -> pl.DataFrame:

@@ -115,7 +115,7 @@ def test_atc_coded_drugs_and_other_patterns(tmp_path):
     assert df["time"].drop_nulls().min() >= pl.select(t).item()
     (tmp_path / "root" / "data").mkdir(parents=True)
     df.write_parquet(tmp_path / "root/data/0.parquet")
-    from leadercli.data.layouts import get_layout
+    from leadercli.data.meds import MEDS
     from leadercli.settings import load_settings
 
     (tmp_path / "leader.toml").write_text(
@@ -128,7 +128,7 @@ def test_atc_coded_drugs_and_other_patterns(tmp_path):
         "gender = '^SEX//(?P<value>.+)$'\n"
     )
     settings = load_settings(tmp_path / "leader.toml")
-    layout = get_layout("meds").configure(settings)
+    layout = MEDS.configure(settings)
     raw = layout.read(layout.locate(tmp_path / "root", settings))
     assert raw.diagnoses["code"].to_list() == ["D10:I10"]
     assert raw.procedures["code"].to_list() == ["P10:0DTJ4ZZ"]

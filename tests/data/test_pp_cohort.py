@@ -7,7 +7,8 @@ from datetime import datetime
 import polars as pl
 
 from leadercli.data import cohort as C
-from leadercli.data.artifact import prefix_code, split_code
+from leadercli.data.codes import prefix_code, split_code
+from leadercli.data.mimic import MIMIC3, MIMIC4, code_events
 
 
 def test_prefixes_match_artifact_and_never_collide():
@@ -20,13 +21,13 @@ def test_prefixes_match_artifact_and_never_collide():
             "icd_version": [10, 9, 10, 10],
         }
     )
-    dx = C.code_events(df, "diagnoses", "mimic4")
+    dx = code_events(df, "diagnoses", MIMIC4)
     assert sorted(dx["code"].to_list()) == [
         "D10:0389",
         "D10:I10",
         "D9:0389",
     ]  # " 038.9 " → 0389; "i10" = "I10"
-    px = C.code_events(df.head(2), "procedures", "mimic4")
+    px = code_events(df.head(2), "procedures", MIMIC4)
     assert sorted(px["code"].to_list()) == ["P10:I10", "P9:0389"]
     assert set(dx["code"]).isdisjoint(set(px["code"]))
     for code, version in (("I10", 10), ("038.9", 9)):
@@ -44,7 +45,7 @@ def test_mimic3_codes_are_icd9_and_missing_codes_dropped():
         },
         schema_overrides={"hadm_id": pl.Int64, "seq_num": pl.Int64},
     )
-    assert C.code_events(df, "procedures", "mimic3").select("hadm_id", "code", "seq").rows() == [
+    assert code_events(df, "procedures", MIMIC3).select("hadm_id", "code", "seq").rows() == [
         (5, "P9:4019", 2)
     ]
 
@@ -169,7 +170,7 @@ def test_visit_profile_unknown_fill_and_patient_fields():
         }
     )
     pats = pl.DataFrame({"subject_id": [1], "gender": ["F"], "anchor_age": [89], "anchor_year": [2150]})
-    out = C.visit_profile(visits, adm, pats, "mimic4")
+    out = C.visit_profile(visits, adm, pats, MIMIC4)
     assert out.columns[-7:] == [
         "insurance",
         "language",

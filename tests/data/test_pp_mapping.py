@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from leadercli.data import mapping as M
-from leadercli.data.layouts import get_layout
+from leadercli.data.mimic import MIMIC3
 from leadercli.errors import InputError
 
 
@@ -116,8 +116,8 @@ def test_bundled_demo_route_one_matches_provenance():
     from leadercli.data.bundled import bundled_aux, bundled_raw
 
     aux = T.locate_aux(bundled_aux())
-    files = T.locate_raw(bundled_raw("mimic3"), "mimic3")
-    scan = T.scan_table(files["prescriptions"], get_layout("mimic3").table_spec("prescriptions"))
+    files = MIMIC3.locate(bundled_raw("mimic3"))
+    scan = T.scan_table(files["prescriptions"], MIMIC3.table_spec("prescriptions"))
     rx = T.collect(scan, lambda lf: lf.group_by(["subject_id", "hadm_id", "ndc"]).agg(pl.len().alias("n")))
     _, cov = M.map_medications(rx, M.load_ndc_map(aux["ndc_rxcui"], aux["ndc_atc"]))
     assert cov["rows"] == 10398 and cov["rows_without_ndc"] == 1478  # 1477 "0" + 1 empty

@@ -11,7 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from leadercli.data.artifact import Artifact, profile_fields
+from leadercli.data.artifact import Artifact
+from leadercli.data.mimic import MIMIC3
 
 pytestmark = pytest.mark.usefixtures("isolated")
 
@@ -56,7 +57,7 @@ def test_tiny_cohort_by_hand(cli, tiny_raw, tiny_aux, tiny_config, tmp_path):
     assert rows[41]["medications"] == ["B01A", "C07A"]  # C07A only through the dashed direct route
     assert rows[50]["diagnoses"] == ["D9:4019"]  # 9999 never seen in training (val patient)
     assert rows[60]["diagnoses"] == ["D9:4019"]  # 5849 likewise (test patient)
-    assert v.columns[7:] == list(profile_fields("mimic3"))
+    assert v.columns[7:] == list(MIMIC3.profile_fields())
 
     p = art.patients()
     assert p.select("subject_id", "split", "n_visits").rows() == [

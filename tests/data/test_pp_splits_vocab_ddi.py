@@ -10,6 +10,7 @@ import pytest
 from leadercli.data import ddi as D
 from leadercli.data import splits as S
 from leadercli.data import vocab as V
+from leadercli.data.mimic import MIMIC3, MIMIC4, icd_titles
 from leadercli.errors import InputError
 
 
@@ -66,14 +67,14 @@ def test_icd_titles_by_code_and_version():
             "long_title": ["sept9", "x10", "htn"],
         }
     )
-    t = V.icd_titles(d4, "diagnoses", "mimic4")
+    t = icd_titles(d4, "diagnoses", MIMIC4)
     cl = V.code_list(["D9:0389", "D10:0389", "D10:I10", "D10:ZZZ"], t)
     assert cl.titles == ["sept9", "x10", "htn", ""]
     d3 = pl.DataFrame(
         {"icd9_code": ["4280"], "short_title": ["CHF NOS"], "long_title": [None]},
         schema_overrides={"long_title": pl.String},
     )
-    assert V.icd_titles(d3, "procedures", "mimic3").rows() == [("P9:4280", "CHF NOS")]
+    assert icd_titles(d3, "procedures", MIMIC3).rows() == [("P9:4280", "CHF NOS")]
 
 
 def test_atc3_names_lowercase(tiny_aux: Path):

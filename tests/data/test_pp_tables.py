@@ -10,10 +10,10 @@ import pytest
 
 from leadercli.data import tables as T
 from leadercli.data.bundled import bundled_aux, bundled_raw
-from leadercli.data.layouts import get_layout
+from leadercli.data.mimic import MIMIC3, MIMIC4
 from leadercli.errors import InputError
 
-DX3 = get_layout("mimic3").table_spec("diagnoses")
+DX3 = MIMIC3.table_spec("diagnoses")
 
 
 def test_bundled_sample_data_is_found():
@@ -24,8 +24,8 @@ def test_bundled_sample_data_is_found():
 
 def test_locate_raw_mimic4_root_or_hosp():
     root = bundled_raw("mimic4")
-    a = T.locate_raw(root, "mimic4")
-    b = T.locate_raw(root / "hosp", "mimic4")
+    a = MIMIC4.locate(root)
+    b = MIMIC4.locate(root / "hosp")
     assert a == b
     assert a["prescriptions"].name == "prescriptions.csv.gz"
 
@@ -83,7 +83,7 @@ def test_wrong_type_names_the_column(tmp_path: Path, csv_writer):
 
 
 def test_bad_dates(tmp_path: Path, csv_writer):
-    spec = get_layout("mimic3").table_spec("patients")
+    spec = MIMIC3.table_spec("patients")
     path = csv_writer(
         tmp_path / "PATIENTS.csv",
         ["subject_id", "gender", "dob"],
@@ -111,9 +111,9 @@ def test_corrupt_and_fake_gzip(tmp_path: Path):
 
 def test_missing_table_and_folder(tmp_path: Path):
     with pytest.raises(InputError, match=r"does not exist"):
-        T.locate_raw(tmp_path / "nope", "mimic3")
+        MIMIC3.locate(tmp_path / "nope")
     with pytest.raises(InputError, match=r"ADMISSIONS.csv\[.gz\] not found"):
-        T.locate_raw(tmp_path, "mimic3")
+        MIMIC3.locate(tmp_path)
 
 
 def test_locate_aux_names_and_ddi_choice(tmp_path: Path, tiny_aux: Path):
