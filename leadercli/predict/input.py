@@ -239,10 +239,10 @@ def _typed_csv_frame(path: Path, df: pl.DataFrame) -> pl.DataFrame:
                 .alias(col)
             )
         elif col == "admittime":
-            from leadercli.data.tables import _DATETIME_FORMATS
+            from leadercli.data.tables import DATETIME_FORMATS
 
             parsed = pl.coalesce(
-                [c.str.to_datetime(f, time_unit="us", strict=False) for f in _DATETIME_FORMATS]
+                [c.str.to_datetime(f, time_unit="us", strict=False) for f in DATETIME_FORMATS]
             )
             bad = df.select((c.is_not_null() & (c != "") & parsed.is_null()).sum()).item()
             if bad:

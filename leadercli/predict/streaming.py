@@ -138,9 +138,9 @@ def _score_samples(scorer, encoded, src: PredictInput, rows_fn: Rows):
 
 def _default_icd_version(manifest: dict) -> int | None:
     """The ICD version of raw (unprefixed) codes for a run's layout (MIMIC-III: 9; None = needs icd_version)."""
-    from leadercli.data.layouts import LAYOUTS
+    from leadercli.data.registry import LAYOUTS
 
-    layout = LAYOUTS.layouts.get((manifest.get("artifact") or {}).get("source"))
+    layout = LAYOUTS.get((manifest.get("artifact") or {}).get("source"))
     return layout.default_icd_version if layout is not None else None
 
 
