@@ -14,6 +14,7 @@ Run it small on CPU:  leader preprocess && leader train teacher && leader distil
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,13 +22,14 @@ import torch
 from leadercli import console, runs
 from leadercli.errors import ArtifactError
 from leadercli.hardware import resolve_device, set_seed
+from leadercli.models.student_masks import dropout_plan
 from leadercli.settings import Settings
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
 
 def loss_weights(settings: Settings, source: str) -> tuple[float, float]:
     """(alpha, beta): the settings', else the reference scripts' weights for the artifact's layout."""
-    from leadercli.data.layouts import get_layout
+    from leadercli.data.registry import get_layout
 
     a, b = get_layout(source).distill_weights
     d = settings.distill
@@ -49,7 +51,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     use_kd, use_align = dcfg.kd and alpha > 0, dcfg.align and beta > 0
     cache, teacher_manifest = (None, None)
     if use_kd:
-        from leadercli.models.teacher_infer import ensure_features
+        from leadercli.training.teacher_features import ensure_features
 
         # features must exist before the student is built: extraction may need the teacher, not the RNG
         cache, teacher_manifest = ensure_features(settings, teacher_dir, artifact, splits=("train",))
@@ -116,6 +118,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         extra=extra if on else None,
         extra_modules=heads,
         prepare=prepare if use_kd else None,
+        plan=partial(dropout_plan, config, align=use_align),  # the masks of a step, drawn ahead on CPU
     )
     result = evaluate_run(
         model,

@@ -9,6 +9,7 @@ which the checkpoint saves — so an interrupted and resumed run reaches the sam
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Callable
@@ -24,7 +25,9 @@ from leadercli import console, runs
 from leadercli.data.artifact import Artifact
 from leadercli.data.batching import Encoded, Encoder, batches
 from leadercli.data.samples import load_samples
+from leadercli.models.torch_masks import MaskTape
 from leadercli.settings import Settings
+from leadercli.training.batches import EpochBatches, MaskPlan
 
 # extra(model_output, batch) -> {term name: (weight, loss tensor)}
 ExtraLoss = Callable[[object, dict[str, torch.Tensor]], dict[str, tuple[float, torch.Tensor]]]
@@ -46,8 +49,9 @@ def score(
     model.eval()
     probs, labels, nv = [], [], []
     for batch in batches(encoded, batch_size, encoder.collate):
-        p = model.probs({k: v.to(device) for k, v in batch.items()}).cpu()
-        probs.append(p.float().numpy())
+        b = {k: v.to(device) for k, v in batch.items()}
+        p = model.probs(b) if hasattr(model, "probs") else torch.sigmoid(_logits(model(b)))
+        probs.append(p.cpu().float().numpy())
         labels.append(batch["labels"].numpy() > 0)
         nv.append(batch["n_visits"].numpy())
     M = encoder.n_labels
@@ -58,121 +62,185 @@ def score(
     }
 
 
+def _logits(output) -> torch.Tensor:
+    """A model's output → its logits (B, M): the tensor itself, or its `.logits` (`StudentOutput`)."""
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+@dataclass
+class Progress:
+    """Where training stands: what a checkpoint keeps besides tensors (epochs 0-based here, 1-based in logs)."""
+
+    epoch: int = 0  # the next epoch to run
+    best: float = -math.inf  # best validation PRAUC so far
+    best_epoch: int = -1
+    bad: int = 0  # epochs since the last gain
+
+    def done(self, cfg) -> bool:
+        return self.epoch >= cfg.epochs or (self.bad >= cfg.patience and self.epoch > 0)
+
+
 def fit(
     model: torch.nn.Module,
     encoder: Encoder,
     train: list[Encoded],
     val: list[Encoded],
-    cfg,  # StudentSettings
+    cfg,  # StudentSettings: lr, weight_decay, batch_size, eval_batch_size, epochs, patience, seed
     out: Path,
     device: torch.device,
     resume: bool,
     extra: ExtraLoss | None = None,
     extra_modules: torch.nn.Module | None = None,
     prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    plan: MaskPlan | None = None,
 ) -> FitResult:
-    """Train `model` in place; on return it holds the best-validation weights."""
-    from leadercli import metrics
-    from leadercli.models.losses import bce_loss
+    """Train `model` in place (Adam, BCE + `extra` terms, early stopping on validation PRAUC, a checkpoint per
+    epoch); on return it holds the best-validation weights.
 
-    params = list(model.parameters()) + (
-        list(extra_modules.parameters()) if extra_modules is not None else []
-    )
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt = out / ckpt_io.CHECKPOINT_DIR
-    best_path = ckpt / "best.safetensors"
-    start, best, best_epoch, bad = 0, -math.inf, -1, 0
+    `model(batch)` takes the padded batch dict of `data/batching.py` and returns the logits (B, M) or an object
+    with `.logits` (`StudentOutput`); validation scores with `model.probs(batch)` when the model has it, else
+    the sigmoid of the logits. `extra(output, batch)` adds weighted loss terms, `extra_modules` are trained
+    with the model, `prepare(batch)` adds inputs on the device. `plan(batch)`: the dropout masks a step
+    draws (`models/student_masks.py`); with it, on CPU, the masks are drawn ahead of the step, the same ones
+    torch would draw (`models/torch_masks.py`)."""
     holder = torch.nn.ModuleDict(
         {"model": model, **({"extra": extra_modules} if extra_modules is not None else {})}
     )
+    # foreach: one kernel per step and state tensor for all parameters, the same arithmetic as the loop
+    optimizer = torch.optim.Adam(holder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    ckpt = out / ckpt_io.CHECKPOINT_DIR
+    progress, history = _resume(holder, optimizer, cfg, out, resume)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tape = _tape_masks(holder, device) if plan is not None else None
+    step = _Step(model, optimizer, extra, prepare, device, tape)
+    while not progress.done(cfg):
+        holder.train()
+        record = {
+            "epoch": progress.epoch + 1,
+            **_train_epoch(step, train, encoder, cfg, progress.epoch, plan),
+        }
+        _end_epoch(holder, optimizer, record, val, encoder, cfg, out, device, progress)
+        history.append(record)
+    if (ckpt / "best.safetensors").is_file():
+        model.load_state_dict(load_file(str(ckpt / "best.safetensors")))
+    return FitResult(progress.best_epoch + 1, float(progress.best), progress.epoch, history)
+
+
+def _resume(holder, optimizer, cfg, out: Path, resume: bool) -> tuple[Progress, list[dict]]:
+    """The last checkpoint's progress and log (`--resume`), else a fresh start (saying why when asked to resume)."""
+    ckpt = out / ckpt_io.CHECKPOINT_DIR
     if resume and ckpt_io.exists(ckpt / "last"):
         st = ckpt_io.load_state(ckpt / "last", ckpt_io.module_tensors(holder), optimizer)
-        start, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
-        history = [r for r in runs.read_log(out) if r.get("epoch", 0) <= start]  # 1-based epochs
-        (out / runs.LOG).write_text("".join(__import__("json").dumps(r) + "\n" for r in history))
+        progress = Progress(st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"])
+        history = [r for r in runs.read_log(out) if r.get("epoch", 0) <= progress.epoch]  # 1-based epochs
+        (out / runs.LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
         console.info(
-            f"resuming after epoch {start}/{cfg.epochs} (best val PRAUC {best:.4f} at epoch {best_epoch + 1})"
+            f"resuming after epoch {progress.epoch}/{cfg.epochs} "
+            f"(best val PRAUC {progress.best:.4f} at epoch {progress.best_epoch + 1})"
         )
-    else:
-        history = []
-        if resume and (ckpt / "last").exists():  # a checkpoint folder without both files: say so, start over
-            console.info(
-                f"warning: {ckpt / 'last'} is incomplete (killed while writing?): starting from epoch 1"
-            )
-        elif resume:
-            console.info(f"no checkpoint in {ckpt}: nothing to resume, starting from epoch 1")
-    ckpt.mkdir(parents=True, exist_ok=True)
+        return progress, history
+    if resume and (ckpt / "last").exists():  # a checkpoint folder without both files: say so, start over
+        console.info(f"warning: {ckpt / 'last'} is incomplete (killed while writing?): starting from epoch 1")
+    elif resume:
+        console.info(f"no checkpoint in {ckpt}: nothing to resume, starting from epoch 1")
+    return Progress(), []
+
+
+def _tape_masks(holder: torch.nn.Module, device: torch.device) -> MaskTape | None:
+    """Route the dropout modules through a mask tape when torch's CPU masks can be drawn ahead, else None."""
+    from leadercli.models import torch_masks
+
+    if device.type != "cpu" or not torch_masks.available():
+        return None
+    tape = torch_masks.MaskTape()
+    tape.install(holder)
+    return tape
+
+
+@dataclass
+class _Step:
+    """One optimisation step on one batch: forward, BCE + extra terms, backward, Adam."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    extra: ExtraLoss | None
+    prepare: Callable | None
+    device: torch.device
+    tape: MaskTape | None = None  # the dropout modules' masks, when drawn ahead
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from leadercli.models.losses import bce_loss
+
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if self.prepare is not None:
+            batch = self.prepare(batch)
+        output = self.model(batch)
+        loss = bce_loss(_logits(output), batch["labels"])
+        terms = {"bce": loss.detach()}
+        if self.extra is not None:
+            for name, (w, t) in self.extra(output, batch).items():
+                loss = loss + w * t
+                terms[name] = t.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        terms["loss"] = loss.detach()
+        return terms
+
+
+def _train_epoch(step: _Step, train, encoder: Encoder, cfg, epoch: int, plan) -> dict[str, float]:
+    """One pass over `train`, shuffled by (seed, epoch) → the mean of each loss term over the epoch's batches."""
     n_batches = math.ceil(len(train) / cfg.batch_size)
-    stopped = start >= cfg.epochs or (bad >= cfg.patience and start > 0)
-    epoch = start - 1
-    for epoch in range(start, cfg.epochs):
-        if stopped:
-            break
-        model.train()
-        if extra_modules is not None:
-            extra_modules.train()
-        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train))
-        sums: dict[str, float] = {}
-        with console.progress(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) as advance:
-            for batch in batches(train, cfg.batch_size, encoder.collate, order):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                if prepare is not None:
-                    batch = prepare(batch)
-                outp = model(batch)
-                loss = bce_loss(outp.logits, batch["labels"])
-                terms = {"bce": loss.detach()}
-                if extra is not None:
-                    for name, (w, t) in extra(outp, batch).items():
-                        loss = loss + w * t
-                        terms[name] = t.detach()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                terms["loss"] = loss.detach()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                advance(1, status=f"loss {terms['loss'].item():.4f}")
-        val_scores = score(model, val, encoder, cfg.eval_batch_size, device)
-        val_prauc = (
-            float(metrics.prauc(val_scores["labels"], val_scores["probs"]).mean()) if len(val) else 0.0
-        )
-        record = {
-            "epoch": epoch + 1,  # 1-based, as on the console and in the manifest
-            **{k: v / max(n_batches, 1) for k, v in sums.items()},
-            "val_prauc": val_prauc,
-        }
-        improved = val_prauc > best
-        if improved:
-            best, best_epoch, bad = val_prauc, epoch, 0
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(best_path)
-            )
-        else:
-            bad += 1
-        record["best"] = improved
-        history.append(record)
-        runs.append_log(out, record)
-        terms_txt = " ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "val_prauc", "best")
-        )
+    order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train))
+    epoch_batches = EpochBatches(train, cfg.batch_size, encoder.collate, order, plan if step.tape else None)
+    sums: dict[str, float] = {}
+    with console.progress(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) as advance:
+        for batch, masks in epoch_batches:
+            if masks:
+                step.tape.load(masks)
+            terms = step(batch)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            advance(1, status=f"loss {terms['loss'].item():.4f}")
+    epoch_batches.finish()
+    return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+
+def _end_epoch(
+    holder, optimizer, record: dict, val, encoder: Encoder, cfg, out: Path, device, progress
+) -> None:
+    """Validation PRAUC, the best weights, the log line and the checkpoint after one epoch; updates `progress`
+    and `record` (the main process's job once training is data-parallel)."""
+    from leadercli import metrics
+
+    model = holder["model"]
+    s = score(model, val, encoder, cfg.eval_batch_size, device)
+    val_prauc = float(metrics.prauc(s["labels"], s["probs"]).mean()) if len(val) else 0.0
+    record["val_prauc"] = val_prauc
+    ckpt = out / ckpt_io.CHECKPOINT_DIR
+    improved = val_prauc > progress.best
+    if improved:
+        progress.best, progress.best_epoch, progress.bad = val_prauc, progress.epoch, 0
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(ckpt / "best.safetensors"))
+    else:
+        progress.bad += 1
+    record["best"] = improved
+    runs.append_log(out, record)
+    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "val_prauc", "best"))
+    console.info(
+        f"epoch {progress.epoch + 1:3d}/{cfg.epochs}  {terms}  val PRAUC {val_prauc:.4f}"
+        + ("  *" if improved else f"  (no gain {progress.bad}/{cfg.patience})")
+    )
+    counters = {"epoch": progress.epoch, "best": progress.best, "best_epoch": progress.best_epoch}
+    ckpt_io.save_state(
+        ckpt / "last", ckpt_io.module_tensors(holder), optimizer, {**counters, "bad": progress.bad}
+    )
+    progress.epoch += 1
+    if progress.bad >= cfg.patience:
         console.info(
-            f"epoch {epoch + 1:3d}/{cfg.epochs}  {terms_txt}  val PRAUC {val_prauc:.4f}"
-            + ("  *" if improved else f"  (no gain {bad}/{cfg.patience})")
+            f"early stop: no val PRAUC gain for {cfg.patience} epochs (best epoch {progress.best_epoch + 1})"
         )
-        ckpt_io.save_state(
-            ckpt / "last",
-            ckpt_io.module_tensors(holder),
-            optimizer,
-            {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad},
-        )
-        if bad >= cfg.patience:
-            console.info(
-                f"early stop: no val PRAUC gain for {cfg.patience} epochs (best epoch {best_epoch + 1})"
-            )
-            break
-    if best_path.is_file():
-        model.load_state_dict(load_file(str(best_path)))
-    return FitResult(best_epoch + 1, float(best), epoch + 1, history)  # epochs 1-based, as logged
 
 
 def evaluate_run(

@@ -6,10 +6,12 @@ Run it small on CPU:  leader preprocess && leader train student
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from leadercli import console, runs
 from leadercli.hardware import resolve_device, set_seed
+from leadercli.models.student_masks import dropout_plan
 from leadercli.settings import Settings
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
@@ -43,7 +45,8 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
         model.to(device)
         console.info(f"student: {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
         # train
-        fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume)
+        plan = partial(dropout_plan, config)  # the masks of a step, drawn ahead of it on CPU
+        fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume, plan=plan)
     # save: threshold on validation, metrics, weights
     result = evaluate_run(
         model,

@@ -1,0 +1,78 @@
+"""One epoch's training batches, built a few steps ahead in a background thread: the collated batch dict (the
+padded format of `data/batching.py`, unchanged) and, for a model that says which dropout masks a batch needs,
+those masks (torch's own, `models/torch_masks.py`). The training step on the main thread then only computes.
+
+The batches and masks are exactly those the step would build itself: the thread follows the same order and
+continues torch's generator from the epoch's start; `EpochBatches.finish()` hands the generator's state back to
+torch when the epoch is done, before anything else draws from it (validation draws nothing).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from leadercli.data.batching import Encoded
+
+Batch = dict[str, torch.Tensor]
+# batch → [(mask shape, dropout rate)] in the order the step draws them (`models/student_masks.py`)
+MaskPlan = Callable[[Batch], list[tuple[tuple[int, ...], float]]]
+AHEAD = 4  # batches built ahead of the step
+
+
+class EpochBatches:
+    """Iterate (batch, masks) over `encoded` in `order`, `batch_size` at a time; masks is [] without a plan."""
+
+    def __init__(
+        self,
+        encoded: list[Encoded],
+        batch_size: int,
+        collate: Callable[[list[Encoded]], Batch],
+        order: np.ndarray,
+        plan: MaskPlan | None = None,
+    ) -> None:
+        from leadercli.models.torch_masks import TorchStream
+
+        self._stream = TorchStream(torch.get_rng_state()) if plan is not None else None
+        self._args = (encoded, batch_size, collate, order, plan)
+        self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="leader-batches", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        encoded, batch_size, collate, order, plan = self._args
+        try:
+            for i in range(0, len(order), batch_size):
+                batch = collate([encoded[j] for j in order[i : i + batch_size]])
+                masks = [self._stream.noise(s, p) for s, p in plan(batch)] if plan is not None else []
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put((batch, masks), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._queue.put(exc)
+
+    def __iter__(self) -> Iterator[tuple[Batch, list[torch.Tensor]]]:
+        try:
+            while (item := self._queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+
+    def finish(self) -> None:
+        """After the last batch: torch's generator continues after the masks drawn for this epoch."""
+        self._thread.join()
+        if self._stream is not None:
+            torch.set_rng_state(self._stream.torch_state())
