@@ -6,8 +6,8 @@ frames whatever the source; a layout's job is to find its files and produce that
 `data/registry.py` maps a source name to its layout object, once, at the top (`leader preprocess`, a run's
 source), and the object is passed down from there.
 
-What a new layout must provide (subclass `SourceLayout`, add it to `registry.LAYOUTS` and its name to
-`settings.SOURCES`: about two files):
+What a new layout must provide (subclass `SourceLayout`, add it to `registry.LAYOUTS` and its name to the
+choices of `settings.DataSettings.source`: about two files):
 
 - `name`, `title`; `admission_profile`: the admission-level profile fields, in order (the artifact's profile
   columns are these, then `PATIENT_PROFILE`: gender and age group);

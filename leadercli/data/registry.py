@@ -2,7 +2,8 @@
 
 The one place that names every layout (`data/mimic.py`, `data/meds.py`). The commands resolve a name here
 once, at the top (`leader preprocess`, `--for-run`, a run's source), and pass the layout object down; the
-modules below never look a layout up by name. A new layout is added here and in `settings.SOURCES`.
+modules below never look a layout up by name. A new layout is added here and to the choices of
+`settings.DataSettings.source` (a test checks that the two agree).
 """
 
 from __future__ import annotations
