@@ -130,8 +130,9 @@ class MedsSettings(_Section):
         description="Procedure codes (ICD version, code).",
     )
     medication_ndc: str = Field(
-        r"^MEDICATION//(?:.*//)?(?P<ndc>\d[\d-]{7,12})$",
-        description="Drug codes ending in an NDC (mapped to ATC-3).",
+        r"^MEDICATION//(?:.*//)?(?P<ndc>\d[^/]*)$",
+        description="Drug codes ending in an NDC (START, STOP and administration events); any spelling of the "
+        "NDC rule maps: 1-11 digits (leading zeros lost by an integer column or not), dashed 5-4-2.",
     )
     medication_atc: str = Field(
         r"^MEDICATION//(?:.*//)?ATC//(?P<atc>[A-Z]\d\d[A-Z][A-Z0-9]*)$",
@@ -162,14 +163,44 @@ class MedsSettings(_Section):
     @field_validator("*")
     @classmethod
     def _regex(cls, v: str, info):
-        import re
+        if info.field_name == "visit_column":
+            if not v.strip():
+                raise ValueError("must name a column (e.g. hadm_id)")
+            return v
+        return _meds_pattern(v, MEDS_GROUPS.get(info.field_name, ()))
 
-        if info.field_name != "visit_column":
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression ({exc})") from None
-        return v
+
+# the named groups each [meds] pattern must have (the reader takes the values from them)
+MEDS_GROUPS = {
+    "diagnosis": ("version", "code"),
+    "procedure": ("version", "code"),
+    "medication_ndc": ("ndc",),
+    "medication_atc": ("atc",),
+    "gender": ("value",),
+    "insurance": ("value",),
+    "language": ("value",),
+    "marital_status": ("value",),
+    "race": ("value",),
+}
+
+
+def _meds_pattern(v: str, groups: tuple[str, ...]) -> str:
+    """A [meds] pattern, checked by the engine that runs it (polars' Rust regex: no look-around or
+    back-references, unlike Python's `re`), with the named groups the reader needs."""
+    import polars as pl  # only when a [meds] pattern is set (not on `leader --help`'s path)
+
+    try:
+        names = pl.select(pl.lit("").str.extract_groups(v)).to_series().struct.fields
+    except pl.exceptions.PolarsError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        detail = next((line for line in reversed(lines) if line.startswith("error:")), lines[0] if lines else "")
+        raise ValueError(f"not a regular expression polars can run ({detail[:120]})") from None
+    missing = [g for g in groups if g not in names]
+    if missing:
+        raise ValueError(
+            "needs the named group(s) " + ", ".join(f"(?P<{g}>...)" for g in missing) + " (see `leader config`)"
+        )
+    return v
 
 
 class SamplesSettings(_Section):
@@ -339,6 +370,111 @@ class DistillSettings(_Section):
     tau: float = Field(1.0, gt=0, description="Temperature of the contrastive alignment.")
 
 
+class RetainSettings(_Section):
+    """`leader train student --model retain`: RETAIN (Choi et al. 2016) as the field runs it (GAMENet/SafeDrug
+    baseline); Choi's own code values in brackets (`leadercli/models/retain.py`)."""
+
+    emb_dim: int = Field(64, ge=1, description="Code and visit embedding size [Choi: 128].")
+    alpha_hidden: int = Field(64, ge=1, description="GRU size of the visit-level attention α [Choi: 128].")
+    beta_hidden: int = Field(64, ge=1, description="GRU size of the variable-level attention β [Choi: 128].")
+    dropout_emb: float = Field(0.3, ge=0, lt=1, description="Dropout on the visit embeddings [Choi: 0.5].")
+    dropout_context: float = Field(0.0, ge=0, lt=1, description="Dropout on the context vector [Choi: 0.5].")
+    l2: float = Field(
+        0.0, ge=0, description="L2 weight on the embedding, attention and output weights [Choi: 0.001]."
+    )
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate (GAMENet's RETAIN baseline).")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+
+
+class GamenetSettings(_Section):
+    """`leader train student --model gamenet`: GAMENet (Shang et al. 2019), the authors' values
+    (`leadercli/models/gamenet.py`)."""
+
+    emb_dim: int = Field(64, ge=1, description="Embedding, query and memory size (GRUs are twice as wide).")
+    dropout: float = Field(0.4, ge=0, lt=1, description="Dropout on the code embeddings.")
+    gcn_dropout: float = Field(0.3, ge=0, lt=1, description="Dropout between the two GCN layers.")
+    ddi_in_memory: bool = Field(
+        True, description="Memory bank = GCN(EHR graph) − γ·GCN(DDI graph); false = EHR only."
+    )
+    ddi_loss: bool = Field(
+        True, description="The annealed DDI loss in training (false = the paper's GAMENet w/o DDI)."
+    )
+    target_ddi: float = Field(
+        0.05, ge=0, le=1, description="DDI rate above which the DDI loss may replace the prediction loss."
+    )
+    temperature: float = Field(
+        0.5, gt=0, description="Initial temperature T of the switch probability exp((target − rate)/T)."
+    )
+    decay: float = Field(0.85, gt=0, le=1, description="T is multiplied by this after every epoch.")
+    margin_weight: float = Field(
+        0.01, ge=0, description="Weight of the multilabel margin loss (BCE: bce_weight)."
+    )
+    bce_weight: float = Field(0.9, gt=0, description="Weight of BCE in the authors' loss.")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+
+
+class MicronSettings(_Section):
+    """`leader train student --model micron`: MICRON (Yang et al. 2021), the authors' values
+    (`leadercli/models/micron.py`)."""
+
+    emb_dim: int = Field(64, ge=1, description="Embedding and health-representation size.")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on the code embeddings.")
+    target_ddi: float = Field(
+        0.08, ge=0, le=1, description="The DDI loss applies when the predicted set's DDI rate is above this."
+    )
+    add_threshold: float = Field(
+        0.8, gt=0, lt=1, description="A drug not given at the previous visit is added when p ≥ this."
+    )
+    remove_threshold: float = Field(
+        0.2, gt=0, lt=1, description="A drug of the previous visit is removed when p < this."
+    )
+    current_weight: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Share of the current visit in BCE and margin (the rest: the previous visit).",
+    )
+    margin_weight: float = Field(
+        0.05, ge=0, description="Weight of the multilabel margin loss relative to BCE."
+    )
+    lr: float = Field(2e-4, gt=0, description="RMSprop learning rate.")
+    weight_decay: float = Field(1e-5, ge=0, description="RMSprop weight decay.")
+
+
+class LogregSettings(_Section):
+    """`leader train student --model logreg`: multi-hot logistic regression over the target visit's codes
+    (`leadercli/models/logreg.py`)."""
+
+    C: float = Field(
+        0.90909, gt=0, description="Inverse L2 strength, as scikit-learn's C (the reference's value)."
+    )
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (the reference fits with lbfgs).")
+
+
+class RaremedSettings(_Section):
+    """`leader train student --model raremed`: RAREMed (Zhao et al. 2024), the authors' values
+    (`leadercli/models/raremed.py`)."""
+
+    emb_dim: int = Field(512, ge=1, description="Transformer width.")
+    layers: int = Field(3, ge=1, description="Encoder layers.")
+    heads: int = Field(4, ge=1, description="Attention heads (emb_dim must be divisible by heads).")
+    ff: int = Field(2048, ge=1, description="Feed-forward width (torch's default, kept by the authors).")
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout inside the encoder layers.")
+    weight_multi: float = Field(
+        0.005, ge=0, lt=1, description="Weight of the multilabel margin loss (BCE: 1 − it)."
+    )
+    weight_ddi: float = Field(0.1, ge=0, description="Weight of the DDI loss.")
+    ddi_scale: float = Field(
+        0.0005, ge=0, description="The DDI loss is ddi_scale · Σ p_i p_j over interacting pairs."
+    )
+    pretrain_epochs: int = Field(
+        20, ge=0, description="Epochs of each pre-training task (matching, then reconstruction); 0 = none."
+    )
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (pre-training and fine-tuning).")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW (decoupled) weight decay.")
+
+
 class PredictSettings(_Section):
     """`leader predict`."""
 
@@ -388,6 +524,11 @@ class Settings(BaseSettings):
     teacher: TeacherSettings = TeacherSettings()
     student: StudentSettings = StudentSettings()
     distill: DistillSettings = DistillSettings()
+    retain: RetainSettings = RetainSettings()
+    gamenet: GamenetSettings = GamenetSettings()
+    micron: MicronSettings = MicronSettings()
+    logreg: LogregSettings = LogregSettings()
+    raremed: RaremedSettings = RaremedSettings()
     predict: PredictSettings = PredictSettings()
     report: ReportSettings = ReportSettings()
 
