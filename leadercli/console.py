@@ -23,12 +23,13 @@ T = TypeVar("T")
 
 out = Console(soft_wrap=True)  # results
 err = Console(stderr=True, soft_wrap=True)  # logs, progress, errors
-_state = {"quiet": False}
+_state = {"quiet": False, "rank": 0, "world": 1}
 
 log = logging.getLogger("leadercli")
 
 
 def configure(quiet: bool = False, debug: bool = False) -> None:
+    quiet = quiet or _state["rank"] > 0  # a data-parallel follower stays muted (`set_rank`)
     _state["quiet"] = quiet
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
     log.handlers.clear()
@@ -36,6 +37,19 @@ def configure(quiet: bool = False, debug: bool = False) -> None:
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+
+
+def set_rank(rank: int, world: int) -> None:
+    """Under a data-parallel launch (`training/distributed.py`) only rank 0 prints logs, progress and results;
+    the other processes print only their errors, prefixed with `rank_prefix()`."""
+    _state.update(rank=rank, world=world)
+    if rank:
+        configure(quiet=True)
+
+
+def rank_prefix() -> str:
+    """The error-line prefix: `rank 1/2: ` on a data-parallel follower, nothing otherwise."""
+    return f"rank {_state['rank']}/{_state['world']}: " if _state["rank"] else ""
 
 
 def quiet() -> bool:
@@ -49,8 +63,9 @@ def info(msg: str) -> None:
 
 
 def result(msg: str) -> None:
-    """A result line on stdout (kept by --quiet: results are never chatter)."""
-    out.print(msg, highlight=False)
+    """A result line on stdout (kept by --quiet: results are never chatter; printed by rank 0 alone)."""
+    if not _state["rank"]:
+        out.print(msg, highlight=False)
 
 
 def debug(msg: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -107,7 +108,11 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False) -> T:
     try:
         return fn()
     except LeaderError as exc:
-        console.err.print(f"[bold red]error:[/bold red] {exc.one_line()}", highlight=False, soft_wrap=True)
+        console.err.print(
+            f"{console.rank_prefix()}[bold red]error:[/bold red] {exc.one_line()}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.err.print("[yellow]interrupted[/yellow]")
@@ -125,11 +130,14 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False) -> T:
                 where = f" in {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
             tb = tb.tb_next
         console.err.print(
-            f"[bold red]unexpected error:[/bold red] {type(exc).__name__}{where}"
+            f"{console.rank_prefix()}[bold red]unexpected error:[/bold red] {type(exc).__name__}{where}"
             " (rerun with --debug for the message and traceback; please report it)",
             highlight=False,
         )
         raise typer.Exit(1) from None
+    finally:
+        if "leadercli.training.distributed" in sys.modules:  # a data-parallel command left its process group
+            sys.modules["leadercli.training.distributed"].shutdown()
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, dict[str, Any]]:
