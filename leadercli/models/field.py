@@ -116,11 +116,12 @@ def predicted_ddi_rate(probs: torch.Tensor, adj: torch.Tensor, threshold: float 
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimizer a model's authors train with: Adam / RMSprop (weight decay as L2) or AdamW (decoupled)."""
+    """The optimizer a model's authors train with: Adam / RMSprop (weight decay as L2) or AdamW (decoupled);
+    foreach kernels (one per step and state tensor, the same arithmetic as the per-parameter loop)."""
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, foreach=True)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
     raise ValueError(f"unknown optimizer {name!r} (adam, adamw, rmsprop)")

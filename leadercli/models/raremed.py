@@ -147,16 +147,17 @@ class RAREMed(FieldModel):
 
 
 def pretrain(model: RAREMed, batches, epochs: int, lr: float, weight_decay: float, seed: int, device) -> list:
-    """The authors' two pre-training stages on the training batches (`batches()` yields a fresh epoch): SMP for
-    `epochs` epochs, then SR for `epochs` epochs, AdamW. Returns one record per epoch {task, epoch, loss}."""
+    """The authors' two pre-training stages on the training batches (`batches(i)` yields the batches of the i-th
+    pre-training epoch, i counting over both stages): SMP for `epochs` epochs, then SR for `epochs` epochs,
+    AdamW. Returns one record per epoch {pretrain: task, pretrain_epoch, loss}."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     log = []
     model.train()
-    for task in ("smp", "sr"):
+    for stage, task in enumerate(("smp", "sr")):
         for epoch in range(epochs):
             total, n = 0.0, 0
-            for batch in batches():
+            for batch in batches(stage * epochs + epoch):
                 if task == "smp" and len(batch["visit_mask"]) < 2:
                     continue  # no in-batch negative
                 loss = model.pretrain_loss({k: v.to(device) for k, v in batch.items()}, task, gen)
@@ -164,5 +165,5 @@ def pretrain(model: RAREMed, batches, epochs: int, lr: float, weight_decay: floa
                 loss.backward()
                 opt.step()
                 total, n = total + float(loss), n + 1
-            log.append({"task": task, "epoch": epoch + 1, "loss": total / max(n, 1)})
+            log.append({"pretrain": task, "pretrain_epoch": epoch + 1, "loss": total / max(n, 1)})
     return log

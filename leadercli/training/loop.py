@@ -25,6 +25,7 @@ from leadercli import console, runs
 from leadercli.data.artifact import Artifact
 from leadercli.data.batching import Encoded, Encoder, batches
 from leadercli.data.samples import load_samples
+from leadercli.models.field import make_optimizer
 from leadercli.models.torch_masks import MaskTape
 from leadercli.settings import Settings
 from leadercli.training.batches import EpochBatches, MaskPlan
@@ -106,14 +107,18 @@ def fit(
     holder = torch.nn.ModuleDict(
         {"model": model, **({"extra": extra_modules} if extra_modules is not None else {})}
     )
-    # foreach: one kernel per step and state tensor for all parameters, the same arithmetic as the loop
-    optimizer = torch.optim.Adam(holder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # Adam unless the model names its authors' optimizer (a field model, `models/field.py`); foreach: one
+    # kernel per step and state tensor for all parameters, the same arithmetic as the loop
+    name = getattr(model, "optimizer", "adam")
+    optimizer = make_optimizer(holder.parameters(), name, cfg.lr, cfg.weight_decay)
     ckpt = out / ckpt_io.CHECKPOINT_DIR
     progress, history = _resume(holder, optimizer, cfg, out, resume)
     ckpt.mkdir(parents=True, exist_ok=True)
     tape = _tape_masks(holder, device) if plan is not None else None
     step = _Step(model, optimizer, extra, prepare, device, tape)
     while not progress.done(cfg):
+        if hasattr(model, "set_epoch"):  # per-epoch schedules of a field model (GAMENet's DDI temperature)
+            model.set_epoch(progress.epoch)
         holder.train()
         record = {
             "epoch": progress.epoch + 1,

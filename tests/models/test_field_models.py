@@ -219,8 +219,8 @@ def test_logreg_l2_is_sklearn_objective(data):
 def test_raremed_pretraining_lowers_both_losses(data):
     _, batch, *_ = data
     model = build("raremed", data)
-    log = pretrain(model, lambda: [batch], epochs=15, lr=3e-3, weight_decay=0.0, seed=0, device="cpu")
-    smp = [r["loss"] for r in log if r["task"] == "smp"]
-    sr = [r["loss"] for r in log if r["task"] == "sr"]
+    log = pretrain(model, lambda i: [batch], epochs=15, lr=3e-3, weight_decay=0.0, seed=0, device="cpu")
+    smp = [r["loss"] for r in log if r["pretrain"] == "smp"]
+    sr = [r["loss"] for r in log if r["pretrain"] == "sr"]
     assert len(smp) == len(sr) == 15
     assert sr[-1] < sr[0] and smp[-1] < smp[0]
