@@ -78,6 +78,7 @@ def base_manifest(kind: str, artifact: Artifact, settings=None) -> dict:
             "vocab_hash": artifact.vocab_hash,
             "content_hash": artifact.content_hash,
             "created_at": artifact.manifest.get("created_at"),
+            **({"meds": artifact.manifest["meds"]} if "meds" in artifact.manifest else {}),  # for --for-run
         },
         "labels": artifact.labels,
         "labels_hash": labels_hash(artifact.labels),

@@ -46,6 +46,7 @@ from leadercli.data.preprocess import hash_files, map_drugs
 from leadercli.data.registry import get_layout
 from leadercli.errors import ArtifactError, InputError
 from leadercli.paths import check_free_space, check_writable_dir, replaced_folder
+from leadercli.settings import MedsSettings
 
 KIND = contract.KIND
 KEYS = cohort.KEYS
@@ -94,8 +95,9 @@ def build_for_run(
     voc = runs.read_run_vocab(run_dir, manifest)
     run_source = (manifest.get("artifact") or {}).get("source")
     source = source or run_source or settings.data.source
-    if run_source and source != run_source:
-        console.info(f"note: the run was trained on {run_source} data; reading {raw_dir} as {source}")
+    _check_source(run_dir, run_source, source)
+    if source == "meds":
+        settings = _run_meds_rules(settings, manifest, run_dir)
     if out.resolve() == raw_dir.resolve() or raw_dir.resolve() in out.resolve().parents:
         raise InputError(
             f"--out {out} is inside the raw folder {raw_dir}", "Write the input folder elsewhere"
@@ -115,6 +117,7 @@ def build_for_run(
         try:
             raw = layout.read(raw_files, allow_empty_prescriptions=True)
             visits, codes, counts = _assemble(raw, raw_files, aux_files, voc, layout)
+            _warn_no_history_drugs(visits, raw, manifest, layout)
         except BaseException:
             stop.set()
             raise
@@ -142,6 +145,74 @@ def build_for_run(
         _write(out, visits, codes, out_manifest)
     console.info(f"Wrote {out} in {out_manifest['elapsed_s']:.1f} s")
     return NewCohortResult(out, out_manifest)
+
+
+def _check_source(run_dir: Path, run_source: str | None, source: str) -> None:
+    """Another source than the run's is refused unless it has the same codes and profile fields (MIMIC-IV
+    tables and MIMIC-IV MEDS: a note)."""
+    if not run_source or source == run_source:
+        return
+    if get_layout(run_source).profile_fields() != get_layout(source).profile_fields():
+        raise InputError(
+            f"run {run_dir} was trained on {run_source} data; --source {source} has other profile fields and "
+            "codes, so every new patient would be read against the wrong vocabulary",
+            f"Read the new patients as {run_source} (leave out --source), or use a run trained on {source} data",
+        )
+    console.info(f"note: the run was trained on {run_source} data; reading the new patients as {source}")
+
+
+def _run_meds_rules(settings, manifest: dict, run_dir: Path):
+    """The settings with the `[meds]` patterns and visit rule the run's artifact was built with (recorded in
+    the run's manifest; a run without them: its artifact's manifest, then the current settings). One line
+    says so when the current settings differ."""
+    art = manifest.get("artifact") or {}
+    recorded, where = art.get("meds"), "the run's manifest"
+    if recorded is None and art.get("path"):
+        try:
+            recorded = json.loads((Path(art["path"]) / A.MANIFEST).read_text()).get("meds")
+            where = "the run's artifact"
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    if recorded is None:
+        console.info(f"note: {run_dir} does not record its meds.* settings; using the current ones")
+        return settings
+    try:
+        rules = MedsSettings(**recorded)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{where} of {run_dir} records meds.* settings that do not load ({type(exc).__name__})",
+            "Re-run `leader preprocess` and train the run again, or pass another --for-run",
+        ) from None
+    differ = [k for k, v in rules.model_dump().items() if getattr(settings.meds, k) != v]
+    if differ:
+        console.info(
+            "note: using the meds.* settings the run was built with; the current ones differ in "
+            + ", ".join(f"meds.{k}" for k in differ)
+        )
+    return settings.model_copy(update={"meds": rules})
+
+
+def _warn_no_history_drugs(visits: pl.DataFrame, raw, manifest: dict, layout: SourceLayout) -> None:
+    """Every history visit without a drug, where the run was trained on histories with drugs: a warning on
+    stderr (even with --quiet) with the counts, since predictions would run without the history drugs."""
+    hist = visits.filter(pl.col("visit_no") < pl.col("visit_no").max().over("subject_id"))
+    trained = ((manifest.get("cohort") or {}).get("multi_visit_patients") or 0) > 0
+    if hist.height == 0 or not trained or (hist["medications"].list.len() > 0).any():
+        return
+    read = raw.counts.get("prescriptions", {}).get("rows", 0) + raw.counts.get("prescriptions", {}).get(
+        "atc_rows", 0
+    )
+    settings_hint = (
+        "check meds.medication_ndc, meds.medication_atc and meds.visit_column"
+        if layout.name == "meds"
+        else "check the prescriptions table and --aux"
+    )
+    console.err.print(
+        f"warning: none of the {hist.height:,} history visits of {hist['subject_id'].n_unique():,} patients has "
+        f"a drug ({read:,} drug rows read), while the run was trained with drugs in every history visit: "
+        f"{settings_hint}",
+        highlight=False,
+    )
 
 
 def _assemble(

@@ -149,8 +149,11 @@ def preprocess(settings: Settings) -> PreprocessResult:
 
 
 def _where(raw_files: dict[str, Path], role: str) -> Path:
-    """The file to name in a message about `role` (MIMIC: its table; MEDS: the first data shard)."""
-    return raw_files.get(role) or next(iter(raw_files.values()))
+    """The file to name in a message about `role` (MIMIC: its table; MEDS: the data/ folder of the root)."""
+    if role in raw_files:
+        return raw_files[role]
+    key, path = next(iter(raw_files.items()))  # MEDS: data/train/0.parquet → <root>/data
+    return path.parents[len(Path(key).parts) - 2] if key.startswith("data/") else path
 
 
 def map_drugs(
@@ -178,6 +181,12 @@ def _build(settings: Settings, layout: SourceLayout, raw_files: dict[str, Path],
         with console.step("Mapping NDC → RXCUI → ATC-3"):
             meds, coverage = map_drugs(raw, aux_files, ndc_map.result())
     raw.prescriptions = None  # the largest table: released once its drugs are mapped
+    if meds.height == 0 and "prescriptions" not in raw_files:  # MEDS: no table to name
+        raise InputError(
+            f"no drug event's NDC under {_where(raw_files, 'prescriptions')} maps to an ATC code "
+            f"({coverage['rows']:,} NDC drug events, {coverage['ndcs']:,} distinct NDCs)",
+            "Check meds.medication_ndc (its ndc group must hold the NDC) and the --aux mapping files",
+        )
     tables.require_rows(meds, _where(raw_files, "prescriptions"), "no prescription NDC maps to an ATC code")
     raw.counts["prescriptions"] = {
         "rows": coverage["rows"],
@@ -327,7 +336,9 @@ def _manifest(settings, layout, raw, coverage, steps, removed, visits, patients,
     )
     options = cfg.model_dump(mode="json")
     options["top_procedures"] = settings.top_procedures(layout)
+    rules = {"meds": settings.meds.model_dump(mode="json")} if layout.name == "meds" else {}  # for --for-run
     return {
+        **rules,
         "format": 1,
         "source": cfg.source,
         "source_version": raw.source_version,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -115,6 +116,11 @@ def test_atc_coded_drugs_and_other_patterns(tmp_path):
     assert df["time"].drop_nulls().min() >= pl.select(t).item()
     (tmp_path / "root" / "data").mkdir(parents=True)
     df.write_parquet(tmp_path / "root/data/0.parquet")
+    (tmp_path / "root/metadata").mkdir()
+    (tmp_path / "root/metadata/dataset.json").write_text('{"dataset_name": "hand-made"}')
+    pl.DataFrame({"code": ["DX//10//I10"], "description": ["Essential hypertension"]}).write_parquet(
+        tmp_path / "root/metadata/codes.parquet"
+    )
     from leadercli.data.meds import MEDS
     from leadercli.settings import load_settings
 
@@ -158,6 +164,7 @@ def test_new_patients_from_meds(wd, tmp_path):
         latest["hadm_id"].implode()
     )
     ev.filter(~drugs_of_latest).write_parquet(new / "data/0.parquet")
+    shutil.copytree(wd / "meds/metadata", new / "metadata", ignore=shutil.ignore_patterns("subject_splits*"))
     r = _run(
         wd,
         "preprocess",
