@@ -29,7 +29,7 @@ def dump(args) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from leadercli.models.teacher_infer import _collate
+    from leadercli.models.teacher_infer import collate_prompts as _collate
     from leadercli.settings import load_settings
     from leadercli.training import teacher as tt
 

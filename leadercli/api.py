@@ -34,7 +34,8 @@ class Recommender:
 
         from leadercli.runs import load_run
 
-        return cls(load_run(Path(run_dir), torch.device(device) if device else None), settings)
+        lam = settings.predict.unknown_shrink if settings is not None else None  # None: the setting's default
+        return cls(load_run(Path(run_dir), torch.device(device) if device else None, lam), settings)
 
     @property
     def kind(self) -> str:
@@ -61,8 +62,9 @@ class Recommender:
         """Rank drugs for the latest visit of every subject in `visits` (polars or pandas DataFrame, the
         artifact's visits schema). Returns a polars DataFrame: subject_id, hadm_id, rank, atc3, drug_name,
         score, selected, ddi_dropped, n_unknown_codes. `titles` (kind → {code: title}) names codes the run
-        does not know, for a teacher's prompts. `unknown_shrink` (λ, default the `predict.unknown_shrink`
-        setting) leans the scores of visits with unknown codes towards the training drug frequencies."""
+        does not know, for a teacher's prompts. `unknown_shrink` (λ; None = the run's, from the
+        `predict.unknown_shrink` setting) leans the scores of visits with unknown codes towards the training
+        drug frequencies (the run's `Scorer` applies it, as everywhere)."""
         import polars as pl
 
         from leadercli.errors import InputError
@@ -72,18 +74,8 @@ class Recommender:
         if frame.height == 0:
             raise InputError("the visits frame has no rows", "Pass at least one visit")
         self.scorer.reset_unknown()
-        if unknown_shrink is None:
-            from leadercli.settings import PredictSettings
-
-            unknown_shrink = (self.settings.predict if self.settings else PredictSettings()).unknown_shrink
-        opts = PredictOptions(
-            top_k=top_k,
-            threshold=threshold,
-            max_ddi_pairs=max_ddi_pairs,
-            batch_size=4096,
-            unknown_shrink=unknown_shrink,
-        )
-        return predict_frame(self.scorer, frame, opts, titles)
+        opts = PredictOptions(top_k=top_k, threshold=threshold, max_ddi_pairs=max_ddi_pairs, batch_size=4096)
+        return predict_frame(self.scorer.with_unknown_shrink(unknown_shrink), frame, opts, titles)
 
     def predict_raw(
         self,

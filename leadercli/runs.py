@@ -4,12 +4,13 @@
   settings — `inputs.samples`, `inputs.prompt` — threshold, metrics), written last so that a manifest means a
   finished run;
 - the checks that make a run refuse an artifact or a vocabulary it was not trained for;
-- `load_run(path)` → a `Scorer` for every kind of run (student, distilled, teacher, popularity, previous) with
-  one interface: `score_samples(samples)` for all, `score_batch(batch)` for the kinds that read student
-  tensors (`tensor_input`). `leader predict`, `leader report`, `leader distill` and the Python API
-  (`leadercli.Recommender`) load runs only through it.
+- `load_run(path)` → a `leadercli.scorer.Scorer` for every kind of run (`leadercli.kinds`) with one interface:
+  `score_samples(samples)` for all, `score_batch(batch)` for the kinds that read student tensors
+  (`tensor_input`), the run's output rules applied. `leader predict`, `leader report`, `leader distill` and
+  the Python API (`leadercli.Recommender`) load runs only through it.
 
-The resume checkpoint inside a run folder (`checkpoint/`) is `leadercli.checkpoint`'s business.
+The resume checkpoint inside a run folder (`checkpoint/`) is `leadercli.checkpoint`'s business; what each kind
+is, `leadercli.kinds`'.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from leadercli import __version__
 from leadercli.data.artifact import Artifact, labels_hash
 from leadercli.errors import ArtifactError
+from leadercli.kinds import COMMAND_KINDS, KINDS, rebuild_hint
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.toml"
@@ -32,8 +34,6 @@ LOG = "train_log.jsonl"
 VOCAB_COPY = "vocab.json"
 DDI_COPY = "ddi.parquet"
 MODEL_FILE = "model.safetensors"
-KINDS = ("student", "distilled", "teacher", "popularity", "previous")
-TENSOR_KINDS = ("student", "distilled", "popularity", "previous")
 
 
 def now() -> str:
@@ -158,28 +158,6 @@ RUN_ENTRIES = frozenset(
     {MANIFEST, SETTINGS, LOG, VOCAB_COPY, DDI_COPY, MODEL_FILE, "checkpoint", "checkpoint.tmp", "adapter"}
     | {"head.safetensors", "features", "best", "README.md"}  # README.md = leadercli.card.CARD, the model card
 )
-COMMANDS = {
-    "student": "leader train student",
-    "popularity": "leader train student --model popularity",
-    "previous": "leader train student --model previous",
-    "distilled": "leader distill",
-    "teacher": "leader train teacher",
-}
-
-
-def rebuild_hint(run_dir: Path, kind: str | None) -> str:
-    """The command that rebuilds a damaged run folder."""
-    cmd = COMMANDS.get(kind or "")
-    if cmd is None:
-        return "Retrain it with the command that wrote it (`leader train student`, `leader distill`, `leader train teacher`)"
-    return f"Rebuild it with `{cmd} --out {run_dir}`"
-
-
-COMMAND_KINDS = {  # the kinds each recipe writes: a run folder is replaced only by the command that wrote it
-    "train student": ("student", "popularity", "previous"),
-    "distill": ("distilled",),
-    "train teacher": ("teacher",),
-}
 
 
 def check_out_dir(
@@ -192,7 +170,7 @@ def check_out_dir(
     """Refuse a run folder that would destroy something, before any work: `out` must be writable with room
     for a run, must not be or contain a `protected` path (the artifact, the teacher run), and when it exists
     it must be a folder that is empty, a finished leadercli run (`manifest.json` of a run kind; of a kind
-    `command` writes, `COMMAND_KINDS`, when given) or an unfinished one (only run files, no manifest).
+    `command` writes, `kinds.COMMAND_KINDS`, when given) or an unfinished one (only run files, no manifest).
     Anything else — an artifact, a prediction input folder, another tool's `manifest.json`, a folder of other
     files, a teacher run given to `train student` — is refused."""
     from leadercli import paths
@@ -289,142 +267,6 @@ def read_log(out: Path) -> list[dict]:
 
 
 # -- loading a run ---------------------------------------------------------------------------------------------
-class Scorer:
-    """A finished run, ready to score patients. Attributes: `kind`, `path`, `manifest`, `vocab` (the run's
-    copy), `labels` (drug order of every score matrix), `threshold` (the run's decision threshold),
-    `max_visits` (history the run reads), `encoder` (student tensors; it also counts unknown codes),
-    `tensor_input` (True when `score_batch` works)."""
-
-    tensor_input = False
-
-    def __init__(self, path: Path, manifest: dict, device=None) -> None:
-        import torch
-
-        from leadercli.data.batching import Encoder
-
-        self.path = Path(path)
-        self.manifest = manifest
-        self.kind = manifest["kind"]
-        self.device = device if device is not None else torch.device("cpu")
-        self.vocab = read_run_vocab(self.path, manifest)
-        self.labels = list(self.vocab.medications.codes)
-        self.encoder = Encoder(self.vocab)
-        sp = run_samples_settings(manifest, self.path)
-        self.max_visits = int(sp.get("max_visits", 10))
-        th = manifest.get("threshold")
-        value = th.get("value") if isinstance(th, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ArtifactError(
-                f"{self.path / MANIFEST} has no decision threshold in [0, 1] (the manifest is damaged)",
-                rebuild_hint(self.path, self.kind),
-            )
-        self.threshold = float(value)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def score_batch(self, batch):
-        raise NotImplementedError(f"a {self.kind} run does not read student tensors")
-
-    def score_samples(self, samples, batch_size: int = 256, vocab=None, progress: str | None = None):
-        """`Sample`s → probabilities (N, M) float32, in the order of `self.labels`. `vocab` may add titles of
-        codes the run does not know (the teacher's prompts name them; other kinds ignore it)."""
-        raise NotImplementedError
-
-    def parameters(self) -> dict[str, int]:
-        return dict(self.manifest.get("parameters", {}))
-
-    def ddi_pairs(self):
-        """The run's interacting drug pairs as label-index pairs (K, 2) int64: its copy of the artifact's
-        ddi.parquet, else the artifact's own (runs made before the copy existed); empty when neither is there."""
-        import numpy as np
-        import polars as pl
-
-        if getattr(self, "_ddi", None) is None:
-            path = self.path / DDI_COPY
-            if not path.is_file():
-                path = Path((self.manifest.get("artifact") or {}).get("path", "")) / DDI_COPY
-            pairs = np.zeros((0, 2), np.int64)
-            if path.is_file():
-                try:
-                    df = pl.read_parquet(path, columns=["atc3_a", "atc3_b"])
-                except (pl.exceptions.PolarsError, OSError):
-                    raise ArtifactError(f"{path} is unreadable", rebuild_hint(self.path, self.kind)) from None
-                idx = self.vocab.medications.index
-                got = [(idx[a], idx[b]) for a, b in df.iter_rows() if a in idx and b in idx]
-                pairs = np.asarray(got, dtype=np.int64).reshape(-1, 2)
-            self._ddi = pairs
-        return self._ddi
-
-    def prior(self):
-        """The training split's drug frequencies (M,) float32 tensor, or None for runs made before the manifest
-        recorded them (their artifact is used when it is still there)."""
-        import torch
-
-        got = self.manifest.get("label_prior")
-        if got is None:
-            art = Path((self.manifest.get("artifact") or {}).get("path", ""))
-            if (art / "manifest.json").is_file():
-                got = label_prior(Artifact(art))
-        if got is None or len(got) != len(self.labels):
-            return None
-        return torch.tensor(got, dtype=torch.float32)
-
-    def reset_unknown(self) -> None:
-        from leadercli.data.batching import UnknownCounter
-
-        self.encoder.unknown = UnknownCounter()
-
-
-class TensorScorer(Scorer):
-    """Student, distilled, popularity and previous-visit runs: student tensors in, probabilities out."""
-
-    tensor_input = True
-
-    def __init__(self, path: Path, manifest: dict, device=None) -> None:
-        super().__init__(path, manifest, device)
-        self.module = _load_tensor_model(self.path, manifest, self.encoder)
-        self.module.eval().to(self.device)
-
-    def score_batch(self, batch):
-        """A collated batch (`Encoder.collate` / `encode_frame`) → (B, M) probabilities on the CPU."""
-        import torch
-
-        with torch.inference_mode():
-            b = {k: v.to(self.device) for k, v in batch.items()}
-            return self.module.probs(b).float().cpu()
-
-    def score_samples(self, samples, batch_size: int = 256, vocab=None, progress: str | None = None):
-        import numpy as np
-
-        from leadercli import console
-
-        enc = self.encoder.encode_all(samples)
-        out = []
-        with console.progress(progress or "scoring", total=len(enc)) as advance:
-            for i in range(0, len(enc), batch_size):
-                chunk = enc[i : i + batch_size]
-                out.append(self.score_batch(self.encoder.collate(chunk)).numpy())
-                advance(len(chunk))
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
-
-
-class TeacherRunScorer(Scorer):
-    """A teacher run: prompts rendered from the samples, backbone + LoRA + head, probabilities out."""
-
-    def __init__(self, path: Path, manifest: dict, device=None) -> None:
-        super().__init__(path, manifest, device)
-        check_teacher_files(self.path, manifest)
-        from leadercli.models.teacher_infer import TeacherScorer
-
-        self.teacher = TeacherScorer(self.path, self.device, manifest=manifest, vocab=self.vocab)
-        self.module = self.teacher.model
-
-    def score_samples(self, samples, batch_size: int = 16, vocab=None, progress: str | None = None):
-        return self.teacher.score_samples(samples, batch_size, vocab=vocab, progress=progress)
-
-
 TEACHER_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors")
 
 
@@ -494,53 +336,42 @@ def _lower(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _load_tensor_model(run_dir: Path, manifest: dict, encoder):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    kind = manifest["kind"]
-    hint = rebuild_hint(Path(run_dir), kind)
-    path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing", hint)
-    try:
-        # safetensors only: a pickle (or any other file) in its place is refused here, never unpickled
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+def run_threshold(run_dir: Path, manifest: dict) -> float:
+    """The decision threshold the run recorded (in [0, 1]); ArtifactError when the manifest lacks it."""
+    th = manifest.get("threshold")
+    value = th.get("value") if isinstance(th, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ArtifactError(
-            f"{path} is not a readable safetensors file (truncated or another format; {type(exc).__name__})",
-            hint,
-        ) from None
-    if kind in ("popularity", "previous"):
-        from leadercli.models.baselines import PopularityModel, PreviousVisitModel
-
-        if "freq" not in state or state["freq"].shape != (encoder.n_labels,):
-            raise ArtifactError(f"{path} does not fit its manifest (drug frequencies)", hint)
-        freq = state["freq"]
-        return PopularityModel(freq) if kind == "popularity" else PreviousVisitModel(freq, encoder.med_offset)
-    from leadercli.models.student import StudentConfig, StudentModel
-
-    cfg = manifest.get("model_config")
-    if not isinstance(cfg, dict):
-        raise ArtifactError(f"{Path(run_dir) / MANIFEST} has no model_config", hint)
-    try:
-        model = StudentModel(StudentConfig(**cfg))
-    except Exception as exc:  # noqa: BLE001 - any failure to build the model means a damaged model_config
-        raise ArtifactError(
-            f"{Path(run_dir) / MANIFEST}: model_config does not describe a student ({type(exc).__name__})",
-            hint,
-        ) from None
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ArtifactError(
-            f"{path} does not fit its manifest ({str(exc).splitlines()[0][:120]})", hint
-        ) from None
-    return model
+            f"{Path(run_dir) / MANIFEST} has no decision threshold in [0, 1] (the manifest is damaged)",
+            rebuild_hint(Path(run_dir), manifest.get("kind")),
+        )
+    return float(value)
 
 
-def load_run(path: Path | str, device=None) -> Scorer:
-    """A run folder of any kind → its `Scorer`. A folder that is not a finished run is one `ArtifactError`."""
+def run_prior(manifest: dict) -> list[float] | None:
+    """The training split's drug frequencies the run recorded (`label_prior`); runs made before the manifest
+    recorded them use their artifact when it is still there; None otherwise."""
+    got = manifest.get("label_prior")
+    if got is None:
+        art = Path((manifest.get("artifact") or {}).get("path", ""))
+        if (art / "manifest.json").is_file():
+            got = label_prior(Artifact(art))
+    if got is None or len(got) != len(manifest.get("labels") or []):
+        return None
+    return list(got)
+
+
+def run_ddi_path(run_dir: Path, manifest: dict) -> Path:
+    """The run's copy of its artifact's ddi.parquet, else the artifact's own (runs made before the copy)."""
+    path = Path(run_dir) / DDI_COPY
+    if path.is_file():
+        return path
+    return Path((manifest.get("artifact") or {}).get("path", "")) / DDI_COPY
+
+
+def load_run(path: Path | str, device=None, unknown_shrink: float | None = None):
+    """A run folder of any kind → its `scorer.Scorer`. `unknown_shrink`: λ of the unknown-code shrink (None =
+    the `predict.unknown_shrink` default). A folder that is not a finished run is one `ArtifactError`."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(
@@ -554,13 +385,24 @@ def load_run(path: Path | str, device=None) -> Scorer:
             f"{path / MANIFEST} is not a leadercli run manifest (kind {kind!r})",
             "Pass a run folder written by `leader train student`, `leader distill` or `leader train teacher`",
         )
+    # torch and the models are imported here, not at the top: the commands' argument checks import this module
     from leadercli import console
+    from leadercli.scorer import TeacherScorer, TensorScorer
 
-    scorer = (
-        TeacherRunScorer(path, manifest, device)
-        if kind == "teacher"
-        else TensorScorer(path, manifest, device)
-    )
+    vocab = read_run_vocab(path, manifest)
+    common = {
+        "threshold": run_threshold(path, manifest),
+        "max_visits": int(run_samples_settings(manifest, path).get("max_visits", 10)),
+        "device": device,
+        "unknown_shrink": unknown_shrink,
+        "prior": run_prior(manifest),
+        "ddi_path": run_ddi_path(path, manifest),
+    }
+    if kind == "teacher":
+        check_teacher_files(path, manifest)
+        scorer = TeacherScorer(path, manifest, vocab, **common)
+    else:
+        scorer = TensorScorer(path, manifest, vocab, model_file=path / MODEL_FILE, **common)
     console.debug(
         f"loaded {kind} run {path}: {len(scorer.labels)} drugs, threshold {scorer.threshold:.3f}, "
         f"max_visits {scorer.max_visits}, device {scorer.device}, created {manifest.get('created_at')}"

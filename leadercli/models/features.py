@@ -36,7 +36,7 @@ def _as_int64(ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
 
 
 def feature_metadata(backbone: Mapping[str, object], **extra: object) -> dict[str, str]:
-    """Metadata from a `teacher.backbone_id` dict (+ extra string-able fields)."""
+    """Metadata from a `backbone.backbone_id` dict (+ extra string-able fields)."""
     meta = {
         "backbone": str(backbone["name"]),
         "config_hash": str(backbone["config_hash"]),
@@ -136,7 +136,7 @@ def check_backbone(
     also: Mapping[str, object] | None = None,
 ) -> None:
     """Raise ModelError (one line) unless the cache was made with the `expected` backbone
-    (`teacher.backbone_id` dict: hidden_size, name, config_hash) and matches every `also` key."""
+    (`backbone.backbone_id` dict: hidden_size, name, config_hash) and matches every `also` key."""
     where = f"teacher features {path}" if path else "teacher features"
     hint = "Delete the feature cache (or re-run `leader train teacher`) so it is rebuilt with this teacher"
     want_d, got_d = str(expected["hidden_size"]), str(metadata.get("hidden_size", "?"))

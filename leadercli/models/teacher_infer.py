@@ -1,27 +1,35 @@
 """Teacher inference: prompts for a model's samples, scoring, pooled features and the feature cache of a
 teacher run (DESIGN §4; reference §3 "Prediction / saving for offline KD", §7 item 18).
 
-Used by the teacher recipe (validation, test scores, features), by `leader distill` (features) and by
-`leadercli.runs.load_run` (a teacher run as a scorer for `leader predict` / `leader report`); it never imports
-`leadercli.training`.
+Used by the teacher recipe (validation, test scores, features), by `leader distill` (features, through
+`leadercli.training.teacher_features`) and by `leadercli.scorer.TeacherScorer` (a teacher run scoring
+samples for `leader predict` / `leader report`). It loads no run folder (the caller reads the manifest and
+passes it in) and never imports `leadercli.runs` or `leadercli.training`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from leadercli import console, runs
+from leadercli import console
 from leadercli.data.artifact import Artifact
-from leadercli.data.samples import Sample, load_samples
-from leadercli.errors import ArtifactError
-
-if TYPE_CHECKING:
-    from leadercli.settings import Settings
+from leadercli.data.prompts import fit_prompt
+from leadercli.data.samples import Sample
+from leadercli.errors import ModelError
+from leadercli.models.backbone import encode_prompts, needs_eos
+from leadercli.models.features import (
+    FeatureCache,
+    check_backbone,
+    feature_metadata,
+    load_features,
+    merge_feature_shards,
+    save_features,
+)
+from leadercli.models.teacher import load_teacher, unwrap
 
 FEATURES_DIR = "features"
 
@@ -41,9 +49,6 @@ class PromptSet:
 
 def make_prompts(samples: list[Sample], vocab, tokenizer, prompt_cfg: dict, max_length: int) -> PromptSet:
     """Render and fit every sample's prompt to the backbone's length (history first, never the cue)."""
-    from leadercli.data.prompts import fit_prompt
-    from leadercli.models.teacher import needs_eos
-
     extra = 1 if needs_eos(tokenizer) else 0
 
     def count(text: str) -> int:
@@ -77,11 +82,10 @@ def prompt_config(cfg) -> dict:
     }
 
 
-def _collate(
+def collate_prompts(
     ps: PromptSet, idx: np.ndarray, tokenizer, max_length: int, n_labels: int
 ) -> dict[str, torch.Tensor]:
-    from leadercli.models.teacher import encode_prompts
-
+    """The prompts `idx` of a PromptSet → tokenised batch with its (B, M) multi-hot `labels` (training)."""
     enc = encode_prompts(tokenizer, [ps.prompts[i] for i in idx], max_length)
     y = torch.zeros(len(idx), n_labels)
     for r, i in enumerate(idx):
@@ -109,12 +113,10 @@ def run_teacher(
 
     Batches hold prompts of similar length (sorted by length, padded per batch); rows come back in `idx`
     order."""
-    from leadercli.models.teacher import encode_prompts
-
     model.eval()
     idx = np.asarray(idx, dtype=np.int64)
-    n_labels = model.n_labels if hasattr(model, "n_labels") else _unwrap(model).n_labels
-    width = n_labels if want == "probs" else _unwrap(model).hidden_size
+    n_labels = model.n_labels if hasattr(model, "n_labels") else unwrap(model).n_labels
+    width = n_labels if want == "probs" else unwrap(model).hidden_size
     res = np.zeros((len(idx), width), np.float32)
     order = length_order(ps, idx)
     with console.progress(progress or "scoring", total=len(idx)) as advance:
@@ -135,20 +137,12 @@ def length_order(ps: PromptSet, idx: np.ndarray) -> np.ndarray:
     return np.argsort(lengths, kind="stable")
 
 
-def _unwrap(model):
-    from leadercli.models.teacher import _unwrap as unwrap
-
-    return unwrap(model)
-
-
 def features_path(teacher_dir: Path, split: str) -> Path:
     return Path(teacher_dir) / FEATURES_DIR / f"{split}.safetensors"
 
 
 def _feature_meta(manifest: dict, artifact: Artifact, split: str) -> dict[str, str]:
     """The cache metadata of a teacher run's features (`features.feature_metadata`, the one metadata API)."""
-    from leadercli.models.features import feature_metadata
-
     return feature_metadata(
         manifest["backbone"],
         vocab_hash=artifact.vocab_hash,
@@ -158,9 +152,6 @@ def _feature_meta(manifest: dict, artifact: Artifact, split: str) -> dict[str, s
 
 
 def _is_stale(meta: dict[str, str], manifest: dict, artifact: Artifact, split: str) -> bool:
-    from leadercli.errors import ModelError
-    from leadercli.models.features import check_backbone
-
     want = _feature_meta(manifest, artifact, split)
     try:
         check_backbone(
@@ -185,8 +176,6 @@ def write_features(
 ) -> None:
     """Pooled teacher states per sample → features/<split>.safetensors (fp16), keyed by subject_id.
     Under several processes each rank writes its shard and the main process merges them."""
-    from leadercli.models.features import merge_feature_shards
-
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     vocab = artifact.vocab
@@ -231,8 +220,6 @@ def save_split_features(
 ) -> Path:
     """features/<split><suffix>.safetensors from (len(idx), d) pooled features of the samples `idx` of `ps`
     (all of them when `idx` is None)."""
-    from leadercli.models.features import save_features
-
     idx = np.arange(len(ps.subject_ids)) if idx is None else idx
     target = features_path(out, split)
     target = target.with_name(f"{split}{suffix}.safetensors")
@@ -244,97 +231,25 @@ def save_split_features(
     )
 
 
-def ensure_features(settings: Settings, teacher_dir: Path, artifact: Artifact, splits=("train",)):
-    """The teacher's feature cache for `splits`, computed first when missing or made by another backbone /
-    artifact. Returns (FeatureCache of the first split, teacher manifest)."""
-    from leadercli.models.features import FeatureCache, load_features
-
-    manifest = runs.read_manifest(teacher_dir)
-    if manifest.get("kind") != "teacher":
-        raise ArtifactError(
-            f"{teacher_dir} is not a teacher run (kind {manifest.get('kind')!r})",
-            "Pass --teacher runs/teacher",
-        )
-    runs.check_matches_artifact(manifest, artifact, teacher_dir)
+def stale_splits(teacher_dir: Path, manifest: dict, artifact: Artifact, splits=("train",)) -> list[str]:
+    """The `splits` whose feature cache in `teacher_dir` is missing or was made by another backbone, artifact
+    vocabulary or prompt template than the teacher run of `manifest` on `artifact`."""
     stale = []
     for split in splits:
         p = features_path(teacher_dir, split)
-        if not p.is_file():
+        if not p.is_file() or _is_stale(load_features(p)[3], manifest, artifact, split):
             stale.append(split)
-            continue
-        if _is_stale(load_features(p)[3], manifest, artifact, split):
-            stale.append(split)
-    if stale:
-        console.info(
-            f"teacher features for {', '.join(stale)} are missing or stale: computing them with {teacher_dir}"
-        )
-        from leadercli.hardware import resolve_device
-
-        device = resolve_device(settings.hardware)
-        teacher = runs.load_run(teacher_dir, device)  # the one way to load a run
-        model, tokenizer = teacher.teacher.model, teacher.teacher.tokenizer
-        sp = settings.samples
-        ss = {s: load_samples(artifact, s, sp.max_visits, sp.per_visit) for s in stale}
-        write_features(
-            model,
-            tokenizer,
-            manifest,
-            artifact,
-            ss,
-            Path(teacher_dir),
-            settings.teacher.eval_batch_size,
-            manifest["max_length"],
-            device,
-        )
-    sids, hids, feats, meta = load_features(features_path(teacher_dir, splits[0]))
-    return FeatureCache(sids, hids, feats, meta), manifest
+    return stale
 
 
-def _load_trained(run_dir: Path, manifest: dict, device, dtype=torch.float32):
-    from leadercli.models.teacher import load_teacher
+def load_feature_cache(teacher_dir: Path, split: str) -> FeatureCache:
+    sids, hids, feats, meta = load_features(features_path(teacher_dir, split))
+    return FeatureCache(sids, hids, feats, meta)
 
+
+def load_trained(run_dir: Path, manifest: dict, device, dtype=torch.float32):
+    """A teacher run's model (eval mode, frozen) on `device` and its tokenizer, from its manifest."""
     model, tokenizer = load_teacher(
         run_dir, manifest.get("base_model"), len(manifest["labels"]), manifest["pooling"], dtype
     )
     return model.to(device), tokenizer
-
-
-class TeacherScorer:
-    """A trained teacher run as a scorer of samples (behind `leadercli.runs.load_run` for teacher runs)."""
-
-    def __init__(
-        self, run_dir: Path, device: torch.device | None = None, manifest: dict | None = None, vocab=None
-    ) -> None:
-        self.run_dir = Path(run_dir)
-        self.manifest = manifest if manifest is not None else runs.read_manifest(self.run_dir)
-        self.device = device or torch.device("cpu")
-        self.vocab = vocab if vocab is not None else runs.read_run_vocab(self.run_dir, self.manifest)
-        self.model, self.tokenizer = _load_trained(self.run_dir, self.manifest, self.device)
-
-    def prompts(self, samples: list[Sample], vocab=None) -> PromptSet:
-        return make_prompts(
-            samples,
-            vocab or self.vocab,
-            self.tokenizer,
-            self.manifest["prompt"]["options"],
-            self.manifest["max_length"],
-        )
-
-    def score_samples(
-        self, samples: list[Sample], batch_size: int = 16, vocab=None, progress: str | None = None
-    ) -> np.ndarray:
-        """Probabilities (N, M); `vocab` may be the run's vocab extended with titles of unseen codes."""
-        ps = self.prompts(samples, vocab)
-        return run_teacher(
-            self.model,
-            self.tokenizer,
-            ps,
-            np.arange(len(samples)),
-            batch_size,
-            self.manifest["max_length"],
-            self.device,
-            progress=progress or "teacher scoring",
-        )
-
-    def parameters(self) -> dict[str, int]:
-        return dict(self.manifest.get("parameters", {}))

@@ -5,7 +5,6 @@ One module per job:
     input.py      reading and checking the input (`read_input`; the contract is `leadercli.data.contract`)
     streaming.py  chunks of whole subjects, encoding in a background thread, scoring threads, results in order
     ranking.py    the output rows: top-k, threshold, DDI cap (`leadercli.selection`), counts, `PredictOptions`
-    shrink.py     the unknown-code shrink (`predict.unknown_shrink`; to move into the run's Scorer)
     output.py     output checks before any work, the writer, the `<output>.meta.json` sidecar
     command.py    `predict_file`: the command from input to summary
 

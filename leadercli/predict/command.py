@@ -61,11 +61,11 @@ def predict_file(
     hasher = ThreadPoolExecutor(1)
     digest = hasher.submit(out.sha256, src.path, stop)
     try:
-        scorer = load_run(model_dir)
+        scorer = load_run(model_dir, unknown_shrink=cfg.unknown_shrink)
         # the modules and the model stay for the whole command: the collector skips them until it ends (it
         # walked torch's objects on every full collection, about 4 % of predict's CPU time)
         gc.freeze()
-        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, cfg.unknown_shrink)
+        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size)
         _check_input_run(src, scorer)
         counts, meta = _write(scorer, src, opts, output, digest)
     finally:
@@ -155,8 +155,8 @@ def _report(counts: Counts, unk, opts: PredictOptions, scorer) -> None:
     if counts.mostly_unknown:
         console.info(
             f"warning: {counts.mostly_unknown:,} of {counts.patients:,} patients have a target visit whose codes "
-            f"are mostly unknown to the model ({counts.no_known_code:,} with no known code): their ranking "
-            "leans on the drug frequencies the model learned; check `n_unknown_codes`"
+            f"are mostly unknown to the {scorer.kind} run ({counts.no_known_code:,} with no known code): "
+            f"{scorer.unknown_note()}; check `n_unknown_codes`"
         )
     if counts.beyond_top_k:
         console.info(

@@ -20,7 +20,6 @@ from leadercli import __version__, console
 from leadercli.data import contract
 from leadercli.data.artifact import DDI, PATIENTS, VISITS
 from leadercli.errors import InputError
-from leadercli.predict import shrink
 from leadercli.predict.input import PredictInput
 from leadercli.predict.ranking import OUT_SCHEMA, Counts, PredictOptions
 
@@ -146,7 +145,7 @@ def sidecar(scorer, src: PredictInput, opts: PredictOptions, counts: Counts, sha
         },
         "top_k": opts.top_k,
         "max_ddi_pairs": opts.max_ddi_pairs,
-        "unknown_shrink": shrink.applied(scorer, opts.unknown_shrink),
+        "unknown_shrink": scorer.unknown_shrink if scorer.shrinks else 0.0,  # λ applied by the run's Scorer
         "input": {"path": str(src.path.resolve()), "sha256": sha, "format": src.kind},
         "counts": {
             "patients": counts.patients,

@@ -36,7 +36,6 @@ class PredictOptions:
     threshold: float | None = None  # None = the run's
     max_ddi_pairs: int | None = None  # None = no DDI cap
     batch_size: int = 4096
-    unknown_shrink: float = 0.0  # λ: scores → (1 − w)·p + w·prior, w = min(1, λ·unknown share); 0 = off
 
 
 @dataclass

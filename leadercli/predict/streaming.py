@@ -30,7 +30,6 @@ from leadercli.data.batching import Encoder
 from leadercli.errors import InputError
 from leadercli.predict.input import PredictInput, check_frame, prefix_raw
 from leadercli.predict.ranking import OUT_SCHEMA, Counts, PredictOptions, Rows
-from leadercli.predict.shrink import Shrink
 
 T = TypeVar("T")
 
@@ -87,7 +86,6 @@ def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
         yield from _score_samples(scorer, encoded(), src, rows_fn)
         return
 
-    shrink = Shrink(scorer, opts.unknown_shrink)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -102,10 +100,7 @@ def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
             for nrows, _df, batches in stream:
                 pending.append(
                     (
-                        [
-                            pool.submit(lambda b: rows_fn(shrink(scorer.score_batch(b), b), b), b)
-                            for b in batches
-                        ],
+                        [pool.submit(lambda b: rows_fn(scorer.score_batch(b), b), b) for b in batches],
                         nrows,
                     )
                 )

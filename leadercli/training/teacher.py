@@ -3,13 +3,14 @@ trained with BCE on prompts rendered from the patient's record (reference §2-3,
 
 The lifecycle, top to bottom (`train_teacher`):
 1. `setup`: accelerator, samples, backbone + LoRA + head, prompts;
-2. `init_head`: the head bias starts at the training split's label log-odds (the head then predicts the
-   drug frequencies, not p = 0.5 for every drug), the pooled features are centred / standardised with
-   training statistics, and — the linear-probe stage of LP-FT — the head is fitted on the frozen backbone's
-   pooled features, computed once and cached in memory;
+2. `init_head` (`teacher_probe.py`): the head bias starts at the training split's label log-odds (the head
+   then predicts the drug frequencies, not p = 0.5 for every drug), the pooled features are centred /
+   standardised with training statistics, and — the linear-probe stage of LP-FT — the head is fitted on the
+   frozen backbone's pooled features, computed once and cached in memory;
 3. `fine_tune`: LoRA + head with separate learning rates, linear warm-up then decay, length-bucketed batches
    padded per batch, validation on a bounded sample of the validation split, resume checkpoints;
-4. `save`: best weights → run folder, threshold on the full validation split, test metrics, feature cache.
+4. `save` (`teacher_save.py`): best weights → run folder, threshold on the full validation split, test
+   metrics, feature cache.
 Every choice is recorded in the manifest under "recipe". With no fine-tuning steps (epochs = 0), the frozen
 features of stage 2 are the final ones, so scoring and the feature cache reuse them (one backbone pass).
 
@@ -27,67 +28,31 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from accelerate.utils import set_seed as acc_set_seed
+from transformers import get_linear_schedule_with_warmup
 
 from leadercli import checkpoint as ckpt_io
-from leadercli import console, runs
+from leadercli import console, metrics, runs
 from leadercli.data.artifact import Artifact
 from leadercli.data.samples import load_samples
 from leadercli.errors import ArtifactError, ModelError
 from leadercli.hardware import resolve_device
-from leadercli.models.teacher_infer import (
-    PromptSet,
-    _collate,
-    make_prompts,
-    prompt_config,
-    run_teacher,
-    save_split_features,
-    write_features,
-)
+from leadercli.models.teacher import HEAD_NORM_KEYS, build_teacher, save_teacher, unwrap
+from leadercli.models.teacher_infer import collate_prompts, make_prompts, prompt_config, run_teacher
 from leadercli.settings import Settings
+from leadercli.training.teacher_probe import init_head
+from leadercli.training.teacher_run import BEST_DIR, TeacherRun, epochs, multi_hot
+from leadercli.training.teacher_save import save
 
-BEST_DIR = "best"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LP_EVAL_EVERY = 10  # linear-probe steps between validation checks
-GPU_EPOCHS = 3.0  # default LoRA fine-tuning epochs on a GPU
 ENCODER_MAX_LENGTH = 128  # default prompt limit for encoder backbones
 BUCKET_BATCHES = 50  # a length bucket holds this many global batches (shuffled first, sorted within)
-
-
-@dataclass
-class TeacherRun:
-    """What `setup` builds and the later stages share (a plain record; the stages are functions)."""
-
-    settings: Settings
-    accelerator: Any
-    artifact: Artifact
-    samples: dict[str, list]
-    ps: dict[str, PromptSet]
-    model: Any  # TeacherModel, wrapped by accelerate after `prepare`
-    tokenizer: Any
-    info: dict
-    max_length: int
-    out: Path
-    val_idx: np.ndarray  # the bounded validation sample scored during training
-    frozen: dict[str, np.ndarray] = field(default_factory=dict)  # split → (N, d) frozen pooled features
-    recipe: dict = field(default_factory=dict)  # every choice, for the manifest
-
-    @property
-    def cfg(self):
-        return self.settings.teacher
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.artifact.labels)
 
 
 # -- the recipe -----------------------------------------------------------------------------------------
@@ -124,8 +89,6 @@ def start_state(run: TeacherRun, optimizer, scheduler, plan: dict) -> dict:
         state.update(best=lp_val, best_step=0)
     if run.main:
         if lp_val is not None:
-            from leadercli.models.teacher import save_teacher
-
             save_teacher(run.model, run.out / BEST_DIR)
         _checkpoint(run, optimizer, scheduler, state)
     return state
@@ -148,11 +111,6 @@ def resume_state(run: TeacherRun, optimizer, scheduler, plan: dict) -> dict:
 
 def setup(settings: Settings, resume: bool) -> TeacherRun:
     """Accelerator, seeds, samples, the model and the prompts; prepares the run folder."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed as acc_set_seed
-
-    from leadercli.models.teacher import build_teacher
-
     cfg, hw = settings.teacher, settings.hardware
     device = resolve_device(settings.hardware)
     cpu = device.type == "cpu"
@@ -235,16 +193,16 @@ def plan_steps(run: TeacherRun) -> dict:
     cfg, world = run.cfg, run.accelerator.num_processes
     global_batch = cfg.batch_size * world
     micro_per_epoch = math.ceil(len(run.samples["train"]) / global_batch)
-    epochs = _epochs(cfg, run.accelerator.device)
+    n_epochs = epochs(cfg, run.accelerator.device)
     total = (
-        cfg.max_steps if cfg.max_steps is not None else math.ceil(epochs * micro_per_epoch / cfg.grad_accum)
+        cfg.max_steps if cfg.max_steps is not None else math.ceil(n_epochs * micro_per_epoch / cfg.grad_accum)
     )
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(0.06 * total))
     # evaluate at least once per epoch, so short runs (the demo) still log validation PRAUC as they go
     eval_every = max(1, min(cfg.eval_every, micro_per_epoch // cfg.grad_accum))
     run.recipe.update(
         {
-            "fine_tune_epochs": epochs,
+            "fine_tune_epochs": n_epochs,
             "fine_tune_steps": total,
             "warmup_steps": warmup,
             "eval_every": eval_every,
@@ -259,128 +217,11 @@ def plan_steps(run: TeacherRun) -> dict:
     }
 
 
-# -- stage 2: head initialisation and the linear probe ---------------------------------------------------
-
-
-def init_head(run: TeacherRun) -> None:
-    """Bias at the label log-odds, feature normalisation from training statistics, then the linear probe."""
-    from leadercli.models.teacher import _unwrap, label_log_odds, set_feature_norm
-
-    cfg, teacher = run.cfg, _unwrap(run.model)
-    y_train = torch.from_numpy(_multi_hot(run.ps["train"].labels, run.n_labels)).float()  # (N, M)
-    if teacher.head.bias is not None:
-        with torch.no_grad():
-            teacher.head.bias.copy_(label_log_odds(y_train).to(teacher.head.bias.device))
-    need_feats = cfg.linear_probe == "use" or cfg.feature_norm != "none"
-    if not need_feats:
-        return
-    # frozen pooled features: the LoRA B matrices are zero, so the adapted model equals the base model here
-    splits = ("train", "val", "test") if _no_fine_tuning(run) else ("train", "val")
-    t = time.perf_counter()
-    run.frozen = {s: _pooled(run, s, np.arange(len(run.samples[s]))) for s in splits}
-    console.info(f"frozen pooled features of {', '.join(splits)} in {time.perf_counter() - t:.0f} s")
-    feats = torch.from_numpy(run.frozen["train"])  # (N, d)
-    set_feature_norm(teacher, feats, cfg.feature_norm)
-    if cfg.linear_probe == "use":
-        run.recipe["linear_probe"] |= linear_probe(run, feats, y_train)
-
-
-def linear_probe(run: TeacherRun, feats: torch.Tensor, y: torch.Tensor) -> dict:
-    """Fit the head (weight + bias) on cached features with full-batch AdamW, for at most lp_epochs steps,
-    keeping the head with the best PRAUC on the validation sample (checked every LP_EVAL_EVERY steps: the
-    probe overfits a small training split within a few hundred steps). Every process does the same
-    deterministic fit on the same features, so the heads agree without communication."""
-    from leadercli import metrics
-    from leadercli.models.teacher import _unwrap
-
-    cfg, teacher = run.cfg, _unwrap(run.model)
-    dev = teacher.head.weight.device
-    x, y = feats.to(dev), y.to(dev)  # (N, d), (N, M)
-    xv = torch.from_numpy(run.frozen["val"][run.val_idx]).to(dev)  # (V, d)
-    yv = _multi_hot([run.ps["val"].labels[i] for i in run.val_idx], run.n_labels)  # (V, M)
-    opt = torch.optim.AdamW(teacher.head.parameters(), lr=cfg.lp_lr, weight_decay=cfg.lp_weight_decay)
-
-    def val_prauc() -> float:
-        with torch.no_grad():
-            p = torch.sigmoid(teacher.classify(xv)).cpu().numpy()  # (V, M)
-        return float(metrics.prauc(yv, p).mean()) if len(yv) else 0.0
-
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    best, best_step, best_head = val_prauc(), 0, _head_copy(teacher)
-    first = last = None
-    for step in range(1, cfg.lp_epochs + 1):
-        opt.zero_grad(set_to_none=True)
-        loss = bce(teacher.classify(x), y)
-        loss.backward()
-        opt.step()
-        first, last = (loss.item() if first is None else first), loss.item()
-        if step % LP_EVAL_EVERY == 0 or step == cfg.lp_epochs:
-            val = val_prauc()
-            if val > best:
-                best, best_step, best_head = val, step, _head_copy(teacher)
-    with torch.no_grad():
-        for p, b in zip(teacher.head.parameters(), best_head, strict=True):
-            p.copy_(b)
-    console.info(
-        f"linear probe: best val PRAUC {best:.4f} at step {best_step} of {cfg.lp_epochs} "
-        f"(train BCE {first:.4f} → {last:.4f}, sample of {len(yv)} validation patients)"
-    )
-    return {
-        "steps": cfg.lp_epochs,
-        "best_step": best_step,
-        "lr": cfg.lp_lr,
-        "weight_decay": cfg.lp_weight_decay,
-        "train_bce_first_last": [first, last],
-        "val_prauc": best,
-    }
-
-
-def _head_copy(teacher) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in teacher.head.parameters()]
-
-
-def _pooled(run: TeacherRun, split: str, idx: np.ndarray) -> np.ndarray:
-    """(len(idx), d) pooled features of `split`, each process scoring its share, gathered on every process."""
-    from accelerate.utils import gather_object
-
-    rank, world = run.accelerator.process_index, run.accelerator.num_processes
-    mine = idx[rank::world]
-    f = run_teacher(
-        run.model,
-        run.tokenizer,
-        run.ps[split],
-        mine,
-        run.cfg.eval_batch_size,
-        run.max_length,
-        run.accelerator.device,
-        want="features",
-        progress=f"frozen features ({split})",
-    )
-    if world == 1:
-        return f
-    got = sorted(gather_object([(int(i), v) for i, v in zip(mine, f, strict=True)]), key=lambda t: t[0])
-    return np.stack([v for _, v in got]) if got else f
-
-
-def _epochs(cfg, device: torch.device) -> float:
-    """teacher.epochs, or its device default: 3 on a GPU; 0 on CPU, where a LoRA step of MiniLM costs seconds
-    and the linear probe alone beats popularity by far (benchmarks/README.md, teacher recipe)."""
-    if cfg.epochs is not None:
-        return cfg.epochs
-    return 0.0 if device.type == "cpu" else GPU_EPOCHS
-
-
-def _no_fine_tuning(run: TeacherRun) -> bool:
-    cfg = run.cfg
-    return cfg.max_steps == 0 or (cfg.max_steps is None and _epochs(cfg, run.accelerator.device) == 0)
-
-
-# -- stage 3: LoRA fine-tuning ---------------------------------------------------------------------------
+# -- stage 3: LoRA fine-tuning (stage 2 is teacher_probe.py, stage 4 teacher_save.py) ---------------------
 
 
 def make_optimizer(run: TeacherRun, total: int):
     """AdamW with two parameter groups (LoRA, head) and a linear warm-up → linear decay to 0 schedule."""
-    from transformers import get_linear_schedule_with_warmup
 
     cfg = run.cfg
     named = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
@@ -430,7 +271,7 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
             batches = epoch_batches(lengths, plan["global_batch"], cfg.seed, epoch, cfg.length_buckets)
             for g in batches[(step * cfg.grad_accum) % plan["micro_per_epoch"] :]:
                 mine = g[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
-                b = _collate(run.ps["train"], mine, run.tokenizer, run.max_length, run.n_labels)
+                b = collate_prompts(run.ps["train"], mine, run.tokenizer, run.max_length, run.n_labels)
                 b = {k: v.to(acc.device) for k, v in b.items()}
                 sync = (micro + 1) % cfg.grad_accum == 0
                 ctx = acc.no_sync(run.model) if (not sync and world > 1) else contextlib.nullcontext()
@@ -470,10 +311,6 @@ def fine_tune(run: TeacherRun, optimizer, scheduler, state: dict, plan: dict) ->
 
 def _evaluate_and_keep(run: TeacherRun, optimizer, scheduler, state: dict, step: int, record: dict) -> None:
     """Validation PRAUC on the bounded sample; the best weights go to best/, every evaluation checkpoints."""
-    from accelerate.utils import gather_object
-
-    from leadercli import metrics
-    from leadercli.models.teacher import save_teacher
 
     acc = run.accelerator
     rank, world = acc.process_index, acc.num_processes
@@ -485,7 +322,7 @@ def _evaluate_and_keep(run: TeacherRun, optimizer, scheduler, state: dict, step:
     got = sorted(gather_object([(int(i), p) for i, p in zip(idx, probs, strict=True)]), key=lambda t: t[0])
     val = 0.0
     if got:
-        y = _multi_hot([run.ps["val"].labels[i] for i, _ in got], run.n_labels)
+        y = multi_hot([run.ps["val"].labels[i] for i, _ in got], run.n_labels)
         val = float(metrics.prauc(y, np.stack([p for _, p in got])).mean())
     run.model.train()
     improved = val > state["best"]
@@ -507,9 +344,8 @@ def _evaluate_and_keep(run: TeacherRun, optimizer, scheduler, state: dict, step:
 
 def _state_tensors(model) -> dict[str, torch.Tensor]:
     """What a resume checkpoint holds: LoRA + head parameters and the head's feature normalisation."""
-    from leadercli.models.teacher import HEAD_NORM_KEYS, _unwrap
 
-    teacher = _unwrap(model)
+    teacher = unwrap(model)
     return ckpt_io.trainable_tensors(teacher) | {k: getattr(teacher, k) for k in HEAD_NORM_KEYS}
 
 
@@ -522,152 +358,3 @@ def _checkpoint(run: TeacherRun, optimizer, scheduler, state: dict) -> None:
         dict(state) | {"recipe": run.recipe},
         scheduler,
     )
-
-
-# -- stage 4: save -------------------------------------------------------------------------------------
-
-
-def save(run: TeacherRun, state: dict, stats: dict) -> Path:
-    """Best weights → run folder, threshold on validation, test metrics, feature cache, manifest (last)."""
-    acc, out = run.accelerator, run.out
-    acc.wait_for_everyone()
-    teacher = acc.unwrap_model(run.model)
-    if (out / BEST_DIR / "head.safetensors").is_file():
-        _restore_best(teacher, out / BEST_DIR)
-    manifest = _manifest(run, state, stats)
-    reuse = bool(run.frozen) and stats["steps"] == 0 and all(s in run.frozen for s in ("val", "test"))
-    if run.main:
-        manifest.update(_final_metrics(run, teacher, reuse))
-        from leadercli.models.teacher import save_teacher
-
-        save_teacher(teacher, out)
-        shutil.copyfile(run.artifact.path / "vocab.json", out / runs.VOCAB_COPY)
-    acc.wait_for_everyone()
-    splits = {"train": run.samples["train"], "val": run.samples["val"]}
-    if reuse:  # the backbone never changed: the frozen features are the teacher's features
-        if run.main:
-            for split in splits:
-                save_split_features(manifest, run.artifact, split, run.ps[split], run.frozen[split], out)
-    else:
-        write_features(
-            teacher,
-            run.tokenizer,
-            manifest,
-            run.artifact,
-            splits,
-            out,
-            run.cfg.eval_batch_size,
-            run.max_length,
-            acc.device,
-            acc if acc.num_processes > 1 else None,
-        )
-    if run.main:
-        from leadercli.card import write_card
-        from leadercli.modes import fix_tree
-
-        write_card(out, manifest)  # README.md model card (Hub metadata, no local paths)
-        fix_tree(out)  # safetensors and peft write 0600: the run follows the umask
-        runs.write_json(out / runs.MANIFEST, manifest)  # last: a manifest means the run is complete
-        for d in (out / ckpt_io.CHECKPOINT_DIR, out / BEST_DIR):
-            if d.exists():
-                shutil.rmtree(d)
-        from leadercli.training.loop import summary_line
-
-        test = {"test": manifest["metrics"]["test"], "threshold": manifest["threshold"]}
-        console.result(f"teacher: {summary_line(test)}")  # stdout: --quiet keeps the results
-        console.result(f"saved {out} (adapter/, head.safetensors, features/)")
-    acc.wait_for_everyone()
-    return out
-
-
-def _manifest(run: TeacherRun, state: dict, stats: dict) -> dict:
-    from leadercli.data.prompts import TEMPLATE_VERSION
-
-    acc, info, cfg = run.accelerator, run.info, run.cfg
-    cuda = acc.device.type == "cuda"
-    return runs.base_manifest("teacher", run.artifact, run.settings) | {
-        "base_model": cfg.base_model,
-        "backbone": info["backbone"],
-        "backbone_kind": info["kind"],
-        "pooling": info["pooling"],
-        "lora": info["lora"],
-        "max_length": run.max_length,
-        "prompt": {
-            "template_version": TEMPLATE_VERSION,
-            "options": prompt_config(cfg),
-            "train_stats": run.ps["train"].stats,
-        },
-        "parameters": {"total": info["total_params"], "trainable": info["trainable_params"]},
-        "recipe": run.recipe,
-        "training": {
-            "steps": stats["steps"],
-            "best_step": state["best_step"],
-            "best_val_prauc": state["best"] if state["best_step"] >= 0 else None,
-            "processes": acc.num_processes,
-            "seconds": stats["seconds"],
-            "tokens_per_s": stats["tokens_per_s"],  # training steps only, evaluations excluded
-            "eval_seconds": stats.get("eval_seconds", 0.0),
-            "precision": run.recipe["precision"],
-            "device": str(acc.device),
-            "device_name": torch.cuda.get_device_name() if cuda else "cpu",
-            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-        },
-    }
-
-
-def _final_metrics(run: TeacherRun, teacher, reuse: bool) -> dict:
-    """Threshold chosen on the full validation split, bootstrap metrics of validation and test."""
-    from leadercli import metrics
-    from leadercli.metrics import choose_threshold
-
-    probs = {}
-    for split in ("val", "test"):
-        if reuse:
-            with torch.no_grad():
-                x = torch.from_numpy(run.frozen[split]).to(teacher.head.weight.device)
-                probs[split] = torch.sigmoid(teacher.classify(x)).cpu().numpy()
-        else:
-            idx = np.arange(len(run.samples[split]))
-            probs[split] = run_teacher(
-                teacher, run.tokenizer, run.ps[split], idx, run.cfg.eval_batch_size, run.max_length,
-                run.accelerator.device, progress=split,
-            )  # fmt: skip
-    ys = {s: _multi_hot(run.ps[s].labels, run.n_labels) for s in probs}
-    threshold = choose_threshold(run.cfg.threshold, ys["val"], probs["val"])
-    rc, ddi = run.settings.report, run.artifact.ddi_index_pairs()
-    res = {}
-    for split in ("val", "test"):
-        y, nv = ys[split], np.asarray(run.ps[split].n_visits)
-        res[split] = (
-            metrics.evaluate_groups(
-                y,
-                probs[split],
-                threshold["value"],
-                ddi,
-                nv,
-                rounds=rc.bootstrap_rounds,
-                fraction=rc.bootstrap_fraction,
-                seed=rc.seed,
-            )  # fmt: skip
-            if len(y)
-            else None
-        )
-    return {"threshold": threshold, "metrics": res}
-
-
-def _restore_best(teacher, best_dir: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file as lf
-
-    from leadercli.models.teacher import HEAD_FILE, load_head
-
-    adapter = lf(str(best_dir / "adapter" / "adapter_model.safetensors"))
-    set_peft_model_state_dict(teacher.backbone, adapter)
-    load_head(teacher, lf(str(best_dir / HEAD_FILE)))
-
-
-def _multi_hot(labels: list[list[int]], M: int) -> np.ndarray:
-    y = np.zeros((len(labels), M), dtype=bool)
-    for i, lab in enumerate(labels):
-        y[i, lab] = True
-    return y

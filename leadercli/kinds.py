@@ -1,0 +1,83 @@
+"""Run kinds: the one list of what a run folder can be, which command writes it, what it reads and what its
+scores do with codes the run has never seen. Everything that names kinds reads this table: the run loader
+(`runs.load_run`, `scorer.py`), the out-folder and argument checks (`runs.check_out_dir`, `cli/checks.py`),
+`leader report`, `leader export`, `leader preprocess --for-run`, `leader predict`'s warning and the settings'
+`student.model` choices. No heavy imports: the argument checks read it before torch is loaded.
+
+Adding a kind — e.g. a field model trained by `leader train student --model retain`: one `Kind` row below
+(`recipe="train student"` puts it among `student.model`'s choices and lets `train student` replace its run
+folders); a kind that reads student tensors with a new model class also needs one builder in
+`scorer.TENSOR_MODELS` (how its weights are rebuilt from `model.safetensors` and the manifest's
+`model_config`). Reports, predict and the API then score it like any other kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # the manifest's "kind" (and the `--model` value for `train student` kinds)
+    recipe: str  # the `leader` command that writes it: "train student", "distill" or "train teacher"
+    reads: str  # "tensors" (student tensors: codes, history drugs, profile) or "prompts" (the teacher's text)
+    learned: bool  # weights learned from the codes: `predict.unknown_shrink` applies to its scores
+    unknown_codes: str  # what its scores do with codes the run does not know (leader predict's warning)
+
+    @property
+    def command(self) -> str:
+        extra = f" --model {self.name}" if self.recipe == "train student" and self.name != "student" else ""
+        return f"leader {self.recipe}{extra}"
+
+
+_UNK_EMBEDDING = (
+    "they all map to one UNK embedding, so the ranking rests on the codes it knows, the history drugs and "
+    "the profile"
+)
+
+ROWS = (
+    Kind("student", "train student", "tensors", True, _UNK_EMBEDDING),
+    Kind("distilled", "distill", "tensors", True, _UNK_EMBEDDING),
+    Kind(
+        "teacher",
+        "train teacher",
+        "prompts",
+        True,
+        "its prompt names them by their titles (the run's vocabulary, or the input folder's codes.parquet) "
+        "and leaves out codes without one; it was never trained on them",
+    ),
+    Kind(
+        "popularity",
+        "train student",
+        "tensors",
+        False,
+        "popularity reads no codes (every patient gets the training drug frequencies)",
+    ),
+    Kind(
+        "previous",
+        "train student",
+        "tensors",
+        False,
+        "it reads only the previous visit's drugs (else the training drug frequencies), not diagnoses or "
+        "procedures",
+    ),
+)
+BY_NAME = {k.name: k for k in ROWS}
+KINDS = tuple(k.name for k in ROWS)
+TENSOR_KINDS = tuple(k.name for k in ROWS if k.reads == "tensors")
+BASELINES = tuple(k.name for k in ROWS if not k.learned)  # no learned weights: no parameters to count
+LEARNED = tuple(k.name for k in ROWS if k.learned)
+STUDENT_MODELS = tuple(k.name for k in ROWS if k.recipe == "train student")  # `student.model` choices
+# the kinds each recipe writes: a run folder is replaced only by the command that wrote it
+COMMAND_KINDS = {
+    r: tuple(k.name for k in ROWS if k.recipe == r) for r in dict.fromkeys(k.recipe for k in ROWS)
+}
+
+
+def rebuild_hint(run_dir: Path, kind: str | None) -> str:
+    """The command that rebuilds a damaged run folder."""
+    row = BY_NAME.get(kind or "")
+    if row is None:
+        return "Retrain it with the command that wrote it (`leader train student`, `leader distill`, `leader train teacher`)"
+    return f"Rebuild it with `{row.command} --out {run_dir}`"
