@@ -671,19 +671,37 @@ def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any
     )
     clean = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in (overrides or {}).items()}
     clean = {s: v for s, v in clean.items() if v}
-    origin = str(path) if path else "settings"
     check_environment(os.environ)
-    if any(k.upper().startswith(ENV_PREFIX) for k in os.environ):
-        origin += " / LEADER_* environment"
     _CURRENT_TOML["path"] = path
     try:
         return Settings(**clean)
     except ValidationError as exc:
+        loc = [str(p) for p in exc.errors()[0]["loc"]]
         raise SettingsError(
-            _format_validation(exc, origin), "See `leader config` and the README's settings table"
+            _format_validation(exc, _origin(loc, clean, path)),
+            "See `leader config` and the README's settings table",
         ) from None
     finally:
         _CURRENT_TOML["path"] = None
+
+
+def _origin(loc: list[str], overrides: dict, path: Path | None) -> str:
+    """Where the failing value came from, by precedence: the command line, a LEADER_* variable, the file."""
+    section, key = (loc + ["", ""])[:2]
+    if key in overrides.get(section, {}):
+        return f"command line (--set {section}.{key} or its option)"
+    env = {k.upper(): k for k in os.environ}
+    for name in (f"{ENV_PREFIX}{section}__{key}".upper(), f"{ENV_PREFIX}{section}".upper()):
+        if name in env:
+            return f"environment variable {env[name]}"
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                if key in (tomllib.load(fh).get(section) or {}) or section not in Settings.model_fields:
+                    return str(path)
+        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+            return str(path)
+    return "settings"
 
 
 def _jsonable(value: Any) -> Any:

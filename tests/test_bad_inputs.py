@@ -765,3 +765,247 @@ def test_keep_freed_memory_changes_no_number(monkeypatch):
     assert torch.equal((x @ x.T).sum(), before)
     monkeypatch.setattr(sys, "platform", "darwin")
     keep_freed_memory()  # returns at once
+
+
+# -- the newer paths (issue 23): MEDS, --for-run, CSV predict input, export, --set, raw tables ---------------------
+@pytest.fixture(scope="module")
+def etl_root(tmp_path_factory) -> Path:
+    """MEDS written as the public MIMIC-IV ETL writes it (tests/meds_etl.py) from the bundled demo."""
+    from meds_etl import write_etl_meds
+
+    from leadercli.data.bundled import bundled_raw
+
+    return write_etl_meds(bundled_raw("mimic4") / "hosp", tmp_path_factory.mktemp("etl") / "etl")
+
+
+def _shard(root: Path, name: str, change) -> None:
+    path = root / name
+    change(pl.read_parquet(path) if path.exists() else None).write_parquet(path)
+
+
+def _other_schema(
+    root: Path,
+) -> None:  # a MIMIC table among the shards (last in order: every shard is checked)
+    from leadercli.data.bundled import bundled_raw
+
+    pl.read_csv(bundled_raw("mimic4") / "hosp/admissions.csv.gz").write_parquet(
+        root / "data/tuning/1.parquet"
+    )
+
+
+def _ndc_scientific(root: Path) -> None:
+    _shard(
+        root,
+        "data/tuning/0.parquet",
+        lambda ev: ev.with_columns(pl.col("code").str.replace(r"//(\d{6,})$", "//6.1e+10")),
+    )
+
+
+@pytest.mark.parametrize(
+    "damage, needles",
+    [
+        (_other_schema, ["data/tuning/1.parquet", "column 'time' is missing"]),
+        (
+            lambda r: _shard(
+                r, "data/tuning/0.parquet", lambda ev: ev.with_columns(pl.col("time").cast(pl.String))
+            ),
+            ["data/tuning/0.parquet", "column 'time' has type String"],
+        ),
+        (
+            lambda r: _shard(
+                r,
+                "data/tuning/0.parquet",
+                lambda ev: ev.with_columns(pl.lit(None, dtype=pl.String).alias("code")),
+            ),
+            ["data/tuning/0.parquet", "column 'code' is empty"],
+        ),
+        (lambda r: shutil.rmtree(r / "metadata"), ["no metadata/dataset.json"]),
+        (lambda r: (r / "metadata/codes.parquet").unlink(), ["no metadata/codes.parquet"]),
+        (
+            lambda r: (r / "metadata/dataset.json").write_text("{not json"),
+            ["metadata/dataset.json", "not valid JSON"],
+        ),
+        (
+            lambda r: _shard(
+                r, "metadata/subject_splits.parquet", lambda s: s.with_columns(pl.col("subject_id") + 10**9)
+            ),
+            ["metadata/subject_splits.parquet", "no event under data/"],
+        ),
+        (
+            lambda r: _shard(
+                r,
+                "metadata/subject_splits.parquet",
+                lambda s: s.with_columns(pl.lit("validation").alias("split")),
+            ),
+            ["metadata/subject_splits.parquet", "'validation'"],
+        ),
+        (_ndc_scientific, ["data/tuning/0.parquet", "scientific notation", "6.1e+10"]),
+        (
+            lambda r: (r / "data/train/0.parquet").write_bytes(b"PAR1 not really"),
+            ["data/train/0.parquet", "not a readable parquet"],
+        ),
+    ],
+    ids=[
+        "other-schema",
+        "mixed-type-time",
+        "code-nulls",
+        "no-metadata",
+        "no-codes-parquet",
+        "dataset-json",
+        "split-unknown-subjects",
+        "split-names",
+        "ndc-scientific",
+        "not-parquet",
+    ],
+)
+def test_bad_meds_input(etl_root, tmp_path, monkeypatch, damage, needles):
+    root = tmp_path / "meds"
+    shutil.copytree(etl_root, root)
+    damage(root)
+    before = snapshot(root)
+    monkeypatch.chdir(tmp_path)
+    r = invoke(["preprocess", "--source", "meds", "--raw", root, "--out", "data/x"])
+    assert_one_line(r, *needles)
+    assert not Path("data/x").exists() and not list(Path(".").glob("data/.x*"))
+    assert snapshot(root) == before
+
+
+def test_meds_aux_without_mapping_files(etl_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("aux").mkdir()
+    (Path("aux") / "README.txt").write_text("no mapping files here")
+    r = invoke(["preprocess", "--source", "meds", "--raw", etl_root, "--aux", "aux", "--out", "data/x"])
+    assert_one_line(r, "not found in aux folder aux")
+    assert not Path("data/x").exists()
+
+
+def test_meds_pattern_is_checked_by_the_engine_that_runs_it(etl_root, tmp_path, monkeypatch):
+    """Python's `re` accepts look-ahead, polars' regex engine does not: the setting is refused up front, and a
+    pattern without the group the reader needs is refused too."""
+    monkeypatch.chdir(tmp_path)
+    for value, needle in (
+        (r"^MEDICATION//(?!STOP//)(?:.*//)?(?P<ndc>\d+)$", "look-around"),
+        (r"^MEDICATION//(?:.*//)?(\d+)$", "(?P<ndc>...)"),
+    ):
+        Path("leader.toml").write_text(f"[meds]\nmedication_ndc = '{value}'\n")
+        r = invoke(["preprocess", "--source", "meds", "--raw", etl_root, "--out", "data/x"])
+        assert_one_line(r, "leader.toml", "meds.medication_ndc", needle)
+        assert not Path("data/x").exists()
+
+
+def test_for_run_bad_runs(cwd, unchanged, tmp_path):
+    """--for-run: a run of another source, an artifact folder, an empty folder, a file."""
+    from leadercli.data.bundled import bundled_raw
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    raw4 = bundled_raw("mimic4")
+    cases = [
+        (["--for-run", "runs/student", "--source", "mimic4", "--raw", raw4], ["trained on mimic3 data"]),
+        (["--for-run", "data/mimic3", "--raw", raw4], ["data/mimic3", "preprocess artifact"]),
+        (["--for-run", tmp_path / "empty", "--raw", raw4], ["not a run folder"]),
+        (["--for-run", tmp_path / "file", "--raw", raw4], ["is a file"]),
+    ]
+    for args, needles in cases:
+        r = invoke(["preprocess", *args, "--out", tmp_path / "new"])
+        assert_one_line(r, *needles)
+        assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("sep", ["|", ",", " "])
+def test_csv_lists_in_another_separator(cwd, unchanged, tmp_path, sep):
+    """Every code would be unknown: said to be a malformed file, exit 2, no output."""
+    df = pl.read_parquet("data/mimic3/visits.parquet")
+    df.with_columns(pl.col(c).list.join(sep) for c in ("diagnoses", "procedures", "medications")).write_csv(
+        tmp_path / "sep.csv"
+    )
+    r = invoke(["predict", tmp_path / "sep.csv", "-o", "sep-out.csv", "--model", "runs/student"])
+    assert_one_line(r, "sep.csv", "column 'diagnoses'", "probably malformed", "';'-separated")
+    assert not Path("sep-out.csv").exists()
+
+
+def test_header_only_csv(cwd, unchanged, tmp_path):
+    df = pl.read_parquet("data/mimic3/visits.parquet").head(0)
+    df.with_columns(pl.col(c).list.join(";") for c in ("diagnoses", "procedures", "medications")).write_csv(
+        tmp_path / "head.csv"
+    )
+    r = invoke(["predict", tmp_path / "head.csv", "-o", "head-out.csv", "--model", "runs/student"])
+    assert_one_line(r, "head.csv", "no visits")
+    assert not Path("head-out.csv").exists()
+
+
+def test_export_into_a_non_empty_folder(cwd, unchanged):
+    Path("shared").mkdir()
+    (Path("shared") / "notes.txt").write_text("mine")
+    unchanged.append("shared")
+    r = invoke(["export", "runs/student", "--out", "shared"])
+    assert_one_line(r, "shared", "not an earlier export")
+    assert sorted(p.name for p in Path("shared").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "args, env, needles",
+    [
+        (["--set", "student.epoch=2"], {}, ["command line", "student.epoch", "unknown key"]),
+        (["--set", "student.epochs=many"], {}, ["command line", "student.epochs", "valid integer"]),
+        (
+            [],
+            {"LEADER_STUDENT__EPOCHS": "many"},
+            ["environment variable LEADER_STUDENT__EPOCHS", "student.epochs"],
+        ),
+        (["--set", "student.epochs=3"], {"LEADER_STUDENT__EPOCHS": "many"}, ["LEADER_STUDENT__EPOCHS"]),
+    ],
+)
+def test_settings_errors_name_the_source_of_the_value(cwd, unchanged, monkeypatch, args, env, needles):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r = invoke(["train", "student", *args, "--out", "runs/never"])
+    assert_one_line(r, *needles)
+    assert not Path("runs/never").exists()
+
+
+def _m3_copy(tmp_path: Path) -> Path:
+    from leadercli.data.bundled import bundled_raw
+
+    raw = tmp_path / "raw"
+    shutil.copytree(bundled_raw("mimic3"), raw)
+    return raw
+
+
+def _sci(raw: Path) -> None:
+    rx = pl.read_csv(raw / "PRESCRIPTIONS.csv", infer_schema=False)
+    col = next(c for c in rx.columns if c.lower() == "ndc")
+    sci = (
+        pl.col(col).cast(pl.Float64, strict=False).map_elements(lambda v: f"{v:.1e}", return_dtype=pl.String)
+    )
+    rx.with_columns(
+        pl.when(pl.col(col).str.len_chars() > 5).then(sci).otherwise(pl.col(col)).alias(col)
+    ).write_csv(raw / "PRESCRIPTIONS.csv")
+
+
+def _open_quote(raw: Path) -> None:
+    lines = (raw / "ADMISSIONS.csv").read_text().splitlines()
+    lines[3] = lines[3].replace(",", ',"', 1)
+    (raw / "ADMISSIONS.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    "damage, needles",
+    [
+        (
+            lambda raw: (raw / "PRESCRIPTIONS.csv").write_bytes(bytes(range(256)) * 8),
+            ["PRESCRIPTIONS.csv", "not a text (CSV) file"],
+        ),
+        (_open_quote, ["ADMISSIONS.csv", "quote", "line 4", "never closed"]),
+        (_sci, ["PRESCRIPTIONS.csv", "scientific notation"]),
+    ],
+    ids=["binary-table", "unterminated-quote", "ndc-scientific"],
+)
+def test_bad_raw_tables(tmp_path, monkeypatch, damage, needles):
+    raw = _m3_copy(tmp_path)
+    damage(raw)
+    monkeypatch.chdir(tmp_path)
+    r = invoke(["preprocess", "--raw", raw, "--out", "data/x"])
+    line = assert_one_line(r, *needles)
+    assert "subject_id" not in line and "no prescription NDC maps" not in line
+    assert not Path("data/x").exists()

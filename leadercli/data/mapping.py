@@ -34,6 +34,9 @@ NDC_ATC_SPEC = TableSpec(
 )
 
 
+SCIENTIFIC = r"^\s*\d+(\.\d*)?[eE][+-]?\d+\s*$"  # an NDC that went through a float (6.1e+10): digits lost
+
+
 def normalise_ndc(expr: pl.Expr) -> pl.Expr:
     """String NDC → 11-digit NDC; null for empty / all-zero values. Leading zeros lost by a numeric export are
     restored (zfill), a float spelling (`409490000.0`) is read as the integer; other oddities are kept as
@@ -138,9 +141,12 @@ def load_ndc_map(ndc_rxcui_path: Path, ndc_atc_path: Path) -> pl.DataFrame:
 
 
 # -- applying it ----------------------------------------------------------------------------------------------
-def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+def map_medications(
+    rx: pl.DataFrame, ndc_map: pl.DataFrame, where: str = "the prescriptions table"
+) -> tuple[pl.DataFrame, dict]:
     """`rx`: prescriptions (subject_id, hadm_id, ndc [raw string or Categorical][, n rows]): one row per
-    prescription, or grouped by (visit, NDC) with the row count `n`.
+    prescription, or grouped by (visit, NDC) with the row count `n`. NDCs in scientific notation are an
+    InputError naming `where` (their digits are lost; nothing would map).
 
     Returns the visit medications (subject_id, hadm_id, atc3), unique, and the coverage stats. The few
     thousand distinct raw NDC spellings are normalised and mapped on their own; the (possibly tens of
@@ -151,6 +157,13 @@ def map_medications(rx: pl.DataFrame, ndc_map: pl.DataFrame) -> tuple[pl.DataFra
     weight = pl.col("n").sum() if "n" in rx.columns else pl.len()
     raw = rx.lazy().group_by("ndc").agg(weight.cast(pl.Int64).alias("n")).collect(engine="streaming")
     lookup = raw.with_columns(normalise_ndc(pl.col("ndc").cast(pl.String)).alias("norm"))
+    sci = lookup.filter(pl.col("ndc").cast(pl.String).str.contains(SCIENTIFIC))
+    if sci.height:
+        raise InputError(
+            f"{where}: {int(sci['n'].sum()):,} rows have an NDC in scientific notation (e.g. "
+            f"{sci['ndc'].cast(pl.String).sort()[0]!r}): its digits were lost when the NDC was stored as a number",
+            "Re-export the table with the ndc column as text (11 digits, or 5-4-2 with dashes)",
+        )
     rows_total = int(raw["n"].sum())
     per_ndc = (
         lookup.filter(pl.col("norm").is_not_null())

@@ -145,7 +145,7 @@ class MedsLayout(SourceLayout):
 
 
 def _concat(frames: list[pl.DataFrame], types: dict | None = None) -> pl.DataFrame:
-    out = pl.concat(frames, how="vertical_relaxed")
+    out = pl.concat(frames, how="vertical_relaxed", rechunk=False)  # no copy of the parts
     return out.with_columns(pl.col(k).cast(v) for k, v in (types or {}).items())
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from leadercli.data.codes import clean_code, prefixed
+from leadercli.data.mapping import SCIENTIFIC
 from leadercli.errors import InputError
 
 PROFILE_CODES = ("insurance", "language", "marital_status", "race")
@@ -46,7 +47,6 @@ RULES = (
     ("birth", "birth", None, None),
     *[(f, f, "value", None) for f in PROFILE_CODES],
 )
-SCIENTIFIC = r"^\s*\d+(\.\d*)?[eE][+-]?\d+\s*$"  # an NDC that went through a float: its digits are lost
 
 
 @dataclass
@@ -122,9 +122,12 @@ def check_shard(path: Path, name: str, visit_column: str) -> Shard:
 
 def _scan(shard: Shard, extra: tuple[str, ...], visit_column: str) -> pl.LazyFrame:
     """One shard's columns in the reader's types (a missing extra column is null)."""
+    time = pl.col("time")
+    if isinstance(shard.schema["time"], pl.Datetime) and shard.schema["time"].time_zone:
+        time = time.dt.replace_time_zone(None)  # wall-clock times, as the other shards'
     cols = [
         pl.col("subject_id").cast(pl.Int64),
-        pl.col("time").cast(pl.Datetime("us")),
+        time.cast(pl.Datetime("us")),
         pl.col("code").cast(pl.String),
     ]
     for c in extra:
@@ -269,12 +272,15 @@ def read_group(group: Group, codes: pl.DataFrame, extra: tuple[str, ...], pat, p
     if group.subjects is not None:
         lf = lf.filter(pl.col("subject_id").is_between(*group.subjects))
     lf = lf.with_row_index("row").join(codes.lazy().select("code", "kind", "value", "version"), on="code")
-    where = (
-        group.shards[0].name
-        if len(group.shards) == 1
-        else f"{group.shards[0].name} (with {len(group.shards) - 1} more)"
-    )
-    (ev,) = _collect([lf.drop("code")], where)
+    try:
+        ev = lf.drop("code").collect(engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        for s in group.shards:  # name the shard that fails on its own (the error path only)
+            _collect([_scan(s, extra, pat.visit_column)], s.name)
+        names = ", ".join(s.name for s in group.shards[:3])
+        raise InputError(
+            f"the shards {names} cannot be read together ({type(exc).__name__})", "Re-export the MEDS data"
+        ) from None
     if "hadm_id" not in ev.columns:
         ev = ev.with_columns(pl.lit(None, dtype=pl.Int64).alias("hadm_id"))
     _check_ndcs(ev, group)

@@ -82,16 +82,7 @@ def build_for_run(
     """Read the raw tables of `raw_dir` and write the prediction input folder `out` for the run `run_dir`."""
     t0 = time.perf_counter()
     run_dir, raw_dir, out = Path(run_dir), Path(raw_dir), Path(out)
-    if not run_dir.is_dir():
-        raise ArtifactError(
-            f"run folder {run_dir} does not exist",
-            "Pass --for-run with a folder written by `leader train` / `leader distill`",
-        )
-    manifest = runs.read_manifest(run_dir)
-    if manifest.get("kind") not in runs.KINDS:
-        raise ArtifactError(
-            f"{run_dir} is not a leadercli run (kind {manifest.get('kind')!r})", "Pass another --for-run"
-        )
+    manifest = _run_manifest(run_dir)
     voc = runs.read_run_vocab(run_dir, manifest)
     run_source = (manifest.get("artifact") or {}).get("source")
     source = source or run_source or settings.data.source
@@ -145,6 +136,27 @@ def build_for_run(
         _write(out, visits, codes, out_manifest)
     console.info(f"Wrote {out} in {out_manifest['elapsed_s']:.1f} s")
     return NewCohortResult(out, out_manifest)
+
+
+def _run_manifest(run_dir: Path) -> dict:
+    """The manifest of the run `--for-run` names, or an error saying what the folder is instead."""
+    hint = "Pass --for-run a run folder written by `leader train` / `leader distill`"
+    if not run_dir.exists():
+        raise ArtifactError(f"--for-run {run_dir} does not exist", hint)
+    if not run_dir.is_dir():
+        raise ArtifactError(f"--for-run {run_dir} is a file, not a run folder", hint)
+    if not (run_dir / A.MANIFEST).is_file():
+        raise ArtifactError(f"--for-run {run_dir} is not a run folder (no {A.MANIFEST})", hint)
+    manifest = runs.read_manifest(run_dir)
+    kind = manifest.get("kind") if isinstance(manifest, dict) else None
+    if kind not in runs.KINDS:
+        what = (
+            "a preprocess artifact"
+            if isinstance(manifest, dict) and "vocab_sizes" in manifest
+            else (f"a {kind} folder" if isinstance(kind, str) else "not a leadercli run")
+        )
+        raise ArtifactError(f"--for-run {run_dir} is {what}, not a trained run (kind {kind!r})", hint)
+    return manifest
 
 
 def _check_source(run_dir: Path, run_source: str | None, source: str) -> None:
@@ -227,7 +239,8 @@ def _assemble(
         )
 
     with console.step("Mapping NDC → RXCUI → ATC-3"):
-        meds, coverage = map_drugs(raw, aux_files)
+        where = raw_files["prescriptions"].name if "prescriptions" in raw_files else "the drug events"
+        meds, coverage = map_drugs(raw, aux_files, where=where)
 
     with console.step("Building the visits"):
         keys = pl.concat([raw.diagnoses.select(KEYS), raw.procedures.select(KEYS)]).unique().sort(KEYS)

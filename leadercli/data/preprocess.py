@@ -157,13 +157,16 @@ def _where(raw_files: dict[str, Path], role: str) -> Path:
 
 
 def map_drugs(
-    raw: RawData, aux_files: dict[str, Path], ndc_map: pl.DataFrame | None = None
+    raw: RawData,
+    aux_files: dict[str, Path],
+    ndc_map: pl.DataFrame | None = None,
+    where: str = "prescriptions",
 ) -> tuple[pl.DataFrame, dict]:
     """Visit drugs (subject_id, hadm_id, atc3): NDCs mapped to ATC-3 (two routes), plus drugs already coded
     as ATC (MEDS), unique. `ndc_map`: `mapping.load_ndc_map` of the aux files, when already loaded."""
     if ndc_map is None:
         ndc_map = mapping.load_ndc_map(aux_files["ndc_rxcui"], aux_files["ndc_atc"])
-    meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map)
+    meds, coverage = mapping.map_medications(raw.prescriptions, ndc_map, where)
     if raw.atc_events is not None and raw.atc_events.height:
         meds = pl.concat([meds, raw.atc_events.select(meds.columns)], how="vertical_relaxed").unique()
         coverage["atc_coded_rows"] = raw.atc_events.height
@@ -179,7 +182,9 @@ def _build(settings: Settings, layout: SourceLayout, raw_files: dict[str, Path],
         ndc_map = pool.submit(mapping.load_ndc_map, aux_files["ndc_rxcui"], aux_files["ndc_atc"])
         raw = layout.read(raw_files)
         with console.step("Mapping NDC → RXCUI → ATC-3"):
-            meds, coverage = map_drugs(raw, aux_files, ndc_map.result())
+            meds, coverage = map_drugs(
+                raw, aux_files, ndc_map.result(), _where(raw_files, "prescriptions").name
+            )
     raw.prescriptions = None  # the largest table: released once its drugs are mapped
     if meds.height == 0 and "prescriptions" not in raw_files:  # MEDS: no table to name
         raise InputError(

@@ -100,9 +100,17 @@ def read_header(path: Path) -> list[str]:
             f"{path.name} cannot be read ({_reason(exc)})", "Re-download the file; it may be truncated"
         ) from None
     text = line.decode("utf-8-sig", errors="replace").strip("\r\n")
+    if b"\x00" in line or text.count("\ufffd") > max(2, len(text) // 20):
+        raise InputError(
+            f"{path.name} is not a text (CSV) file: its first line is binary data",
+            "Pass the CSV table itself (.csv or .csv.gz), not another file under that name",
+        )
     if not text.strip():
         raise InputError(f"{path.name} is empty (no header line)", "Re-download or re-export the table")
-    return [c.strip() for c in next(csv.reader(io.StringIO(text)))]
+    try:
+        return [c.strip() for c in next(csv.reader(io.StringIO(text)))]
+    except csv.Error as exc:
+        raise InputError(f"{path.name}: the header line is not CSV ({exc})", "Re-export the table") from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -174,9 +182,28 @@ def collect(
     return df
 
 
+def _unterminated_quote(path: Path) -> int | None:
+    """The line (1-based) whose quote is never closed, or None (read only after a failed scan)."""
+    opened, at = False, None
+    try:
+        with gzip.open(path, "rb") if is_gzip(path) else open(path, "rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.count(b'"') % 2:
+                    opened, at = not opened, n
+    except (OSError, EOFError, zlib.error):
+        return None
+    return at if opened else None
+
+
 def _collect_error(scan: Scan, exc: BaseException) -> InputError:
     text = str(exc)
     m = re.search(r"column ['\"]([^'\"]+)['\"]", text)
+    if isinstance(exc, pl.exceptions.PolarsError) and (line := _unterminated_quote(scan.path)) is not None:
+        return InputError(
+            f'{scan.path.name}: a quote (") opened on line {line:,} is never closed, so the rest of the file '
+            "reads as one field",
+            'Close or remove that quote (a quote inside a quoted field is written twice: "")',
+        )
     if m and isinstance(exc, pl.exceptions.PolarsError) and ("parse" in text or "conversion" in text):
         actual = m.group(1)
         canon = next((k for k, v in scan.names.items() if v == actual), actual.lower())

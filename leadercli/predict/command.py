@@ -158,6 +158,12 @@ def _report(counts: Counts, unk, opts: PredictOptions, scorer) -> None:
             f"are mostly unknown to the {scorer.kind} run ({counts.no_known_code:,} with no known code): "
             f"{scorer.unknown_note()}; check `n_unknown_codes`"
         )
+    if counts.patients and counts.no_known_code == counts.patients:
+        console.info(
+            "warning: not one target visit has a code the run knows: the input is probably malformed (another "
+            "code system or ICD version, codes without their D9:/D10: prefix and no icd_version, a wrong list "
+            "separator) rather than new patients with new codes"
+        )
     if counts.beyond_top_k:
         console.info(
             f"{counts.beyond_top_k:,} selected drugs ranked below --top-k {opts.top_k} were written too "

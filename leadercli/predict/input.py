@@ -228,6 +228,7 @@ def _typed_csv_frame(path: Path, df: pl.DataFrame) -> pl.DataFrame:
                 )
             exprs.append(c.cast(pl.Int64, strict=False).alias(col))
         elif col in contract.LIST_COLUMNS:
+            _check_separator(path, col, df[col])
             exprs.append(
                 pl.when(c.is_null() | (c == ""))
                 .then(pl.lit([], dtype=pl.List(pl.Utf8)))
@@ -254,6 +255,22 @@ def _typed_csv_frame(path: Path, df: pl.DataFrame) -> pl.DataFrame:
         else:
             exprs.append(c.alias(col))
     return check_ids(path, df.select(exprs))
+
+
+def _check_separator(path: Path, col: str, values: pl.Series) -> None:
+    """Codes never hold `|`, `,` or blanks: a list written with another separator than `;` is an error, not a
+    column of codes unknown to the model."""
+    parts = values.str.split(contract.LIST_SEPARATOR).explode().str.strip_chars()
+    odd = parts.filter(parts.str.contains(r"[|,\s]"))
+    if odd.len():
+        sep = {"|": "|", ",": ",", " ": "a blank", "\t": "a tab"}.get(
+            next((ch for ch in odd[0] if ch in "|, \t"), " "), "a blank"
+        )
+        raise InputError(
+            f"{path}: column '{col}' has {odd.len():,} codes holding {sep!r} between codes: the file is probably "
+            f"malformed (lists must be '{contract.LIST_SEPARATOR}'-separated)",
+            f"Write the lists as D10:I10{contract.LIST_SEPARATOR}D10:E119 (or use a parquet file with list columns)",
+        )
 
 
 def check_ids(path: Path, df: pl.DataFrame) -> pl.DataFrame:
