@@ -36,6 +36,7 @@ _UNK_EMBEDDING = (
     "the profile"
 )
 
+_FIELD_UNK = "they map to one UNK embedding per code kind, so the ranking rests on the codes it knows and "
 ROWS = (
     Kind("student", "train student", "tensors", True, _UNK_EMBEDDING),
     Kind("distilled", "distill", "tensors", True, _UNK_EMBEDDING),
@@ -63,6 +64,16 @@ ROWS = (
         "procedures",
     ),
 )
+# the field's models (issue 22; built by `models/field_build.py`): name → what else their scores rest on
+_FIELD = {
+    "retain": "the history visits' codes and drugs",
+    "gamenet": "the history visits' codes and drugs",
+    "micron": "the earlier visits' codes and drugs",
+    "logreg": "nothing else (the target visit alone)",
+    "raremed": "nothing else (the target visit alone)",
+}
+FIELD_MODELS = tuple(_FIELD)
+ROWS += tuple(Kind(n, "train student", "tensors", True, _FIELD_UNK + what) for n, what in _FIELD.items())
 BY_NAME = {k.name: k for k in ROWS}
 KINDS = tuple(k.name for k in ROWS)
 TENSOR_KINDS = tuple(k.name for k in ROWS if k.reads == "tensors")

@@ -283,7 +283,19 @@ def _baseline(state: dict, manifest: dict, encoder: Encoder):
     return PreviousVisitModel(freq, encoder.med_offset)
 
 
-TENSOR_MODELS = {"student": _student, "distilled": _student, "popularity": _baseline, "previous": _baseline}
+def _field(state: dict, manifest: dict, encoder: Encoder):
+    from leadercli.models.field_build import rebuild  # torch: loaded when a run is, not for argument checks
+
+    return rebuild(state, manifest, encoder)
+
+
+TENSOR_MODELS = {
+    "student": _student,
+    "distilled": _student,
+    "popularity": _baseline,
+    "previous": _baseline,
+    **{k: _field for k in kinds.FIELD_MODELS},  # models/field_build.py
+}
 
 
 def load_tensor_model(path: Path, manifest: dict, encoder: Encoder):

@@ -1,4 +1,5 @@
-"""`leader train student`: the student without a teacher, or a baseline (popularity, previous visit)."""
+"""`leader train student`: the student without a teacher, a baseline (popularity, previous visit), or one of
+the field's models (RETAIN, GAMENet, MICRON, logistic regression, RAREMed)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def register(app: typer.Typer) -> None:
             "leader train student --data data/mimic4 --out runs/student-m4",
             "leader train student --model popularity --out runs/popularity",
             "leader train student --model previous --out runs/previous",
+            "leader train student --model gamenet --out runs/gamenet",
         ),
     )(train_student)
 
@@ -40,7 +42,8 @@ def train_student(
         str | None,
         typer.Option(
             "--model",
-            help="student (default), popularity (most frequent drugs) or previous (last visit's drugs).",
+            help="student (default), popularity (most frequent drugs), previous (last visit's drugs), or a "
+            "field model: retain, gamenet, micron, logreg, raremed (settings sections of the same name).",
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder. Default: runs/student.")] = None,

@@ -164,6 +164,6 @@ def pretrain(model: RAREMed, batches, epochs: int, lr: float, weight_decay: floa
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total, n = total + float(loss), n + 1
+                total, n = total + float(loss.detach()), n + 1
             log.append({"pretrain": task, "pretrain_epoch": epoch + 1, "loss": total / max(n, 1)})
     return log

@@ -1,5 +1,6 @@
 """Recipe: `leader train student` — the LEADER student without a teacher (the paper's ablation, our fast
-path), or one of the two baselines. Reference §4.4 (Adam 5e-4, early stop on val PRAUC, patience 10).
+path), one of the two baselines, or one of the field's models (`training/field_models.py`). Reference §4.4
+(Adam 5e-4, early stop on val PRAUC, patience 10).
 
 Run it small on CPU:  leader preprocess && leader train student
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from leadercli import console, runs
 from leadercli.hardware import resolve_device, set_seed
+from leadercli.kinds import FIELD_MODELS
 from leadercli.models.student_masks import dropout_plan
 from leadercli.settings import Settings
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
@@ -40,6 +42,12 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
         )
         config = None
         manifest["model_config"] = {"med_offset": encoder.med_offset, "n_labels": encoder.n_labels}
+    elif cfg.model in FIELD_MODELS:  # RETAIN, GAMENet, MICRON, logreg, RAREMed: the same loop and protocol
+        from leadercli.training.field_models import train_field
+
+        model, config, fitted, manifest["training"] = train_field(
+            settings, cfg.model, encoder, artifact, splits, out, device, resume
+        )
     else:
         model, config = build_student(encoder, cfg)
         model.to(device)

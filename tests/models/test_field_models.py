@@ -224,3 +224,13 @@ def test_raremed_pretraining_lowers_both_losses(data):
     sr = [r["loss"] for r in log if r["pretrain"] == "sr"]
     assert len(smp) == len(sr) == 15
     assert sr[-1] < sr[0] and smp[-1] < smp[0]
+
+
+def test_every_field_kind_has_a_config():
+    from leadercli import kinds
+    from leadercli.models.field_build import CONFIGS
+
+    assert set(CONFIGS) == set(kinds.FIELD_MODELS) == set(KINDS)
+    assert set(kinds.FIELD_MODELS) <= set(kinds.STUDENT_MODELS) and set(kinds.FIELD_MODELS) <= set(
+        kinds.LEARNED
+    )
