@@ -157,7 +157,9 @@ class MedsSettings(_Section):
     )
     race: str = Field(r"^RACE//(?P<value>.+)$", description="Race code (or the `race` column).")
     visit_column: str = Field(
-        "hadm_id", description="Extra column naming the visit; absent = admission→discharge windows."
+        "hadm_id",
+        description="Extra column naming the visit; an event without it goes to the admission→discharge window "
+        "that holds it.",
     )
 
     @field_validator("*")
@@ -193,12 +195,16 @@ def _meds_pattern(v: str, groups: tuple[str, ...]) -> str:
         names = pl.select(pl.lit("").str.extract_groups(v)).to_series().struct.fields
     except pl.exceptions.PolarsError as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines()]
-        detail = next((line for line in reversed(lines) if line.startswith("error:")), lines[0] if lines else "")
+        detail = next(
+            (line for line in reversed(lines) if line.startswith("error:")), lines[0] if lines else ""
+        )
         raise ValueError(f"not a regular expression polars can run ({detail[:120]})") from None
     missing = [g for g in groups if g not in names]
     if missing:
         raise ValueError(
-            "needs the named group(s) " + ", ".join(f"(?P<{g}>...)" for g in missing) + " (see `leader config`)"
+            "needs the named group(s) "
+            + ", ".join(f"(?P<{g}>...)" for g in missing)
+            + " (see `leader config`)"
         )
     return v
 
