@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from leadercli.errors import SettingsError
+from leadercli.kinds import STUDENT_MODELS
+from leadercli.models.config_checks import check_heads
 
 CONFIG_FILE = "leader.toml"
 
@@ -324,7 +326,7 @@ class TeacherSettings(_Section):
 class StudentSettings(_Section):
     """`leader train student` / `leader distill`: the student network and its training (reference §4)."""
 
-    model: Literal["student", "popularity", "previous"] = Field(
+    model: Literal[STUDENT_MODELS] = Field(
         "student", description="student, or a baseline."
     )
     hidden: int = Field(64, ge=4)
@@ -496,7 +498,8 @@ class PredictSettings(_Section):
         3.0,
         ge=0,
         description="Shrink the scores of a visit towards the training drug frequencies by min(1, λ·u), u = "
-        "the share of its codes unknown to the model (student and distilled runs; 0 = off).",
+        "the share of its codes unknown to the model (every learned run: student, distilled, teacher; also in "
+        "`leader report`; 0 = off).",
     )
 
 
@@ -552,8 +555,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.student.hidden % self.student.heads:
-            raise ValueError("student.hidden must be divisible by student.heads")
+        check_heads(self.student.hidden, self.student.heads, "student.hidden", "student.heads")
         return self
 
     # -- derived values -------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from leadercli.errors import SettingsError
+from leadercli.kinds import KINDS
 
-RUN_KINDS = ("student", "distilled", "teacher", "popularity", "previous")
+RUN_KINDS = KINDS  # the run kinds: leadercli.kinds
 
 
 def _looks_like_path(value: str) -> bool:

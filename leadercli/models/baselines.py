@@ -1,8 +1,12 @@
 """Two baselines that make the student's numbers mean something (issue 3):
 popularity — the training split's most frequent drugs for everyone; previous — the drugs of the patient's
-previous visit, falling back to popularity for first visits. Both score a student batch: `probs(batch)` → (B, M) in [0, 1], as `StudentModel.probs`."""
+previous visit, falling back to popularity for first visits. Both score a student batch: `probs(batch)` →
+(B, M) in [0, 1], as `StudentModel.probs`. `fit_popularity` is the one popularity fit: the recipe
+(`leader train student --model popularity|previous`) and the reports' floor (`report/floor.py`) call it."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -39,6 +43,10 @@ class PreviousVisitModel(PopularityModel):
         return torch.where(hit > 0, 0.5 + 0.5 * self.freq, 0.5 * self.freq)
 
 
-def drug_frequency(labels: torch.Tensor) -> torch.Tensor:
-    """(N, M) multi-hot → (M,) share of samples containing each drug."""
-    return labels.float().mean(0) if len(labels) else torch.zeros(labels.shape[1])
+def fit_popularity(labels: Sequence[Iterable[int]], n_labels: int) -> torch.Tensor:
+    """The training samples' target drugs (label indices per sample) → (M,) float32 share of samples whose
+    target visit has each drug; zeros without samples."""
+    y = torch.zeros(len(labels), n_labels)  # (N, M) multi-hot
+    for i, lab in enumerate(labels):
+        y[i, list(lab)] = 1.0
+    return y.mean(0) if len(labels) else torch.zeros(n_labels)

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leadercli.models.config_checks import check_heads
 from leadercli.models.field import FieldModel, FieldOutput, at_target, margin_loss, soft_ddi, target_index
 
 
@@ -63,8 +64,7 @@ class RAREMedConfig:
     ddi_scale: float = 0.0005  # the DDI loss is ddi_scale · Σ σσᵀ ⊙ A
 
     def __post_init__(self) -> None:
-        if self.emb_dim % self.heads:
-            raise ValueError(f"raremed emb_dim {self.emb_dim} is not divisible by heads {self.heads}")
+        check_heads(self.emb_dim, self.heads, "raremed emb_dim")
 
 
 class RAREMed(FieldModel):

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leadercli.models.config_checks import check_heads
 from leadercli.models.onednn import eval_linear, eval_linear_sums
 
 NEG_INF = -1e9  # finite "minus infinity" for masked attention scores
@@ -100,7 +101,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, d: int, heads: int, attn_dropout: float) -> None:
         super().__init__()
-        assert d % heads == 0, "hidden must be divisible by heads"
+        check_heads(d, heads)
         self.heads = heads
         self.q = nn.Linear(d, d, bias=False)
         self.k = nn.Linear(d, d, bias=False)
@@ -319,8 +320,7 @@ class StudentConfig:
     def __post_init__(self) -> None:
         if not self.profile_sizes:
             raise ValueError("profile_sizes needs at least one field")
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+        check_heads(self.hidden, self.heads)
 
 
 @dataclass

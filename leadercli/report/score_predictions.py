@@ -5,12 +5,17 @@ The file (subject_id, hadm_id, rank, atc3, score, selected; CSV or parquet) is m
 by subject_id; a drug absent from a patient's rows scores 0; the threshold is the lowest `score` among
 selected rows (checked: selected ⇔ score ≥ threshold). Test patients missing from the file are left out
 (counted in the report), other subjects are ignored. The popularity floor is fitted on the artifact's
-training split (`score_runs.FittedPopularity`) and scored on the same patients. No printing: progress lines go
-to the `log` callback.
+training split (`report/floor.py`) and scored on the same patients. No printing: progress lines go to the `log`
+callback.
+
+The scores in the file are the run's `Scorer` output (`leader predict`, output rules applied), so a file that
+holds every drug of every test patient (`--top-k` = the number of drugs) gives the metrics `leader report RUN`
+gives for that run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +23,12 @@ import numpy as np
 from leadercli.data.artifact import Artifact
 from leadercli.errors import InputError, SettingsError
 from leadercli.report import evaluate
+from leadercli.report.floor import fit_floor
 from leadercli.report.score_runs import (
     SETTINGS_ARTIFACT,
-    FittedPopularity,
     Log,
-    _quiet,
     artifact_block,
+    quiet,
     test_samples,
     unique_names,
 )
@@ -90,12 +95,27 @@ def inferred_threshold(path: Path, score: np.ndarray, selected: np.ndarray) -> d
     }
 
 
+@dataclass
+class Matched:
+    """The file's rows matched to the test patients: scores in the label order of the covered patients."""
+
+    y_prob: np.ndarray  # (C, M) float64; a drug absent from a patient's rows scores 0
+    y_true: np.ndarray  # (C, M) bool
+    n_visits: np.ndarray  # (C,)
+    threshold: dict
+    covered: int
+    test_patients: int
+    ignored: int  # subjects of the file that are not test patients
+    rows: int
+    top_k: int
+
+
 def score_predictions(
     settings, predictions_path: Path, name: str | None = None, log: Log | None = None
 ) -> dict:
     """Evaluate a predictions file (and the popularity floor) on the test patients it covers; returns the
     report dict (numpy arrays inside; `write.jsonable` converts)."""
-    log = log or _quiet
+    log = log or quiet
     if settings.samples.per_visit:
         raise SettingsError(
             "samples.per_visit is on, but a predictions file holds one visit per patient", "Turn it off"
@@ -104,57 +124,12 @@ def score_predictions(
     df = read_predictions(path)
     artifact = Artifact(settings.artifact_dir())
     ddi = artifact.ddi_index_pairs()
-    samples = test_samples(artifact, 1, False)
-    y_all = evaluate.multi_hot(samples, artifact.vocab.medications.index)
-    row_of = {s.subject_id: i for i, s in enumerate(samples)}
-    hadm_of = {s.subject_id: s.hadm_id for s in samples}
-
-    sid = df["subject_id"].to_numpy()
-    in_test = np.asarray([s in row_of for s in sid], dtype=bool)
-    ignored = len({int(s) for s in sid[~in_test]})
-    df = df.filter(in_test)
-    if df.height == 0:
-        raise InputError(
-            f"{path}: none of its subjects is a test patient of artifact {artifact.path}",
-            "Predict on the artifact's visits (`leader predict data/<source>/visits.parquet -o recs.csv`)",
-        )
-    bad_visit = {
-        int(s)
-        for s, h in zip(df["subject_id"].to_list(), df["hadm_id"].to_list(), strict=True)
-        if hadm_of[s] != h
-    }
-    if bad_visit:
-        raise InputError(
-            f"{path}: {len(bad_visit)} test patient(s) were predicted for another visit than their last one",
-            "Predict on the artifact's visits.parquet so the latest visit is the test target",
-        )
-    label_idx = artifact.vocab.medications.index
-    unknown = sorted({c for c in df["atc3"].unique().to_list() if c not in label_idx})
-    if unknown:
-        raise InputError(
-            f"{path}: {len(unknown)} drug code(s) are not in the artifact's label list (e.g. {unknown[0]})",
-            "Predict with a model trained on this artifact, or pass its artifact with --data",
-        )
-    if df.select(["subject_id", "atc3"]).is_duplicated().any():
-        raise InputError(
-            f"{path}: a (subject_id, atc3) pair appears twice", "Pass the file as written by `leader predict`"
-        )
-
-    rows = np.asarray([row_of[s] for s in df["subject_id"].to_list()])
-    cols = np.asarray([label_idx[c] for c in df["atc3"].to_list()])
-    score = df["score"].to_numpy().astype(np.float64)
-    selected = df["selected"].to_numpy().astype(bool)
-    threshold = inferred_threshold(path, score, selected)
-    covered = np.unique(rows)
-    y_prob = np.zeros(y_all.shape, dtype=np.float64)
-    y_prob[rows, cols] = score
-    y_prob, y_true = y_prob[covered], y_all[covered]
-    n_visits = np.asarray([samples[i].n_visits for i in covered])
+    got = match_test_patients(path, df, artifact)
     rcfg = settings.report
-
     name, floor_name = unique_names([name or path.stem, "popularity"])
-    entry, reps = evaluate.evaluate_scores(name, y_true, y_prob, n_visits, threshold, ddi, rcfg)
-    top_k = int(df.group_by("subject_id").len()["len"].max())
+    entry, reps = evaluate.evaluate_scores(
+        name, got.y_true, got.y_prob, got.n_visits, got.threshold, ddi, rcfg
+    )
     entry = {
         "name": name,
         "kind": "predictions",
@@ -163,27 +138,29 @@ def score_predictions(
         **{k: v for k, v in entry.items() if k != "name"},
         "predictions": {
             "path": str(path.resolve()),
-            "rows": int(df.height),
-            "top_k": top_k,
-            "test_patients": len(samples),
-            "matched_test_patients": int(len(covered)),
-            "missing_test_patients": int(len(samples) - len(covered)),
-            "ignored_other_subjects": ignored,
+            "rows": got.rows,
+            "top_k": got.top_k,
+            "test_patients": got.test_patients,
+            "matched_test_patients": got.covered,
+            "missing_test_patients": got.test_patients - got.covered,
+            "ignored_other_subjects": got.ignored,
             "absent_drugs": "score 0 (not in the patient's rows)",
         },
         "efficiency": None,
     }
-    if len(covered) < len(samples):
+    if got.covered < got.test_patients:
         log(
-            f"warning: {len(samples) - len(covered)} test patient(s) are not in {path}; evaluated on the rest"
+            f"warning: {got.test_patients - got.covered} test patient(s) are not in {path}; evaluated on the rest"
         )
-    log(f"{name}: {len(covered)} test patients, up to {top_k} rows each, threshold {threshold['value']:.4g}")
-
-    popularity = FittedPopularity(artifact, settings)
+    log(
+        f"{name}: {got.covered} test patients, up to {got.top_k} rows each, threshold "
+        f"{got.threshold['value']:.4g}"
+    )
+    floor = fit_floor(artifact, settings)
     # PopularityModel.probs gives every patient the training frequencies: the same matrix, without batches
-    p_pop = np.broadcast_to(popularity.frequency, y_true.shape)
+    p_pop = np.broadcast_to(floor.frequency, got.y_true.shape)
     pop, pop_reps = evaluate.evaluate_scores(
-        floor_name, y_true, p_pop, n_visits, popularity.threshold, ddi, rcfg
+        floor_name, got.y_true, p_pop, got.n_visits, floor.threshold, ddi, rcfg
     )
     pop = {
         "name": floor_name,
@@ -195,18 +172,80 @@ def score_predictions(
     }
     entries = [entry, pop]
     comparison = evaluate.compare(entries, [reps, pop_reps], floor_index=1)
-
     report = evaluate.assemble(
         "predictions",
         artifact_block(artifact, SETTINGS_ARTIFACT),
         artifact,
-        y_true,
-        n_visits,
+        got.y_true,
+        got.n_visits,
         ddi,
         settings,
-        popularity.frequency,
+        floor.frequency,
         entries,
         comparison,
     )
     report["efficiency"] = None
     return report
+
+
+def match_test_patients(path: Path, df, artifact: Artifact) -> Matched:
+    """The file's rows of test patients → their score matrix; InputError when a row names another visit than
+    the patient's last one, a drug outside the label list, or a (subject, drug) pair twice."""
+    import polars as pl
+
+    samples = test_samples(artifact, 1, False)
+    y_all = evaluate.multi_hot(samples, artifact.vocab.medications.index)
+    row_of = {s.subject_id: i for i, s in enumerate(samples)}
+    hadm_of = {s.subject_id: s.hadm_id for s in samples}
+    sid = df["subject_id"].to_numpy()
+    in_test = np.asarray([s in row_of for s in sid], dtype=bool)
+    ignored = len({int(s) for s in sid[~in_test]})
+    df = df.filter(pl.Series(in_test))
+    if df.height == 0:
+        raise InputError(
+            f"{path}: none of its subjects is a test patient of artifact {artifact.path}",
+            "Predict on the artifact's visits (`leader predict data/<source>/visits.parquet -o recs.csv`)",
+        )
+    _check_rows(path, df, hadm_of, artifact.vocab.medications.index)
+    label_idx = artifact.vocab.medications.index
+    rows = np.asarray([row_of[s] for s in df["subject_id"].to_list()])
+    cols = np.asarray([label_idx[c] for c in df["atc3"].to_list()])
+    score = df["score"].to_numpy().astype(np.float64)
+    threshold = inferred_threshold(path, score, df["selected"].to_numpy().astype(bool))
+    covered = np.unique(rows)
+    y_prob = np.zeros(y_all.shape, dtype=np.float64)
+    y_prob[rows, cols] = score
+    return Matched(
+        y_prob[covered],
+        y_all[covered],
+        np.asarray([samples[i].n_visits for i in covered]),
+        threshold,
+        int(len(covered)),
+        len(samples),
+        ignored,
+        int(df.height),
+        int(df.group_by("subject_id").len()["len"].max()),
+    )
+
+
+def _check_rows(path: Path, df, hadm_of: dict, label_idx: dict) -> None:
+    bad_visit = {
+        int(s)
+        for s, h in zip(df["subject_id"].to_list(), df["hadm_id"].to_list(), strict=True)
+        if hadm_of[s] != h
+    }
+    if bad_visit:
+        raise InputError(
+            f"{path}: {len(bad_visit)} test patient(s) were predicted for another visit than their last one",
+            "Predict on the artifact's visits.parquet so the latest visit is the test target",
+        )
+    unknown = sorted({c for c in df["atc3"].unique().to_list() if c not in label_idx})
+    if unknown:
+        raise InputError(
+            f"{path}: {len(unknown)} drug code(s) are not in the artifact's label list (e.g. {unknown[0]})",
+            "Predict with a model trained on this artifact, or pass its artifact with --data",
+        )
+    if df.select(["subject_id", "atc3"]).is_duplicated().any():
+        raise InputError(
+            f"{path}: a (subject_id, atc3) pair appears twice", "Pass the file as written by `leader predict`"
+        )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from leadercli import console, runs
 from leadercli.hardware import resolve_device, set_seed
-from leadercli.kinds import FIELD_MODELS
+from leadercli.kinds import BASELINES, FIELD_MODELS
 from leadercli.models.student_masks import dropout_plan
 from leadercli.settings import Settings
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
@@ -31,10 +31,10 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     ddi = artifact.ddi_index_pairs()
 
     fitted = None
-    if cfg.model in ("popularity", "previous"):
-        from leadercli.models.baselines import PopularityModel, PreviousVisitModel, drug_frequency
+    if cfg.model in BASELINES:
+        from leadercli.models.baselines import PopularityModel, PreviousVisitModel, fit_popularity
 
-        freq = drug_frequency(encoder.collate(splits["train"])["labels"])
+        freq = fit_popularity([e.labels for e in splits["train"]], encoder.n_labels)
         model = (
             PopularityModel(freq)
             if cfg.model == "popularity"

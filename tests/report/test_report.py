@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from leadercli.cli.main import app
-from leadercli.report import score_runs
+from leadercli.report import timing
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def work(tiny_artifact: Path, tmp_path_factory) -> Path:
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setattr(score_runs, "MIN_TIMED_SECONDS", 0.02)  # keep the timing loop short on the shared CPU
+        mp.setattr(timing, "MIN_TIMED_SECONDS", 0.02)  # keep the timing loop short on the shared CPU
         for args in (
             ("train", "teacher", "-q"),
             ("train", "student", "-q"),
@@ -79,7 +79,7 @@ def make_worse_run(src: Path, dst: Path) -> None:
 @pytest.fixture()
 def in_work(work: Path, monkeypatch) -> Path:
     monkeypatch.chdir(work)
-    monkeypatch.setattr(score_runs, "MIN_TIMED_SECONDS", 0.02)
+    monkeypatch.setattr(timing, "MIN_TIMED_SECONDS", 0.02)
     return work
 
 

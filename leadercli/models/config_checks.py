@@ -1,0 +1,11 @@
+"""Model-config rules, one home each: the settings check them when leader.toml is read (before any work), the
+model configs when a model is built or a run is loaded. No torch: the settings import this module.
+"""
+
+from __future__ import annotations
+
+
+def check_heads(width: int, heads: int, width_name: str = "hidden", heads_name: str = "heads") -> None:
+    """Multi-head attention splits a `width`-wide state into `heads` equal parts: ValueError unless it can."""
+    if heads < 1 or width % heads:
+        raise ValueError(f"{width_name} {width} is not divisible by {heads_name} {heads}")
