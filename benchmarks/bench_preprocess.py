@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also write the tables as MEDS (tests/meds_from_mimic.py, not timed) and time --source meds",
     )
+    ap.add_argument(
+        "--meds-etl",
+        action="store_true",
+        help="with --meds: write the MEDS shards as the public MIMIC-IV ETL does (tests/meds_etl.py: drug events "
+        "without hadm_id, START and STOP, integer NDCs, 1000 subjects per shard) instead",
+    )
     args = ap.parse_args(argv)
 
     work = args.work or HERE / "out" / f"preprocess-{args.layout}-{args.patients}"
@@ -188,13 +194,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         shutil.rmtree(new, ignore_errors=True)
     if pre.ok and args.meds:
-        meds_root = work / "meds"
+        meds_root = work / ("meds-etl" if args.meds_etl else "meds")
         if not (meds_root / "data").is_dir() or not args.reuse:
             shutil.rmtree(meds_root, ignore_errors=True)
             sys.path.insert(0, str(HERE.parent / "tests"))
-            from meds_from_mimic import write_meds
+            hosp = raw / "hosp" if (raw / "hosp").is_dir() else raw
+            if args.meds_etl:
+                from meds_etl import write_etl_meds
 
-            write_meds(raw / "hosp" if (raw / "hosp").is_dir() else raw, meds_root, shards=8)
+                write_etl_meds(hosp, meds_root)
+            else:
+                from meds_from_mimic import write_meds
+
+                write_meds(hosp, meds_root, shards=8)
         out_meds = work / "artifact-meds"
         shutil.rmtree(out_meds, ignore_errors=True)
         cmd = [*leader, "preprocess", "--source", "meds", "--raw", str(meds_root), "--out", str(out_meds)]
@@ -218,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             results["meds_same_artifact"] = same
             print(f"MEDS artifact identical to the {args.layout} artifact: {same}")
+            if args.meds_etl:  # drugs placed by window: compare the visits and the visit-drug pairs
+                keys = ["subject_id", "hadm_id"]
+                a, b = (pl.read_parquet(d / "visits.parquet") for d in (artifact, out_meds))
+                pairs = [v.select(*keys, "medications").explode("medications") for v in (a, b)]
+                shared = pairs[0].join(pairs[1], on=[*keys, "medications"]).height
+                results["meds_etl"] = {
+                    "same_visits": a.select(keys).sort(keys).equals(b.select(keys).sort(keys)),
+                    "pairs_shared": round(shared / max(pairs[0].height, 1), 4),
+                    "pairs_added": pairs[1].height - shared,
+                }
+                print(f"ETL-style MEDS vs {args.layout}: {results['meds_etl']}")
         shutil.rmtree(out_meds, ignore_errors=True)
     if len(rows) > 2:
         print(markdown_table(["step", "rows in", "wall s", "peak RSS GiB", "rows/s"], rows))
