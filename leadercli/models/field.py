@@ -40,6 +40,7 @@ class FieldModel(nn.Module):
 
     kind = ""
     optimizer = "adam"
+    no_history = ""  # how a patient without history (a first visit) is scored, for the manifest and reports
 
     def probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(self(batch).logits)  # (B, M)

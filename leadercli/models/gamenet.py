@@ -110,6 +110,7 @@ class GCN(nn.Module):
 
 class GAMENet(FieldModel):
     kind = "gamenet"
+    no_history = "no dynamic memory: the graph-memory read stands in for it (as in the authors' code)"
 
     def __init__(self, config: GAMENetConfig, ehr_adj: torch.Tensor, ddi_adj: torch.Tensor) -> None:
         """ehr_adj, ddi_adj (M, M) 0/1: the training split's co-occurrence graph and the run's DDI graph (saved

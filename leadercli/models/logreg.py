@@ -45,6 +45,7 @@ class LogRegConfig:
 
 class LogReg(FieldModel):
     kind = "logreg"
+    no_history = "as every patient: it reads the target visit only"
 
     def __init__(self, config: LogRegConfig) -> None:
         super().__init__()

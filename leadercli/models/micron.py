@@ -81,6 +81,7 @@ def _logit(p: float) -> float:
 
 class Micron(FieldModel):
     kind = "micron"
+    no_history = "the current visit's representation alone (no previous set, no residual)"
     optimizer = "rmsprop"
 
     def __init__(self, config: MicronConfig, ddi_adj: torch.Tensor) -> None:

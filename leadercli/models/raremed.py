@@ -69,6 +69,7 @@ class RAREMedConfig:
 
 class RAREMed(FieldModel):
     kind = "raremed"
+    no_history = "as every patient: it reads the target visit only"
     optimizer = "adamw"
 
     def __init__(self, config: RAREMedConfig, ddi_adj: torch.Tensor) -> None:

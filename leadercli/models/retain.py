@@ -61,6 +61,7 @@ def reverse_visits(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 class Retain(FieldModel):
     kind = "retain"
+    no_history = "one visit: attention 1 on the target visit's diagnoses and procedures"
 
     def __init__(self, config: RetainConfig) -> None:
         super().__init__()

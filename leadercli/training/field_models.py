@@ -40,7 +40,12 @@ def train_field(
     cfg = settings.student.model_copy(
         update={"lr": section.lr, "weight_decay": getattr(section, "weight_decay", 0.0)}
     )
-    notes = {"optimizer": model.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    notes = {
+        "optimizer": model.optimizer,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "no_history": model.no_history,
+    }
     resuming = resume and ckpt_io.exists(out / ckpt_io.CHECKPOINT_DIR / "last")
     if kind == "raremed" and section.pretrain_epochs and not resuming:
         from leadercli.models.raremed import pretrain

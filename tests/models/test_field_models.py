@@ -194,7 +194,7 @@ def test_gamenet_graphs_and_ddi_switch(data):
     model.config.target_ddi = 0.0
     with torch.no_grad():
         out.logits.fill_(5.0)
-    assert float(model.extra_loss(out, batch)["ddi"][1]) != 0.0
+    assert float(model.extra_loss(out, batch)["ddi"][1].detach()) != 0.0
     model.config.ddi_loss = False
     assert set(model.extra_loss(out, batch)) == {"margin"}
 

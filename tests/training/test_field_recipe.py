@@ -72,6 +72,7 @@ def test_run_folder_and_manifest(trained, kind):
     assert m["kind"] == kind and m["model_config"]["n_labels"] == 12
     assert m["parameters"]["total"] > 0 and 0 < m["threshold"]["value"] < 1
     assert m["training"]["lr"] > 0 and m["training"]["optimizer"] in ("adam", "adamw", "rmsprop")
+    assert m["training"]["no_history"]  # the report says how each model treats a first visit
     test = m["metrics"]["test"]
     assert test["single"]["n"] > 0 and test["overall"]["n"] == test["single"]["n"] + test["multi"]["n"]
     log = [r for r in runs.read_log(out) if "epoch" in r]
