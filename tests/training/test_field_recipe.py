@@ -150,3 +150,19 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_artifact, monkeypatch):
         load_file(str(wd / "runs/resumed/model.safetensors")),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", ["gamenet", "raremed"])
+def test_export_and_recommender(trained, kind):
+    """The exported copy scores as the run does (graphs are buffers: no artifact needed)."""
+    import polars as pl
+
+    from leadercli import Recommender
+
+    os.chdir(trained)
+    r = runner.invoke(app, ["export", f"runs/{kind}", "--out", f"exported-{kind}", "-q"])
+    assert r.exit_code == 0, r.output
+    visits = pl.read_parquet("data/mimic3/visits.parquet")
+    a = Recommender.load(f"runs/{kind}").predict(visits)
+    b = Recommender.load(f"exported-{kind}").predict(visits)
+    assert a.equals(b) and a["subject_id"].n_unique() == visits["subject_id"].n_unique()
