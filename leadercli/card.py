@@ -22,6 +22,9 @@ import re
 import shutil
 from pathlib import Path
 
+import polars as pl
+from safetensors import SafetensorError, safe_open
+
 from leadercli import __version__
 from leadercli.errors import ArtifactError, InputError
 
@@ -213,6 +216,42 @@ def _public_settings(text: str) -> str:
     return tomli_w.dumps(data)
 
 
+def _check_needed_files(run_dir: Path, manifest: dict) -> None:
+    """The files the copy needs to load (weights of a learned kind, the teacher's adapter and head, the DDI
+    pairs) are there and readable, before anything is copied."""
+    from leadercli import runs
+    from leadercli.kinds import ROWS, rebuild_hint
+
+    kind = manifest.get("kind")
+    hint = rebuild_hint(run_dir, kind)
+    learned = next((k.learned for k in ROWS if k.name == kind), False)
+    weights = ["head.safetensors"] if kind == "teacher" else ([runs.MODEL_FILE] if learned else [])
+    if kind == "teacher":
+        runs.check_teacher_files(run_dir, manifest)
+    for name in weights:
+        path = run_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing: an export without it would not load", hint)
+        try:
+            with safe_open(str(path), framework="numpy"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ArtifactError(
+                f"{path} is not a readable safetensors file (truncated or damaged: {str(exc)[:80]})", hint
+            ) from None
+    ddi = run_dir / runs.DDI_COPY
+    if not ddi.is_file():
+        ddi = Path((manifest.get("artifact") or {}).get("path", "")) / runs.DDI_COPY
+    try:
+        pl.read_parquet_schema(ddi)
+    except (pl.exceptions.PolarsError, OSError):
+        raise ArtifactError(
+            f"{run_dir / runs.DDI_COPY} is missing or damaged (and so is the artifact's): the export needs the "
+            "DDI pairs",
+            hint,
+        ) from None
+
+
 def export_run(run_dir: Path, out: Path) -> Path:
     """Write the shareable copy of `run_dir` to `out` (atomic; see the module docstring)."""
     from leadercli import runs
@@ -224,6 +263,7 @@ def export_run(run_dir: Path, out: Path) -> Path:
             f"{run_dir} is not a leadercli run", "Pass a folder written by `leader train` or `leader distill`"
         )
     runs.read_run_vocab(run_dir, scorer_manifest)  # the vocab fits the manifest
+    _check_needed_files(run_dir, scorer_manifest)  # a copy that would not load is not shareable
     if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
         raise InputError(f"--out {out} is inside the run folder {run_dir}", "Export to another folder")
     if out.exists():

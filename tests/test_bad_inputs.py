@@ -953,7 +953,7 @@ def test_export_into_a_non_empty_folder(cwd, unchanged):
             {"LEADER_STUDENT__EPOCHS": "many"},
             ["environment variable LEADER_STUDENT__EPOCHS", "student.epochs"],
         ),
-        (["--set", "student.epochs=3"], {"LEADER_STUDENT__EPOCHS": "many"}, ["LEADER_STUDENT__EPOCHS"]),
+        (["--set", "student.epochs=3"], {"LEADER_STUDENT__HIDDEN": "wide"}, ["LEADER_STUDENT__HIDDEN"]),
     ],
 )
 def test_settings_errors_name_the_source_of_the_value(cwd, unchanged, monkeypatch, args, env, needles):
@@ -1009,3 +1009,17 @@ def test_bad_raw_tables(tmp_path, monkeypatch, damage, needles):
     line = assert_one_line(r, *needles)
     assert "subject_id" not in line and "no prescription NDC maps" not in line
     assert not Path("data/x").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_export_checks_the_files_the_copy_needs(cwd, damage):
+    """A run whose weights are cut or gone is not exported as shareable."""
+    run = damaged_run(cwd, f"export-{damage}")
+    weights = run / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-64])
+    else:
+        weights.unlink()
+    r = invoke(["export", run, "--out", cwd / "damaged" / f"share-{damage}"])
+    assert_one_line(r, "model.safetensors", "truncated" if damage == "truncated" else "missing")
+    assert not (cwd / "damaged" / f"share-{damage}").exists()

@@ -150,12 +150,13 @@ def _run_manifest(run_dir: Path) -> dict:
     manifest = runs.read_manifest(run_dir)
     kind = manifest.get("kind") if isinstance(manifest, dict) else None
     if kind not in runs.KINDS:
-        what = (
-            "a preprocess artifact"
-            if isinstance(manifest, dict) and "vocab_sizes" in manifest
-            else (f"a {kind} folder" if isinstance(kind, str) else "not a leadercli run")
-        )
-        raise ArtifactError(f"--for-run {run_dir} is {what}, not a trained run (kind {kind!r})", hint)
+        if (run_dir / A.VISITS).is_file() and (run_dir / A.VOCAB).is_file():
+            what = "a preprocess artifact, not a trained run"
+        elif isinstance(kind, str):
+            what = f"a {kind} folder, not a trained run"
+        else:
+            what = f"not a leadercli run (kind {kind!r})"
+        raise ArtifactError(f"--for-run {run_dir} is {what}", hint)
     return manifest
 
 
