@@ -30,20 +30,27 @@ Module map (one line each; the folder says the concern):
     data/artifact.py  the artifact contract (files, Vocab, hashes)
     data/samples.py   visits → samples (the one sample rule); data/batching.py samples → student tensors
     data/prompts.py   samples → teacher prompts (template, length fitting)
-    models/           student.py, teacher.py (backbone + LoRA + head), teacher_infer.py (prompts → scores,
-                      features), features.py (feature cache), losses.py, baselines.py — tensors in/out
+    models/           student.py, backbone.py (find, load, tokenise a HF backbone), teacher.py (LoRA + pooling
+                      + head, save/load), teacher_infer.py (prompts → scores, features), features.py (feature
+                      cache), losses.py, baselines.py (+ the one popularity fit), config_checks.py — tensors in/out
     training/         one recipe per method: student.py, teacher.py, distill.py; loop.py holds the student
-                      components both student recipes use (recipes never import each other)
+                      components both student recipes use (recipes never import each other); the teacher
+                      recipe's stages: teacher_run.py (shared record), teacher_probe.py (head init, linear
+                      probe), teacher_save.py (run folder); teacher_features.py (distill's feature cache)
     checkpoint.py     the one resume-checkpoint format (weights, optimizer, scheduler, RNG; safetensors)
+    kinds.py          the run kinds, one row each (command, input, learned, unknown codes): the one list
     runs.py           run folders: manifests, checks, `load_run(path)` → a Scorer for every run kind
+    scorer.py         `Scorer` (TensorScorer, TeacherScorer): a loaded run and its output rules (the
+                      unknown-code shrink), the same scores in predict, report and the API
     predict/          `leader predict`: any run → streamed, batched inference → ranked table (+ .meta.json):
                       input.py (read, check), streaming.py (subject chunks, background encoding, ordered
-                      results), ranking.py (top-k, threshold, DDI cap), shrink.py (unknown-code shrink),
-                      output.py (output checks, writer, sidecar), command.py (`predict_file`)
+                      results), ranking.py (top-k, threshold, DDI cap), output.py (output checks, writer,
+                      sidecar), command.py (`predict_file`)
     selection.py      threshold and the greedy DDI cap (`--max-ddi-pairs`)
     api.py            `Recommender`: the Python API (load / predict / predict_raw)
     metrics.py        pure metric functions, bootstrap intervals, paired comparison, threshold choice
-    report/           score_runs.py, score_predictions.py, evaluate.py, write.py, render.py, plots.py
+    report/           score_runs.py, score_predictions.py, floor.py (popularity floor), timing.py (latency,
+                      machine), evaluate.py, write.py, render.py, plots.py
     demo.py           `leader demo`: the whole chain on the bundled sample data
 """
 
