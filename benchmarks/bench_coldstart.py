@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             P, _ = _scores(run, visits, pop_titles, unknown_shrink=0.0)
             if prior is None:
                 prior = load_run(runs["popularity"]).prior().numpy()  # the training split's drug frequencies
-            for lam in lambdas if name in ("student", "distilled", "student_recency") else [0.0]:
+            for lam in lambdas if name in ("student", "distilled", "student_recency", "teacher") else [0.0]:
                 w = np.clip(lam * u, 0.0, 1.0)[:, None]  # (P, 1), as leader predict does
                 Pl = P if lam == 0 else (1 - w) * P + w * prior[None, :]
                 m = evaluate(Y, Pl, scorer.threshold)
