@@ -255,10 +255,11 @@ def _check_needed_files(run_dir: Path, manifest: dict) -> None:
 def export_run(run_dir: Path, out: Path) -> Path:
     """Write the shareable copy of `run_dir` to `out` (atomic; see the module docstring)."""
     from leadercli import runs
+    from leadercli.kinds import KINDS
 
     run_dir, out = Path(run_dir), Path(out)
     scorer_manifest = runs.read_manifest(run_dir)
-    if scorer_manifest.get("kind") not in runs.KINDS:
+    if scorer_manifest.get("kind") not in KINDS:
         raise ArtifactError(
             f"{run_dir} is not a leadercli run", "Pass a folder written by `leader train` or `leader distill`"
         )
