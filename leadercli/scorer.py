@@ -209,7 +209,7 @@ class TensorScorer(Scorer):
         with torch.inference_mode():
             b = {k: v.to(self.device) for k, v in batch.items()}
             probs = self.module.probs(b).float().cpu()  # (B, M)
-        return self.output(probs, *batch_unknown(batch))
+        return self.output(probs, *batch_unknown(batch)) if self.shrinks else probs
 
     def score_samples(self, samples, batch_size: int = 256, vocab=None, progress: str | None = None):
         import numpy as np
