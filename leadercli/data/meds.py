@@ -105,6 +105,11 @@ class MedsLayout(SourceLayout):
         pat = self._pat()
         shards = [check_shard(p, k, pat.visit_column) for k, p in files.items() if k.startswith("data/")]
         extra = tuple(c for c in (pat.visit_column, *PROFILE_CODES) if any(c in s.schema for s in shards))
+        if pat.visit_column not in extra:
+            console.info(
+                f"  no shard has a '{pat.visit_column}' column (meds.visit_column): visits are the admission → "
+                "discharge windows"
+            )
         version = _dataset_version(files["metadata/dataset.json"])
         with console.step("Reading MEDS codes"):
             sv, codes = survey(shards, pat)
