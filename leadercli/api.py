@@ -58,13 +58,16 @@ class Recommender:
         max_ddi_pairs: int | None = None,
         titles: dict[str, dict[str, str]] | None = None,
         unknown_shrink: float | None = None,
+        explain: int = 0,
     ):
         """Rank drugs for the latest visit of every subject in `visits` (polars or pandas DataFrame, the
         artifact's visits schema). Returns a polars DataFrame: subject_id, hadm_id, rank, atc3, drug_name,
         score, selected, ddi_dropped, n_unknown_codes. `titles` (kind → {code: title}) names codes the run
         does not know, for a teacher's prompts. `unknown_shrink` (λ; None = the run's, from the
         `predict.unknown_shrink` setting) leans the scores of visits with unknown codes towards the training
-        drug frequencies (the run's `Scorer` applies it, as everywhere)."""
+        drug frequencies (the run's `Scorer` applies it, as everywhere). `explain=K` adds the list columns
+        explain_codes, explain_kinds, explain_titles, explain_visits, explain_contributions: the K codes whose
+        removal lowers the drug's score most (occlusion, `leadercli.explain`; one scoring pass per code)."""
         import polars as pl
 
         from leadercli.errors import InputError
@@ -74,7 +77,9 @@ class Recommender:
         if frame.height == 0:
             raise InputError("the visits frame has no rows", "Pass at least one visit")
         self.scorer.reset_unknown()
-        opts = PredictOptions(top_k=top_k, threshold=threshold, max_ddi_pairs=max_ddi_pairs, batch_size=4096)
+        opts = PredictOptions(
+            top_k=top_k, threshold=threshold, max_ddi_pairs=max_ddi_pairs, batch_size=4096, explain=explain
+        )
         return predict_frame(self.scorer.with_unknown_shrink(unknown_shrink), frame, opts, titles)
 
     def predict_raw(

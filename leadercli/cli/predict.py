@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
             "leader predict visits.parquet -o recs.csv --threshold 0.3",
             "leader predict data/new-patients -o recs.csv --model runs/distilled --max-ddi-pairs 0",
             "leader predict visits.csv -o recs.parquet --model runs/teacher",
+            "leader predict visits.parquet -o recs.parquet --model runs/student --explain 3",
         ),
     )(predict)
 
@@ -59,6 +60,19 @@ def predict(
             "most N interacting pairs remain per patient; dropped drugs are marked in `ddi_dropped`.",
         ),
     ] = None,
+    explain: Annotated[
+        int,
+        typer.Option(
+            "--explain",
+            min=0,
+            help="Add, per row, the K codes of the target visit and of the history that most raised the drug's "
+            "score (occlusion: the score drop when the code is removed), with their kind, title and "
+            "contribution: columns explain_codes, explain_kinds, explain_titles, explain_visits, "
+            "explain_contributions (lists in parquet, `;`-joined in CSV). Cost: one extra scoring pass per "
+            "code of each record (about 20 for a MIMIC-IV admission), so several times plain predict for a "
+            "student (benchmarks/README.md) and very slow for a teacher on a CPU. 0 = none.",
+        ),
+    ] = 0,
     sets: SetOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
@@ -66,7 +80,8 @@ def predict(
 ) -> None:
     """Rank drugs for the latest visit of every subject in INPUT and write one row per (subject, drug).
 
-    Columns: subject_id, hadm_id, rank, atc3, drug_name, score, selected, ddi_dropped, n_unknown_codes. Every
+    Columns: subject_id, hadm_id, rank, atc3, drug_name, score, selected, ddi_dropped, n_unknown_codes (and the
+    explain_* columns with --explain). Every
     selected drug is written, also beyond --top-k. The input is streamed in batches; the output is written
     atomically, with a sidecar OUTPUT.meta.json (model, label hash, threshold, version, input sha256, counts).
     """
@@ -81,6 +96,6 @@ def predict(
         from leadercli.predict import predict_file
 
         keep_freed_memory()  # this process ends with the command: its allocator may keep what it frees
-        predict_file(settings, input, output, max_ddi_pairs=max_ddi_pairs)
+        predict_file(settings, input, output, max_ddi_pairs=max_ddi_pairs, explain=explain)
 
     run(body, quiet=quiet, debug=debug)

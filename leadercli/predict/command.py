@@ -44,9 +44,10 @@ def default_model(settings) -> Path:
 
 
 def predict_file(
-    settings, input_path: Path, output: Path, max_ddi_pairs: int | None = None
+    settings, input_path: Path, output: Path, max_ddi_pairs: int | None = None, explain: int = 0
 ) -> PredictSummary:
-    """`leader predict INPUT -o OUTPUT`: the whole command, output written atomically with its sidecar."""
+    """`leader predict INPUT -o OUTPUT`: the whole command, output written atomically with its sidecar;
+    `explain` > 0 adds the codes that most raised each drug's score (`leadercli.explain`)."""
     from leadercli.hardware import apply_threads
     from leadercli.runs import load_run
 
@@ -65,7 +66,7 @@ def predict_file(
         # the modules and the model stay for the whole command: the collector skips them until it ends (it
         # walked torch's objects on every full collection, about 4 % of predict's CPU time)
         gc.freeze()
-        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size)
+        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, explain)
         _check_input_run(src, scorer)
         counts, meta = _write(scorer, src, opts, output, digest)
     finally:
@@ -104,7 +105,10 @@ def _write(
     writer = None
     try:
         with out.writing(output):
-            writer = out.open_writer(tmp, output.suffix.lower())
+            suffix = output.suffix.lower()
+            writer = (
+                out.open_writer(tmp, suffix, opts.explain) if opts.explain else out.open_writer(tmp, suffix)
+            )
         counts = Counts()
         with console.progress("predicting", total=src.num_rows) as advance:
             for table, nrows, c in predict_stream(scorer, src, opts):

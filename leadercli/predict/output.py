@@ -1,6 +1,7 @@
 """The output file of `leader predict`: checks before any work, the writer, and the `<output>.meta.json` sidecar.
 
-The table (`ranking.OUT_SCHEMA`) is CSV or parquet by the output's extension, written to a hidden temporary
+The table (`ranking.out_schema`) is CSV or parquet by the output's extension (the explanation list columns
+become `;`-joined text in CSV, `csv_table`), written to a hidden temporary
 file beside it and renamed into place; the sidecar records the run, label hash, threshold, version, input
 sha256 and counts. An output never replaces the input or a file of a leadercli folder.
 """
@@ -20,8 +21,9 @@ from leadercli import __version__, console
 from leadercli.data import contract
 from leadercli.data.artifact import DDI, PATIENTS, VISITS
 from leadercli.errors import InputError
+from leadercli.explain import FIELDS
 from leadercli.predict.input import PredictInput
-from leadercli.predict.ranking import OUT_SCHEMA, Counts, PredictOptions
+from leadercli.predict.ranking import Counts, PredictOptions, out_schema
 
 # files of leadercli folders (artifact, run, prediction input) that an output must never replace
 OWN_FILES = (VISITS, PATIENTS, DDI, contract.CODES)
@@ -101,14 +103,51 @@ def clean_stale(output: Path) -> None:
             console.info(f"removed {p}, left by an interrupted run")
 
 
-def open_writer(path: Path, suffix: str):
-    """A writer of `OUT_SCHEMA` tables (`write_table`, `close`): parquet, or CSV for any other `suffix`."""
+def open_writer(path: Path, suffix: str, explain: int = 0):
+    """A writer of the output tables (`write_table`, `close`): parquet, or CSV for any other `suffix`."""
+    schema = out_schema(explain)
     if suffix == ".parquet":
-        return pq.ParquetWriter(path, OUT_SCHEMA)
+        return pq.ParquetWriter(path, schema)
     import pyarrow.csv as pacsv
 
     # 64k rows converted at a time (the default 1,024 costs about 15 % more CPU, same bytes)
-    return pacsv.CSVWriter(path, OUT_SCHEMA, write_options=pacsv.WriteOptions(batch_size=1 << 16))
+    options = pacsv.WriteOptions(batch_size=1 << 16)
+    if not explain:
+        return pacsv.CSVWriter(path, schema, write_options=options)
+    return _FlatCSV(pacsv.CSVWriter(path, csv_table(schema.empty_table()).schema, write_options=options))
+
+
+def csv_table(table: pa.Table) -> pa.Table:
+    """List columns → text, entries joined by `;` (codes never hold one; a `;` in a title becomes `,`), numbers
+    with 4 decimals: what a spreadsheet, pandas and polars read as plain text columns."""
+    import pyarrow.compute as pc
+
+    cols = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_list(col.type):
+            arr = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+            values = arr.values
+            if pa.types.is_floating(values.type):
+                values = pc.cast(pc.round(values, 4), pa.string())
+            else:
+                values = pc.replace_substring(values, ";", ",")
+            offsets = arr.offsets
+            col = pc.binary_join(pa.ListArray.from_arrays(offsets, values), ";")
+        cols[name] = col
+    return pa.table(cols)
+
+
+class _FlatCSV:
+    """A CSV writer of tables with list columns (`csv_table`)."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+
+    def write_table(self, table: pa.Table) -> None:
+        self.writer.write_table(csv_table(table))
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def sha256(path: Path, stop: threading.Event) -> str:
@@ -145,6 +184,9 @@ def sidecar(scorer, src: PredictInput, opts: PredictOptions, counts: Counts, sha
         },
         "top_k": opts.top_k,
         "max_ddi_pairs": opts.max_ddi_pairs,
+        "explain": {"k": opts.explain, "method": "occlusion", "columns": [f.name for f in FIELDS]}
+        if opts.explain
+        else None,
         "unknown_shrink": scorer.unknown_shrink if scorer.shrinks else 0.0,  # λ applied by the run's Scorer
         "input": {"path": str(src.path.resolve()), "sha256": sha, "format": src.kind},
         "counts": {

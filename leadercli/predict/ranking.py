@@ -3,7 +3,8 @@
 One row per (subject, drug) for the top-k drugs of the subject's latest visit, plus every drug with
 score ≥ threshold ranked below k: `subject_id`, `hadm_id`, `rank` (1 = best), `atc3`, `drug_name`, `score`,
 `selected`, `ddi_dropped` (selected by score but dropped by `--max-ddi-pairs`, `leadercli.selection`),
-`n_unknown_codes` (codes of the target visit unknown to the model). `Rows` makes them and counts them.
+`n_unknown_codes` (codes of the target visit unknown to the model); with `explain=K` the codes that most raised
+the drug's score (`leadercli.explain.FIELDS`, list columns). `Rows` makes them and counts them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
+
+from leadercli.explain import FIELDS, arrow_columns
 
 OUT_SCHEMA = pa.schema(
     [
@@ -30,12 +33,20 @@ OUT_SCHEMA = pa.schema(
 MOSTLY_UNKNOWN = 0.5  # a target visit with more than this share of unknown codes is "mostly unknown"
 
 
+def out_schema(explain: int = 0) -> pa.Schema:
+    """The output table's schema: `OUT_SCHEMA`, plus the explanation list columns when `explain` > 0."""
+    if not explain:
+        return OUT_SCHEMA
+    return pa.schema([*OUT_SCHEMA, *FIELDS])
+
+
 @dataclass
 class PredictOptions:
     top_k: int = 20
     threshold: float | None = None  # None = the run's
     max_ddi_pairs: int | None = None  # None = no DDI cap
     batch_size: int = 4096
+    explain: int = 0  # codes explaining each output row (occlusion, `leadercli.explain`); 0 = none
 
 
 @dataclass
@@ -58,13 +69,17 @@ class Rows:
     columns (`streaming.ordered` makes the table; the drug columns are the label index `ix`), and the counts;
     `sample` of each row keeps the patient's place in the chunk."""
 
-    def __init__(self, top_k, threshold, adj, max_pairs, labels: pa.Array, names: pa.Array) -> None:
+    def __init__(
+        self, top_k, threshold, adj, max_pairs, labels: pa.Array, names: pa.Array, explain: int = 0
+    ) -> None:
         self.top_k, self.threshold, self.adj, self.max_pairs = top_k, threshold, adj, max_pairs
         self.labels, self.names = labels, names
+        self.schema = out_schema(explain)
 
     def __call__(
-        self, probs: torch.Tensor, batch: dict[str, torch.Tensor]
+        self, probs: torch.Tensor, batch: dict[str, torch.Tensor], explain=None
     ) -> tuple[dict[str, np.ndarray], np.ndarray, Counts]:
+        """`explain(row_patient, row_drug)` → the explanation columns of the rows ((R, K) arrays)."""
         from leadercli.selection import limit_ddi
 
         B, M = probs.shape
@@ -93,6 +108,8 @@ class Rows:
             "ddi_dropped": dropped.gather(1, top_indices).numpy().ravel()[kf],
             "n_unknown_codes": np.repeat(n_unknown.astype(np.int32), per_patient),
         }
+        if explain is not None:
+            cols.update(explain(np.repeat(np.arange(B), per_patient), cols["ix"]))
         counts = Counts(
             patients=B,
             rows=len(cols["ix"]),
@@ -108,7 +125,11 @@ class Rows:
         """Columns of `__call__` → the output table (drug codes and names looked up by label index)."""
         ix = pa.array(cols["ix"])
         named = {"atc3": self.labels.take(ix), "drug_name": self.names.take(ix)}
-        return pa.table({f.name: named.get(f.name, cols.get(f.name)) for f in OUT_SCHEMA}, schema=OUT_SCHEMA)
+        if "explain_codes" in cols:
+            named.update(arrow_columns(cols))
+        return pa.table(
+            {f.name: named.get(f.name, cols.get(f.name)) for f in self.schema}, schema=self.schema
+        )
 
 
 def top(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,8 +28,9 @@ import torch
 from leadercli.data import contract
 from leadercli.data.batching import Encoder
 from leadercli.errors import InputError
+from leadercli.explain import Explainer
 from leadercli.predict.input import PredictInput, check_frame, prefix_raw
-from leadercli.predict.ranking import OUT_SCHEMA, Counts, PredictOptions, Rows
+from leadercli.predict.ranking import Counts, PredictOptions, Rows, out_schema
 
 T = TypeVar("T")
 
@@ -57,7 +58,7 @@ def predict_frame(scorer, frame: pl.DataFrame, opts: PredictOptions, titles=None
     )
     frame = frame.sort(order, maintain_order=True)
     tables = [t for t, _, _ in score_chunks(scorer, iter([(frame.height, frame)]), src, opts)]
-    table = pa.concat_tables(tables) if tables else OUT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables) if tables else out_schema(opts.explain).empty_table()
     return pl.from_arrow(table)
 
 
@@ -73,7 +74,8 @@ def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
     adj = ddi_matrix(scorer.ddi_pairs(), encoder.n_labels) if opts.max_ddi_pairs is not None else None
     default_version = _default_icd_version(scorer.manifest)
     seen = SeenSubjects()
-    rows_fn = Rows(top_k, threshold, adj, opts.max_ddi_pairs, labels, names)
+    rows_fn = Rows(top_k, threshold, adj, opts.max_ddi_pairs, labels, names, opts.explain)
+    explainer = Explainer(scorer, opts.explain, src.titles) if opts.explain else None
 
     def encoded() -> Iterator[tuple[int, pl.DataFrame, list[dict[str, torch.Tensor]]]]:
         for nrows, df in chunks:
@@ -83,8 +85,14 @@ def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
             yield nrows, df, batches
 
     if not scorer.tensor_input:
-        yield from _score_samples(scorer, encoded(), src, rows_fn)
+        yield from _score_samples(scorer, encoded(), src, rows_fn, explainer)
         return
+
+    def score(b: dict[str, torch.Tensor], df: pl.DataFrame):
+        probs = scorer.score_batch(b)
+        if explainer is None:
+            return rows_fn(probs, b)
+        return rows_fn(probs, b, lambda rp, rd: explainer.tensors(probs, b, df, rp, rd))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -97,13 +105,8 @@ def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
             ThreadPoolExecutor(max(1, threads), initializer=torch.set_num_threads, initargs=(1,)) as pool,
         ):
             pending: deque = deque()  # chunks being scored: ([future], input rows)
-            for nrows, _df, batches in stream:
-                pending.append(
-                    (
-                        [pool.submit(lambda b: rows_fn(scorer.score_batch(b), b), b) for b in batches],
-                        nrows,
-                    )
-                )
+            for nrows, df, batches in stream:
+                pending.append(([pool.submit(score, b, df) for b in batches], nrows))
                 while len(pending) > max(1, threads // 2):  # the next chunks keep the scorers busy meanwhile
                     futures, n = pending.popleft()
                     table, counts = ordered(rows_fn, [f.result() for f in futures])
@@ -116,18 +119,28 @@ def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
         torch.set_num_threads(threads)
 
 
-def _score_samples(scorer, encoded, src: PredictInput, rows_fn: Rows):
+def _score_samples(scorer, encoded, src: PredictInput, rows_fn: Rows, explainer: Explainer | None = None):
     """A run that scores samples, not tensors (the teacher, through its prompts): chunk by chunk, in turn."""
     from leadercli.data.samples import samples_from_frame
 
     vocab = _titled_vocab(scorer.encoder.vocab, src.titles)
     for nrows, df, batches in encoded:
         if not batches:
-            yield OUT_SCHEMA.empty_table(), nrows, Counts()
+            yield rows_fn.schema.empty_table(), nrows, Counts()
             continue
         samples = samples_from_frame(df, scorer.encoder.profile_fields, scorer.max_visits)
         probs = torch.from_numpy(scorer.score_samples(samples, vocab=vocab))  # (P, M)
-        table, counts = ordered(rows_fn, [rows_fn(probs[b["sample"]], b) for b in batches])
+        results = []
+        for b in batches:
+            p, chosen = probs[b["sample"]], [samples[i] for i in b["sample"].tolist()]
+            how = None
+            if explainer is not None:
+
+                def how(rp, rd, p=p, chosen=chosen):
+                    return explainer.samples(p, chosen, vocab, rp, rd)
+
+            results.append(rows_fn(p, b, how))
+        table, counts = ordered(rows_fn, results)
         yield table, nrows, counts
 
 
@@ -158,7 +171,7 @@ def ordered(rows_fn: Rows, results: list[tuple[dict[str, np.ndarray], np.ndarray
     rows together and by rank, the counts); the columns are put in order before the drug names are looked up."""
     counts = Counts()
     if not results:
-        return OUT_SCHEMA.empty_table(), counts
+        return rows_fn.schema.empty_table(), counts
     parts, samples, cs = zip(*results, strict=True)
     for c in cs:
         counts.add(c)
