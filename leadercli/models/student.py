@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leadercli.models import student_train
 from leadercli.models.config_checks import check_heads
 from leadercli.models.onednn import eval_linear, eval_linear_sums
 
@@ -331,6 +332,9 @@ class StudentOutput:
 
 
 class StudentModel(nn.Module):
+    NEG_INF = NEG_INF  # for the speed paths, which do not import this module
+    SET_CHUNK = SET_CHUNK
+
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         self.config = c = config
@@ -432,6 +436,8 @@ class StudentModel(nn.Module):
         return self.encode_sets(ids, self.med_enc)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StudentOutput:
+        if self.training and student_train.PACKED in batch:  # packed by the batch thread: fewer, larger ops
+            return StudentOutput(*student_train.forward(self, batch))
         vmask = batch["visit_mask"].bool()  # (B, V)
         diag_v = self.encode_sets(batch["diag"], self.diag_enc)  # (B, V, d)
         proc_v = self.encode_sets(batch["proc"], self.proc_enc)  # (B, V, d)

@@ -1,6 +1,6 @@
 """One epoch's training batches, built a few steps ahead in a background thread: the collated batch dict (the
-padded format of `data/batching.py`, unchanged) and, for a model that says which dropout masks a batch needs,
-those masks (torch's own, `models/torch_masks.py`). The training step on the main thread then only computes.
+padded format of `data/batching.py`, unchanged) and, for a model that prepares its batches (`Ahead`), its
+extra inputs and dropout masks (torch's own, `models/torch_masks.py`). The training step on the main thread then only computes.
 
 The batches and masks are exactly those the step would build itself: the thread follows the same order and
 continues torch's generator from the epoch's start; `EpochBatches.finish()` hands the generator's state back to
@@ -19,13 +19,15 @@ import torch
 from leadercli.data.batching import Encoded
 
 Batch = dict[str, torch.Tensor]
-# batch → [(mask shape, dropout rate)] in the order the step draws them (`models/student_masks.py`)
-MaskPlan = Callable[[Batch], list[tuple[tuple[int, ...], float]]]
+# (batch, TorchStream) → the masks the model's dropout modules take in the step, in order; it may add keys to
+# the batch, e.g. packed inputs and the masks a packed forward takes (`models/student_train.prepare`)
+Ahead = Callable[[Batch, object], list[torch.Tensor]]
 AHEAD = 4  # batches built ahead of the step
 
 
 class EpochBatches:
-    """Iterate (batch, masks) over `encoded` in `order`, `batch_size` at a time; masks is [] without a plan."""
+    """Iterate (batch, masks) over `encoded` in `order`, `batch_size` at a time; with `ahead`, torch's
+    generator continues in a `TorchStream` that `ahead` draws from (masks: what it returns), else masks is []."""
 
     def __init__(
         self,
@@ -33,23 +35,23 @@ class EpochBatches:
         batch_size: int,
         collate: Callable[[list[Encoded]], Batch],
         order: np.ndarray,
-        plan: MaskPlan | None = None,
+        ahead: Ahead | None = None,
     ) -> None:
         from leadercli.models.torch_masks import TorchStream
 
-        self._stream = TorchStream(torch.get_rng_state()) if plan is not None else None
-        self._args = (encoded, batch_size, collate, order, plan)
+        self._stream = TorchStream(torch.get_rng_state()) if ahead is not None else None
+        self._args = (encoded, batch_size, collate, order, ahead)
         self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="leader-batches", daemon=True)
         self._thread.start()
 
     def _produce(self) -> None:
-        encoded, batch_size, collate, order, plan = self._args
+        encoded, batch_size, collate, order, ahead = self._args
         try:
             for i in range(0, len(order), batch_size):
                 batch = collate([encoded[j] for j in order[i : i + batch_size]])
-                masks = [self._stream.noise(s, p) for s, p in plan(batch)] if plan is not None else []
+                masks = ahead(batch, self._stream) if ahead is not None else []
                 while not self._stop.is_set():
                     try:
                         self._queue.put((batch, masks), timeout=0.1)

@@ -22,7 +22,7 @@ import torch
 from leadercli import console, runs
 from leadercli.errors import ArtifactError
 from leadercli.hardware import resolve_device, set_seed
-from leadercli.models.student_masks import dropout_plan
+from leadercli.models import student_train
 from leadercli.settings import Settings
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
@@ -118,7 +118,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         extra=extra if on else None,
         extra_modules=heads,
         prepare=prepare if use_kd else None,
-        plan=partial(dropout_plan, config, align=use_align),  # the masks of a step, drawn ahead on CPU
+        ahead=partial(student_train.prepare, model, align=use_align),  # packed inputs, masks: ahead on CPU
     )
     result = evaluate_run(
         model,

@@ -28,7 +28,7 @@ from leadercli.data.samples import load_samples
 from leadercli.models.field import make_optimizer
 from leadercli.models.torch_masks import MaskTape
 from leadercli.settings import Settings
-from leadercli.training.batches import EpochBatches, MaskPlan
+from leadercli.training.batches import Ahead, EpochBatches
 
 # extra(model_output, batch) -> {term name: (weight, loss tensor)}
 ExtraLoss = Callable[[object, dict[str, torch.Tensor]], dict[str, tuple[float, torch.Tensor]]]
@@ -93,7 +93,7 @@ def fit(
     extra: ExtraLoss | None = None,
     extra_modules: torch.nn.Module | None = None,
     prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
-    plan: MaskPlan | None = None,
+    ahead: Ahead | None = None,
 ) -> FitResult:
     """Train `model` in place (Adam, BCE + `extra` terms, early stopping on validation PRAUC, a checkpoint per
     epoch); on return it holds the best-validation weights.
@@ -101,9 +101,9 @@ def fit(
     `model(batch)` takes the padded batch dict of `data/batching.py` and returns the logits (B, M) or an object
     with `.logits` (`StudentOutput`); validation scores with `model.probs(batch)` when the model has it, else
     the sigmoid of the logits. `extra(output, batch)` adds weighted loss terms, `extra_modules` are trained
-    with the model, `prepare(batch)` adds inputs on the device. `plan(batch)`: the dropout masks a step
-    draws (`models/student_masks.py`); with it, on CPU, the masks are drawn ahead of the step, the same ones
-    torch would draw (`models/torch_masks.py`)."""
+    with the model, `prepare(batch)` adds inputs on the device. `ahead(batch, stream)`: on CPU, prepares each
+    batch in the batch thread and draws its dropout masks from `stream`, the ones torch would draw
+    (`models/student_train.prepare`, `training/batches.py`)."""
     holder = torch.nn.ModuleDict(
         {"model": model, **({"extra": extra_modules} if extra_modules is not None else {})}
     )
@@ -114,7 +114,7 @@ def fit(
     ckpt = out / ckpt_io.CHECKPOINT_DIR
     progress, history = _resume(holder, optimizer, cfg, out, resume)
     ckpt.mkdir(parents=True, exist_ok=True)
-    tape = _tape_masks(holder, device) if plan is not None else None
+    tape = _tape_masks(holder, device) if ahead is not None else None
     step = _Step(model, optimizer, extra, prepare, device, tape)
     while not progress.done(cfg):
         if hasattr(model, "set_epoch"):  # per-epoch schedules of a field model (GAMENet's DDI temperature)
@@ -122,7 +122,7 @@ def fit(
         holder.train()
         record = {
             "epoch": progress.epoch + 1,
-            **_train_epoch(step, train, encoder, cfg, progress.epoch, plan),
+            **_train_epoch(step, train, encoder, cfg, progress.epoch, ahead),
         }
         _end_epoch(holder, optimizer, record, val, encoder, cfg, out, device, progress)
         history.append(record)
@@ -193,11 +193,11 @@ class _Step:
         return terms
 
 
-def _train_epoch(step: _Step, train, encoder: Encoder, cfg, epoch: int, plan) -> dict[str, float]:
+def _train_epoch(step: _Step, train, encoder: Encoder, cfg, epoch: int, ahead) -> dict[str, float]:
     """One pass over `train`, shuffled by (seed, epoch) → the mean of each loss term over the epoch's batches."""
     n_batches = math.ceil(len(train) / cfg.batch_size)
     order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train))
-    epoch_batches = EpochBatches(train, cfg.batch_size, encoder.collate, order, plan if step.tape else None)
+    epoch_batches = EpochBatches(train, cfg.batch_size, encoder.collate, order, ahead if step.tape else None)
     sums: dict[str, float] = {}
     with console.progress(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) as advance:
         for batch, masks in epoch_batches:

@@ -13,7 +13,7 @@ from pathlib import Path
 from leadercli import console, runs
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.kinds import BASELINES, FIELD_MODELS
-from leadercli.models.student_masks import dropout_plan
+from leadercli.models import student_train
 from leadercli.settings import Settings
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
@@ -53,8 +53,8 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
         model.to(device)
         console.info(f"student: {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
         # train
-        plan = partial(dropout_plan, config)  # the masks of a step, drawn ahead of it on CPU
-        fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume, plan=plan)
+        ahead = partial(student_train.prepare, model)  # packed inputs and masks, built ahead on CPU
+        fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume, ahead=ahead)
     # save: threshold on validation, metrics, weights
     result = evaluate_run(
         model,
