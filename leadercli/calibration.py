@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+METHODS = ("temperature", "none")  # the `calibration.method` setting's choices
 BINS = 10
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 − EPS] before taking logits
 CALIBRATION_FILE = "calibration.json"
@@ -183,3 +184,39 @@ def load_calibrator(run_dir: Path) -> Calibrator | None:
     if not path.is_file():
         return None
     return Calibrator.from_dict(json.loads(path.read_text()))
+
+
+def fit_for_run(method: str, y_val: np.ndarray, p_val: np.ndarray) -> Calibrator | None:
+    """The calibrator the `calibration.method` setting asks for, fitted on the validation split (None for
+    "none", or when the split is empty)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r} (choose {', '.join(METHODS)})")
+    if method == "none" or np.size(y_val) == 0:
+        return None
+    return fit_calibrator(y_val, p_val, split="val")
+
+
+def calibrate_splits(method: str, scored: dict[str, dict]) -> Calibrator | None:
+    """Fit on `scored["val"]` (`{"labels", "probs"}`) and replace every split's `probs` by calibrated float32
+    probabilities, in place, so that the threshold is tuned and the metrics computed on the calibrated scale;
+    returns the calibrator (None: nothing changed)."""
+    cal = fit_for_run(method, scored["val"]["labels"], scored["val"]["probs"])
+    if cal is not None:
+        for s in scored.values():
+            s["probs"] = cal.apply(s["probs"]).astype(np.float32)
+    return cal
+
+
+def manifest_entry(cal: Calibrator | None) -> dict:
+    """What a run's manifest records: the calibrator's fields and its file, or method "none"."""
+    if cal is None:
+        return {"method": "none"}
+    return {**cal.to_dict(), "file": CALIBRATION_FILE}
+
+
+def write_for_run(run_dir: Path, manifest: dict) -> None:
+    """`calibration.json` in the run folder when the manifest records a fitted calibrator (before the manifest
+    is written: a manifest means a finished run)."""
+    entry = manifest.get("calibration") or {}
+    if entry.get("method", "none") != "none":
+        save_calibrator(Calibrator.from_dict(entry), run_dir)

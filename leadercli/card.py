@@ -32,7 +32,14 @@ CARD = "README.md"
 EXPORT_MARK = "exported"
 GROUPS = ("overall", "single", "multi")
 METRICS = ("prauc", "jaccard", "f1", "ddi_rate", "avg_drugs")
-SHARED_FILES = ("model.safetensors", "head.safetensors", "vocab.json", "ddi.parquet", "train_log.jsonl")
+SHARED_FILES = (
+    "model.safetensors",
+    "head.safetensors",
+    "vocab.json",
+    "ddi.parquet",
+    "train_log.jsonl",
+    "calibration.json",  # the calibrator: numbers fitted on the validation split, no patient rows
+)
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 _LICENCE_NOTES = (
     "The weights were trained on data derived from MIMIC (PhysioNet Credentialed Health Data License 1.5.0 for the "

@@ -4,7 +4,8 @@
   settings — `inputs.samples`, `inputs.prompt` — threshold, metrics), written last so that a manifest means a
   finished run;
 - the checks that make a run refuse an artifact or a vocabulary it was not trained for;
-- `load_run(path)` → a `leadercli.scorer.Scorer` for every kind of run (`leadercli.kinds`) with one interface:
+- `load_run(path)` → a `leadercli.scorer.Scorer` for every kind of run (`leadercli.kinds`), its calibrator
+  (`calibration.json`, when the run has one) included, with one interface:
   `score_samples(samples)` for all, `score_batch(batch)` for the kinds that read student tensors
   (`tensor_input`), the run's output rules applied. `leader predict`, `leader report`, `leader distill` and
   the Python API (`leadercli.Recommender`) load runs only through it.
@@ -157,6 +158,7 @@ def check_matches_artifact(manifest: dict, artifact: Artifact, run_dir: Path) ->
 RUN_ENTRIES = frozenset(
     {MANIFEST, SETTINGS, LOG, VOCAB_COPY, DDI_COPY, MODEL_FILE, "checkpoint", "checkpoint.tmp", "adapter"}
     | {"head.safetensors", "features", "best", "README.md"}  # README.md = leadercli.card.CARD, the model card
+    | {"calibration.json"}  # = calibration.CALIBRATION_FILE
 )
 
 
@@ -369,6 +371,20 @@ def run_ddi_path(run_dir: Path, manifest: dict) -> Path:
     return Path((manifest.get("artifact") or {}).get("path", "")) / DDI_COPY
 
 
+def run_calibrator(run_dir: Path, manifest: dict):
+    """The run's `calibration.Calibrator` (its calibration.json), or None for runs saved without one (they
+    score as they always did)."""
+    from leadercli.calibration import CALIBRATION_FILE, load_calibrator
+
+    try:
+        return load_calibrator(run_dir)
+    except (OSError, ValueError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
+        raise ArtifactError(
+            f"{Path(run_dir) / CALIBRATION_FILE} is not a readable calibrator",
+            rebuild_hint(run_dir, manifest.get("kind")),
+        ) from None
+
+
 def load_run(path: Path | str, device=None, unknown_shrink: float | None = None):
     """A run folder of any kind → its `scorer.Scorer`. `unknown_shrink`: λ of the unknown-code shrink (None =
     the `predict.unknown_shrink` default). A folder that is not a finished run is one `ArtifactError`."""
@@ -391,6 +407,7 @@ def load_run(path: Path | str, device=None, unknown_shrink: float | None = None)
 
     vocab = read_run_vocab(path, manifest)
     common = {
+        "calibrator": run_calibrator(path, manifest),
         "threshold": run_threshold(path, manifest),
         "max_visits": int(run_samples_settings(manifest, path).get("max_visits", 10)),
         "device": device,

@@ -8,7 +8,9 @@ score, so that a run gives the same scores wherever it is used (issue 20 item 4)
 - `TensorScorer` (student tensors in: student, distilled, the baselines) and `TeacherScorer` (prompts in);
 - `TENSOR_MODELS`: how each tensor kind's model is rebuilt from `model.safetensors` and its manifest.
 
-The output rule today is the unknown-code shrink (benchmarks/README.md, cold start: on records whose codes the
+The output rules, in order: the run's calibrator (`calibration.json`, temperature scaling fitted on the
+validation split after training, `leadercli.calibration`; runs saved without one are left as they were), then
+the unknown-code shrink (benchmarks/README.md, cold start: on records whose codes the
 model never saw a learned model falls below the popularity floor): for a learned kind (`kinds.LEARNED`), the
 probabilities p of a patient become p' = (1 − w)·p + w·prior with w = min(1, λ·u), u the share of the target
 visit's diagnosis and procedure codes that the run does not know and λ = `predict.unknown_shrink` (one
@@ -79,7 +81,7 @@ class Scorer:
     """A run ready to score patients. Attributes: `kind`, `path` (None for a model fitted in memory),
     `manifest`, `vocab` (the run's copy), `labels` (drug order of every score matrix), `threshold` (the run's
     decision threshold), `max_visits` (history the run reads), `encoder` (student tensors; it also counts
-    unknown codes), `tensor_input` (True when `score_batch` works), `unknown_shrink` (λ)."""
+    unknown codes), `tensor_input` (True when `score_batch` works), `unknown_shrink` (λ), `calibrator`."""
 
     tensor_input = False
 
@@ -94,6 +96,7 @@ class Scorer:
         unknown_shrink: float | None = None,
         prior: list[float] | None = None,
         ddi_path: Path | None = None,
+        calibrator=None,
     ) -> None:
         import torch
 
@@ -110,6 +113,7 @@ class Scorer:
         self._prior = None if prior is None else torch.tensor(prior, dtype=torch.float32)  # (M,)
         self._ddi_path = ddi_path
         self._ddi = None
+        self.calibrator = calibrator  # a calibration.Calibrator, or None
 
     @property
     def name(self) -> str:
@@ -129,7 +133,10 @@ class Scorer:
         return other
 
     def output(self, probs, n_unknown, n_codes):
-        """The run's output rules applied to its model's (B, M) CPU probabilities."""
+        """The run's output rules applied to its model's (B, M) CPU probabilities: calibration, then the
+        unknown-code shrink (towards the training frequencies, themselves probabilities)."""
+        if self.calibrator is not None:
+            probs = self.calibrator.apply_torch(probs)
         if not self.shrinks:
             return probs
         return shrink_unknown(probs, n_unknown, n_codes, self._prior, self.unknown_shrink)
@@ -257,7 +264,7 @@ class TeacherScorer(Scorer):
             self.device,
             progress=progress or "teacher scoring",
         )  # (N, M)
-        if not self.shrinks:
+        if not self.shrinks and self.calibrator is None:
             return probs
         return self.output(torch.from_numpy(probs), *samples_unknown(samples, self.encoder)).numpy()
 

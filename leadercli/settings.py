@@ -483,6 +483,17 @@ class RaremedSettings(_Section):
     weight_decay: float = Field(0.1, ge=0, description="AdamW (decoupled) weight decay.")
 
 
+class CalibrationSettings(_Section):
+    """Calibration fitted after training (`leader train student|teacher`, `leader distill`)."""
+
+    method: Literal["temperature", "none"] = Field(
+        "temperature",
+        description="Fit temperature scaling on the validation split after training, so that `score` is a "
+        "calibrated probability (stored as calibration.json, applied by every scorer; the threshold is tuned "
+        "on the calibrated scale; rankings and PRAUC unchanged); none = raw model scores.",
+    )
+
+
 class PredictSettings(_Section):
     """`leader predict`."""
 
@@ -538,6 +549,7 @@ class Settings(BaseSettings):
     micron: MicronSettings = MicronSettings()
     logreg: LogregSettings = LogregSettings()
     raremed: RaremedSettings = RaremedSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
     predict: PredictSettings = PredictSettings()
     report: ReportSettings = ReportSettings()
 

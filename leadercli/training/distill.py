@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from leadercli import console, runs
+from leadercli.calibration import manifest_entry
 from leadercli.errors import ArtifactError
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.models import student_train
@@ -130,6 +131,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         cfg.eval_batch_size,
         device,
         settings.report,
+        settings.calibration.method,
     )
     manifest = runs.base_manifest("distilled", artifact, settings)
     manifest.update(
@@ -151,6 +153,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
             if use_kd
             else None,
             "threshold": result["threshold"],
+            "calibration": manifest_entry(result["calibration"]),
             "best_epoch": fitted.best_epoch,
             "epochs_run": fitted.epochs_run,
             "best_val_prauc": fitted.best_val_prauc,

@@ -258,16 +258,20 @@ def evaluate_run(
     batch_size: int,
     device: torch.device,
     report_cfg,
+    calibration: str = "none",
 ) -> dict:
-    """Threshold on validation (unless fixed), then validation and test metrics per group."""
+    """Calibrator fitted on validation (`calibration`: the `calibration.method` setting; the scores below are
+    then calibrated), threshold on validation (unless fixed), then validation and test metrics per group."""
     from leadercli import metrics
+    from leadercli.calibration import calibrate_splits
     from leadercli.metrics import choose_threshold
 
     v = score(model, val, encoder, batch_size, device)
     t = score(model, test, encoder, batch_size, device)
+    cal = calibrate_splits(calibration, {"val": v, "test": t})
     threshold = choose_threshold(fixed_threshold, v["labels"], v["probs"])
     th = threshold["value"]
-    out = {"threshold": threshold}
+    out = {"threshold": threshold, "calibration": cal}
     for name, s in (("val", v), ("test", t)):
         if len(s["labels"]) == 0:
             out[name] = None
@@ -352,9 +356,11 @@ def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, setti
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+    from leadercli.calibration import write_for_run
     from leadercli.card import write_card
     from leadercli.modes import fix_tree
 
+    write_for_run(out, manifest)  # calibration.json when the manifest records a calibrator
     write_card(out, manifest)  # README.md model card with Hub metadata
     fix_tree(out)  # safetensors writes 0600: the run follows the umask (group-readable under 022)
     runs.write_json(out / runs.MANIFEST, manifest)  # a manifest means the run is complete

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from leadercli import console, runs
+from leadercli.calibration import manifest_entry
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.kinds import BASELINES, FIELD_MODELS
 from leadercli.models import student_train
@@ -66,9 +67,14 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
         cfg.eval_batch_size,
         device,
         settings.report,
+        settings.calibration.method,
     )
     manifest.update(
-        {"threshold": result["threshold"], "metrics": {"val": result["val"], "test": result["test"]}}
+        {
+            "threshold": result["threshold"],
+            "calibration": manifest_entry(result["calibration"]),
+            "metrics": {"val": result["val"], "test": result["test"]},
+        }
     )
     if fitted is not None:
         manifest.update(

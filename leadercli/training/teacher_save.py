@@ -1,6 +1,7 @@
-"""Stage 4 of the teacher recipe: the run folder. The best weights are restored, the threshold is chosen on
-the full validation split, validation and test are scored with bootstrap intervals, the adapter, head, vocab
-copy, feature cache and model card are written, and the manifest last (a manifest means a finished run).
+"""Stage 4 of the teacher recipe: the run folder. The best weights are restored, a calibrator is fitted on the
+full validation split (`calibration.method`), the threshold is chosen there on the calibrated scale, validation
+and test are scored with bootstrap intervals, the adapter, head, vocab copy, calibration.json, feature cache and
+model card are written, and the manifest last (a manifest means a finished run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from leadercli import checkpoint as ckpt_io
 from leadercli import console, metrics, runs
+from leadercli.calibration import calibrate_splits, manifest_entry, write_for_run
 from leadercli.card import write_card
 from leadercli.data.prompts import TEMPLATE_VERSION
 from leadercli.models.teacher import HEAD_FILE, load_head, save_teacher
@@ -57,6 +59,7 @@ def save(run: TeacherRun, state: dict, stats: dict) -> Path:
             acc if acc.num_processes > 1 else None,
         )
     if run.main:
+        write_for_run(out, manifest)  # calibration.json when a calibrator was fitted
         write_card(out, manifest)  # README.md model card (Hub metadata, no local paths)
         fix_tree(out)  # safetensors and peft write 0600: the run follows the umask
         runs.write_json(out / runs.MANIFEST, manifest)  # last: a manifest means the run is complete
@@ -118,6 +121,9 @@ def _final_metrics(run: TeacherRun, teacher, reuse: bool) -> dict:
                 run.accelerator.device, progress=split,
             )  # fmt: skip
     ys = {s: multi_hot(run.ps[s].labels, run.n_labels) for s in probs}
+    scored = {s: {"labels": ys[s], "probs": probs[s]} for s in probs}
+    cal = calibrate_splits(run.settings.calibration.method, scored)  # the scores below are calibrated
+    probs = {s: scored[s]["probs"] for s in scored}
     threshold = metrics.choose_threshold(run.cfg.threshold, ys["val"], probs["val"])
     rc, ddi = run.settings.report, run.artifact.ddi_index_pairs()
     res = {}
@@ -137,7 +143,7 @@ def _final_metrics(run: TeacherRun, teacher, reuse: bool) -> dict:
             if len(y)
             else None
         )
-    return {"threshold": threshold, "metrics": res}
+    return {"threshold": threshold, "calibration": manifest_entry(cal), "metrics": res}
 
 
 def _restore_best(teacher, best_dir: Path) -> None:
