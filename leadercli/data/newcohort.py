@@ -151,9 +151,9 @@ def _run_manifest(run_dir: Path) -> dict:
     kind = manifest.get("kind") if isinstance(manifest, dict) else None
     if kind not in runs.KINDS:
         if (run_dir / A.VISITS).is_file() and (run_dir / A.VOCAB).is_file():
-            what = "a preprocess artifact, not a trained run"
+            what = "a preprocess artifact, not a leadercli run"
         elif isinstance(kind, str):
-            what = f"a {kind} folder, not a trained run"
+            what = f"a {kind} folder, not a leadercli run"
         else:
             what = f"not a leadercli run (kind {kind!r})"
         raise ArtifactError(f"--for-run {run_dir} is {what}", hint)
