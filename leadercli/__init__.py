@@ -16,7 +16,8 @@ Module map (one line each; the folder says the concern):
     data/codes.py     the code rule (D9:4019, P10:0DTJ4ZZ: kind + ICD version), its one home
     data/layouts.py   the source-layout contract: SourceLayout and RawData (what reading a raw layout gives)
     data/mimic.py     the MIMIC-III / MIMIC-IV layouts: CSV tables → RawData
-    data/meds.py      the MEDS layout: parquet events → RawData
+    data/meds.py      the MEDS layout: parquet events → RawData (files, metadata, the events' errors)
+    data/meds_events.py  MEDS shards streamed per subject group: codes matched, visits assigned, per-visit frames
     data/registry.py  source name → layout object (resolved once by the commands, then passed down)
     data/tables.py    CSV scans with explicit dtypes and schema checks, the aux files, subject partitions
     data/mapping.py   NDC → RXCUI → ATC-3 (two routes)
