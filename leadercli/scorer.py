@@ -216,7 +216,9 @@ class TensorScorer(Scorer):
         with torch.inference_mode():
             b = {k: v.to(self.device) for k, v in batch.items()}
             probs = self.module.probs(b).float().cpu()  # (B, M)
-        return self.output(probs, *batch_unknown(batch)) if self.shrinks else probs
+        if self.shrinks:
+            return self.output(probs, *batch_unknown(batch))
+        return self.output(probs, None, None)  # the calibrator alone needs no code counts
 
     def score_samples(self, samples, batch_size: int = 256, vocab=None, progress: str | None = None):
         import numpy as np
