@@ -55,12 +55,10 @@ def cpu_threads(
 
 
 def apply_threads(hardware, pool: bool = False, small_ops: bool = False) -> int:
-    """Set torch's intra-op threads by `cpu_threads` (logged at debug level) and `hardware.onednn`; returns
-    the thread count."""
+    """Set torch's intra-op threads by `cpu_threads` (logged at debug level); returns the thread count.
+    (`hardware.onednn` is passed to the models that use it, not set here.)"""
     from leadercli import console
-    from leadercli.models import onednn
 
-    onednn.enable(getattr(hardware, "onednn", True))
     n, why = cpu_threads(hardware, pool=pool, small_ops=small_ops)
     torch.set_num_threads(n)
     console.log.debug(f"torch threads: {n} ({why})")

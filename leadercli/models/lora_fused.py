@@ -11,7 +11,8 @@ saved (as peft's graph keeps it); the base weight gets no gradient. Results equa
 shape), so the random stream is unchanged.
 
 `use_for_lora(model)` routes every eligible peft `lora.Linear` (one active vanilla adapter, unmerged, frozen
-`nn.Linear` base) through this when a gradient is recorded on CPU in fp32 with oneDNN on; anything else
+`nn.Linear` base) through this when a gradient is recorded on CPU in fp32 and the build has oneDNN; whether to
+call it at all is the caller's switch (`hardware.onednn`); anything else
 (GPUs, DoRA, several adapters) takes peft's own forward. Inference on CPU takes oneDNN too (validation,
 features), and with B = 0 (a fresh adapter: the frozen pass before LoRA, a probe-only teacher's features)
 skips the adapter, whose term is then exactly zero.
@@ -73,7 +74,7 @@ def _adapter(m) -> str | None:
 
 def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = _adapter(self) if not args and not kwargs else None
-    if name is None or not onednn._usable(x) or self.lora_A[name].weight.dtype != torch.float32:
+    if name is None or not onednn.usable(x) or self.lora_A[name].weight.dtype != torch.float32:
         return self._peft_forward(x, *args, **kwargs)
     base, a, bm = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
     scale = float(self.scaling[name])

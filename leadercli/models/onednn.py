@@ -4,7 +4,8 @@ MKL's sgemm (torch's default for `F.linear` on CPU) does not use its fastest pat
 EPYC development machine oneDNN (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses on CPU) runs
 the student's linear shapes 2–5× and MiniLM's (1024 rows, 384 → 1536) 1.8–3× faster. Two entry points:
 
-- `eval_linear(x, weight, bias, gelu)`: `F.linear` (+ tanh-GELU) when no gradient is recorded (student eval);
+- `eval_linear(x, weight, bias, gelu, onednn)`: `F.linear` (+ tanh-GELU) when no gradient is recorded (student
+  eval, `models/student_eval.py`);
 - `use_for_frozen(module)`: every `nn.Linear` inside `module` whose weight does not require grad (a teacher's
   backbone under LoRA: the base layers and the untargeted projections) computes its forward and its input
   gradient with oneDNN. The weight gets no gradient, so the input need not be kept for backward (less memory).
@@ -27,20 +28,14 @@ import torch.nn.functional as F
 ONEDNN_BLOCK = 2048  # rows per oneDNN call
 
 _FAST: list[bool] = []  # _check(), decided on first use
-_ON = [True]  # `hardware.onednn` (`enable`)
-
-
-def enable(on: bool) -> None:
-    """`hardware.onednn`: false keeps torch's default kernels everywhere (side-by-side benchmarks, bisecting a
-    difference)."""
-    _ON[0] = bool(on)
 
 
 def available() -> bool:
-    """Whether oneDNN's linear is on, there, and agrees with `F.linear` (1e-5) on a small case (decided once)."""
+    """Whether this build has oneDNN's linear and it agrees with `F.linear` (1e-5) on a small case (decided
+    once). Whether to use it is the caller's switch (`hardware.onednn`, passed in as an argument)."""
     if not _FAST:
         _FAST.append(_check())
-    return _ON[0] and _FAST[0]
+    return _FAST[0]
 
 
 def _check() -> bool:
@@ -61,7 +56,8 @@ def _check() -> bool:
         return False
 
 
-def _usable(x: torch.Tensor) -> bool:
+def usable(x: torch.Tensor) -> bool:
+    """oneDNN can take x: a float32 CPU tensor, and the build has it."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and available()
 
 
@@ -72,7 +68,7 @@ def linear(
     gelu: bool = False,
     add: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x (..., k) → (..., out) with oneDNN, no autograd (callers check `_usable`). `add` (..., out): added to
+    """x (..., k) → (..., out) with oneDNN, no autograd (callers check `usable`). `add` (..., out): added to
     the result inside the matmul (oneDNN's binary post-op; not with `gelu`)."""
     shape = x.shape
     other = None if add is None else add.reshape(-1, w.shape[0])
@@ -130,19 +126,20 @@ def eval_linear_sums(
     run: int,
     gelu: bool = False,
     out: torch.Tensor | None = None,
+    onednn: bool = True,
 ) -> torch.Tensor:
-    """`eval_linear(x, w, b, gelu)` summed over consecutive runs of `run` rows: x (n·run, k) → (n, out),
+    """`eval_linear(x, w, b, gelu, onednn)` summed over consecutive runs of `run` rows: x (n·run, k) → (n, out),
     without keeping the (n·run, out) result (inference: a feed-forward's hidden layer pooled per set). With
     oneDNN each call takes the next `ONEDNN_BLOCK` rows and keeps the whole runs among them (rows of the next
     run computed twice, at most run − 1 per block), the tail padded as in `linear`. `out`: (n, out) to write
-    into."""
+    into. `onednn`: the switch (`hardware.onednn`); off, torch's own kernels."""
     n = x.shape[0] // run
     if out is None:
         out = x.new_empty(n, w.shape[0])  # (n, out)
     if n == 0:
         return out
-    if torch.is_grad_enabled() or not _usable(x) or run > ONEDNN_BLOCK:
-        return torch.sum(eval_linear(x, w, b, gelu).view(n, run, -1), 1, out=out)
+    if not onednn or torch.is_grad_enabled() or not usable(x) or run > ONEDNN_BLOCK:
+        return torch.sum(eval_linear(x, w, b, gelu, onednn).view(n, run, -1), 1, out=out)
     op, act, algo = _op(), "gelu" if gelu else "none", "tanh" if gelu else ""
     x = x.contiguous()
     per = ONEDNN_BLOCK // run  # whole runs per call
@@ -156,10 +153,16 @@ def eval_linear_sums(
     return out
 
 
-def eval_linear(x: torch.Tensor, lin_weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False):
-    """`F.linear` (then tanh-GELU when `gelu`) for inference: oneDNN when it is there and no gradient is
-    recorded, else the aten ops (training never comes here)."""
-    if not torch.is_grad_enabled() and _usable(x):
+def eval_linear(
+    x: torch.Tensor,
+    lin_weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gelu: bool = False,
+    onednn: bool = True,
+):
+    """`F.linear` (then tanh-GELU when `gelu`) for inference: oneDNN when `onednn` (the switch,
+    `hardware.onednn`), it is there and no gradient is recorded, else the aten ops (training never comes here)."""
+    if onednn and not torch.is_grad_enabled() and usable(x):
         return linear(x, lin_weight, bias, gelu)
     y = F.linear(x, lin_weight, bias)
     return F.gelu(y, approximate="tanh") if gelu else y
@@ -194,7 +197,7 @@ class _FrozenLinear(torch.autograd.Function):
 
 def _frozen_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w, b = self.weight, self.bias
-    if w.requires_grad or (b is not None and b.requires_grad) or not _usable(x):
+    if w.requires_grad or (b is not None and b.requires_grad) or not usable(x):
         return F.linear(x, w, b)
     if torch.is_grad_enabled() and x.requires_grad:
         return _FrozenLinear.apply(x, w, transposed(self), b)
@@ -203,7 +206,8 @@ def _frozen_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def use_for_frozen(module: nn.Module) -> int:
     """Route every plain `nn.Linear` of `module` through `_frozen_forward` (the choice is made per call, so
-    modules frozen or unfrozen later, or moved to a GPU, stay correct). Returns how many were routed."""
+    modules frozen or unfrozen later, or moved to a GPU, stay correct). Returns how many were routed. The
+    caller decides whether to (`hardware.onednn`): not calling it keeps torch's kernels."""
     n = 0
     for m in module.modules():
         if type(m) is nn.Linear and "forward" not in m.__dict__:

@@ -65,7 +65,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     kd_target = resolve_kd_target(dcfg.kd_target, teacher_manifest) if use_kd else None
     runs.prepare_out_dir(out, resume)
     runs.save_settings(settings, out)
-    model, config = build_student(encoder, cfg)
+    model, config = build_student(encoder, cfg, settings.hardware.onednn)
     model.to(device)
     heads = None
     if kd_target == "features" or use_align:

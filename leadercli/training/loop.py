@@ -324,7 +324,8 @@ def setup_data(settings: Settings):
     return artifact, encoder, splits
 
 
-def build_student(encoder: Encoder, cfg):
+def build_student(encoder: Encoder, cfg, onednn: bool = True):
+    """The student of `cfg` (StudentSettings) for `encoder`'s vocabularies; `onednn`: `hardware.onednn`."""
     from leadercli.models.student import StudentConfig, StudentModel
 
     config = StudentConfig(
@@ -340,7 +341,7 @@ def build_student(encoder: Encoder, cfg):
         head_hidden=cfg.head_hidden,
         recency=cfg.recency,
     )
-    return StudentModel(config), config
+    return StudentModel(config, onednn=onednn), config
 
 
 def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, settings: Settings) -> None:

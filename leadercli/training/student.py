@@ -50,7 +50,7 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
             settings, cfg.model, encoder, artifact, splits, out, device, resume
         )
     else:
-        model, config = build_student(encoder, cfg)
+        model, config = build_student(encoder, cfg, settings.hardware.onednn)
         model.to(device)
         console.info(f"student: {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
         # train
