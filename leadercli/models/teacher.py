@@ -26,7 +26,8 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from leadercli.errors import ArtifactError, ModelError
-from leadercli.models import dropout, lora_fused, onednn
+from leadercli.models import dropout, lora_fused
+from leadercli.models import onednn as onednn_linear
 from leadercli.models.backbone import (
     backbone_id,
     enable_checkpointing,
@@ -211,13 +212,15 @@ def build_teacher(
     gradient_checkpointing: bool = False,
     head_bias: bool = False,
     fast_dropout: bool = False,
+    onednn: bool = True,
 ) -> tuple[TeacherModel, Any, dict[str, Any]]:
     """A trainable teacher: frozen backbone + LoRA (peft) + a fresh fp32 head.
 
     Returns (model, tokenizer, info) where info = {backbone (backbone_id), kind, pooling,
     lora {r, alpha, dropout, targets}, max_positions, trainable_params, total_params}. Base weights are frozen
     by peft; LoRA A/B and the head train. Gradient checkpointing (non-reentrant) also makes the input
-    embeddings require grad, as the reference did. `fast_dropout`: masks from `models.dropout` on CPU."""
+    embeddings require grad, as the reference did. `fast_dropout`: masks from `models.dropout` on CPU;
+    `onednn` (`hardware.onednn`): frozen linears and LoRA layers through oneDNN on CPU."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     path = resolve_backbone(backbone_path)
@@ -245,8 +248,9 @@ def build_teacher(
             "Set teacher.lora_targets to module names of the backbone, or leave it unset",
         ) from None
     model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling, head_bias=head_bias)
-    onednn.use_for_frozen(model)  # frozen base weights: oneDNN forward and input gradient on CPU
-    lora_fused.use_for_lora(model)  # LoRA layers: one autograd function, oneDNN matmuls, on CPU
+    if onednn:
+        onednn_linear.use_for_frozen(model)  # frozen base weights: oneDNN forward and input gradient on CPU
+        lora_fused.use_for_lora(model)  # LoRA layers: one autograd function, oneDNN matmuls, on CPU
     if fast_dropout:
         dropout.use_fast_dropout(model)
     info = {
@@ -314,8 +318,10 @@ def load_teacher(
     n_labels: int,
     pooling: str = "auto",
     dtype: torch.dtype = torch.float32,
+    onednn: bool = True,
 ) -> tuple[TeacherModel, Any]:
-    """A saved teacher in eval mode, every parameter frozen (for prediction and feature extraction).
+    """A saved teacher in eval mode, every parameter frozen (for prediction and feature extraction);
+    `onednn` (`hardware.onednn`): its linears through oneDNN on CPU.
 
     Raises ArtifactError when files are missing and
     ModelError when the head does not fit (n_labels, hidden size of the backbone)."""
@@ -359,6 +365,7 @@ def load_teacher(
     model = TeacherModel(peft_model, ident["hidden_size"], n_labels, pooling, head_bias=HEAD_BIAS_KEY in head)
     load_head(model, head)
     model.requires_grad_(False)
-    onednn.use_for_frozen(model)
+    if onednn:
+        onednn_linear.use_for_frozen(model)
     model.eval()
     return model, tokenizer

@@ -140,6 +140,7 @@ def setup(settings: Settings, resume: bool) -> TeacherRun:
         gradient_checkpointing=cfg.gradient_checkpointing,
         head_bias=cfg.head_bias == "log_odds",
         fast_dropout=cfg.dropout_masks == "fast",
+        onednn=hw.onednn,
     )
     if cfg.max_length and cfg.max_length > info["max_positions"]:
         raise ModelError(
