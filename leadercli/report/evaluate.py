@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leadercli import metrics
+from leadercli import calibration, metrics
 
 GROUPS = ("overall", "single", "multi")
 SMALL_GROUP = 100  # groups with fewer patients are flagged: their intervals are rough
@@ -142,8 +142,25 @@ def evaluate_scores(
         "per_drug_f1": metrics.per_drug_f1(y_true, pred),
         "selection": selection_summary(y_true, pred),
         "ddi_tradeoff": ddi_tradeoff(y_true, y_prob, threshold["value"], ddi),
+        "calibration": calibration_block(y_true, y_prob, n_visits),
     }
     return entry, reps
+
+
+def calibration_block(y_true: np.ndarray, y_prob: np.ndarray, n_visits: np.ndarray) -> dict:
+    """ECE, Brier and the reliability bins pooled over drugs (`leadercli.calibration`), overall, plus ECE and
+    Brier per patient group."""
+    out = calibration.calibration_summary(y_true, y_prob)
+    out["groups"] = {
+        g: {
+            "n": int(m.sum()),
+            "ece": calibration.ece(y_true[m], y_prob[m]),
+            "brier": calibration.brier(y_true[m], y_prob[m]),
+        }
+        for g, m in metrics.groups(n_visits).items()
+        if m.any()
+    }
+    return out
 
 
 def _diffs(entry: dict, other: dict, reps: dict, other_reps: dict) -> dict:

@@ -4,7 +4,8 @@ Agg backend through `matplotlib.figure.Figure` + `FigureCanvasAgg` (no pyplot st
 figure per PNG file, the same colour for a run in every figure, and every axis of every panel labelled.
 Figures: metrics per run and group with 95 % bootstrap intervals and the popularity floor; predicted vs true
 #drugs with the over-prediction ratio; per-drug F1 against drug frequency over the drugs present in the test
-split; DDI rate per run; the accuracy–DDI trade-off; inference latency (log scale).
+split; DDI rate per run; the reliability diagram (calibration); the accuracy–DDI trade-off; inference latency
+(log scale).
 """
 
 from __future__ import annotations
@@ -277,6 +278,38 @@ def plot_latency(report: dict):
     return fig
 
 
+def plot_reliability(report: dict):
+    """Predicted vs observed frequency per score bin (pooled over drugs, 10 bins), one line per run; the
+    diagonal is perfect calibration; a lower panel shows how many pairs fall in each bin (log scale)."""
+    runs = [r for r in report["runs"] if r.get("calibration")]
+    fig = _figure(7.0, 6.2)
+    ax, hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for color, r in zip(_colors(len(report["runs"])), report["runs"], strict=True):
+        if r not in runs:
+            continue
+        c = r["calibration"]
+        rel = c["reliability"]
+        count = np.asarray(rel["count"], float)
+        mean_p = np.asarray(rel["mean_prob"], float)
+        obs = np.asarray(rel["observed"], float)
+        ok = count > 0
+        ax.plot(mean_p[ok], obs[ok], marker="o", color=color, label=f"{_label(r)} (ECE {c['ece']:.3f})")
+        edges = np.asarray(rel["edges"], float)
+        hist.stairs(np.where(ok, count, np.nan), edges, color=color)  # empty bins left blank
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("observed frequency of the drug")
+    ax.set_title("Reliability: predicted vs observed, pooled over drugs (10 bins)", fontsize="medium")
+    ax.legend(fontsize="small", loc="upper left")
+    ax.grid(alpha=0.3)
+    hist.set_yscale("log")
+    hist.set_xlabel("predicted probability (score)")
+    hist.set_ylabel("pairs per bin")
+    hist.grid(alpha=0.3)
+    return fig
+
+
 def write_plots(report: dict, out_dir: Path) -> list[dict]:
     """Draw every applicable figure into `out_dir`; returns [{"file", "title", "caption"}] in report order."""
     _, _, split, left_out = per_drug_points(report)
@@ -312,6 +345,17 @@ def write_plots(report: dict, out_dir: Path) -> list[dict]:
             "prescriptions.",
         ),
     ]
+    if any(r.get("calibration") for r in report["runs"]):
+        specs.append(
+            (
+                "reliability.png",
+                "Reliability diagram",
+                plot_reliability,
+                "Mean score against the observed frequency of the drug in each of 10 equal-width score bins, "
+                "pooled over all test patient–drug pairs; on the dashed diagonal a score of 0.7 means 7 in 10; "
+                "below it the scores are too high. Lower panel: pairs per bin.",
+            )
+        )
     if any(r.get("ddi_tradeoff") for r in report["runs"]):
         specs.append(
             (

@@ -13,6 +13,9 @@ import html as _html
 import re
 from pathlib import Path
 
+from leadercli.report.calibrated import calibration_blocks
+from leadercli.report.explained import explained_blocks
+
 GROUP_NAMES = {"overall": "overall", "single": "single-visit", "multi": "multi-visit"}
 METRIC_COLUMNS = (
     ("prauc", "PRAUC", 4),
@@ -22,6 +25,7 @@ METRIC_COLUMNS = (
     ("avg_drugs", "#drugs pred", 2),
     ("avg_true_drugs", "#drugs true", 2),
 )
+
 
 def _cell_html(text: str) -> str:
     """A cell's HTML: an interval `value [lo, hi]` breaks before its bracket, so that the metrics table of several
@@ -327,6 +331,7 @@ def blocks(report: dict, figures: list[dict]) -> list[tuple]:
     out.append(("table", *summary_rows(report)))
     out.append(("h2", "Metrics"))
     out.append(("table", *metric_rows(report)))
+    out += calibration_blocks(report)
     out.append(("h2", "Method"))
     out.append(("ul", method_lines(report)))
     out.append(("h2", "Decision thresholds and selected drugs"))
@@ -365,6 +370,7 @@ def blocks(report: dict, figures: list[dict]) -> list[tuple]:
     out.append(("h2", "Plots"))
     for f in figures:
         out.append(("img", f["file"], f["title"], f["caption"]))
+    out += explained_blocks(report)
     out.append(("h2", "What the metrics mean"))
     out.append(
         (
@@ -451,7 +457,8 @@ def html(report: dict, figures: list[dict], image_dir: Path) -> str:
             body = "".join(
                 "<tr>"
                 + "".join(
-                    f"<td{' class=num' if n else ''}>{_cell_html(c)}</td>" for n, c in zip(num, row, strict=True)
+                    f"<td{' class=num' if n else ''}>{_cell_html(c)}</td>"
+                    for n, c in zip(num, row, strict=True)
                 )
                 + "</tr>"
                 for row in rows

@@ -251,7 +251,23 @@ def score_runs(settings, run_dirs: list[Path], log: Log | None = None) -> dict:
         comparison,
     )
     report["efficiency"] = timing.efficiency_block(device, settings.report, env, entries)
+    report["explained"] = _explained(entries, test, settings, device, log)
     return report
+
+
+def _explained(entries: list[dict], test: EvalSplit, settings, device, log: Log) -> dict | None:
+    """Sample explanations (`report/explained.py`) from the learned run with the best overall PRAUC; None
+    when no learned run is compared."""
+    from leadercli.report.explained import explain_patients
+
+    learned = [e for e in entries if e["kind"] in kinds.LEARNED and e["run_dir"]]
+    if not learned:
+        return None
+    best = max(learned, key=lambda e: e["groups"]["overall"]["point"]["prauc"])
+    log(f"explaining {best['name']}'s top drugs for a few test patients (occlusion)")
+    scorer = runs.load_run(Path(best["run_dir"]), device, unknown_shrink=settings.predict.unknown_shrink)
+    samples = test.with_history(best["max_visits"])
+    return {"run": best["name"], **explain_patients(scorer, samples, test.y_true, settings.report.seed)}
 
 
 def _test_split(artifact: Artifact, settings) -> EvalSplit:
@@ -283,6 +299,7 @@ def _score_job(name, d, m, th, floor: Floor, test: EvalSplit, settings, device, 
         scorer = runs.load_run(d, device, unknown_shrink=settings.predict.unknown_shrink)
     scored = score_run(scorer, test.with_history(mv), settings.report)
     shrink = scorer.unknown_shrink if scorer.shrinks else 0.0
+    cal = scorer.calibrator
     del scorer
     if not np.array_equal(scored.subject_ids, test.subject_ids):
         raise ArtifactError(f"run {d} scored other patients than the test split", "Report a bug with --debug")
@@ -300,6 +317,7 @@ def _score_job(name, d, m, th, floor: Floor, test: EvalSplit, settings, device, 
         "trained_at": m.get("created_at") if m else None,
         "max_visits": mv,
         "unknown_shrink": shrink,  # λ the run's Scorer applied (predict.unknown_shrink; 0 = none)
+        "calibrator": cal.to_dict() if cal is not None else None,  # the run's calibration.json, applied
         **{k: v for k, v in entry.items() if k != "name"},
         "efficiency": {"parameters": parameters, **(scored.timing or {})},
     }

@@ -29,6 +29,7 @@ PLOTS = {
     "ddi_rate.png",
     "ddi_tradeoff.png",
     "latency.png",
+    "reliability.png",
 }
 
 
@@ -469,3 +470,53 @@ def test_html_renders_in_headless_chromium(work: Path, tmp_path: Path) -> None:
     # no horizontal scroll at 1280 px: neither the page nor any table is wider than the window
     assert result["client_width"] == 1280 and result["scroll_width"] <= result["client_width"]
     assert result["tables_scrolling"] == 0
+
+
+def test_calibration_numbers_and_reliability_diagram(work: Path, tiny_artifact: Path) -> None:
+    from leadercli import calibration
+    from leadercli.report import plots
+
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    t = truth(tiny_artifact)
+    y = t["y_test"]
+    pop = run_entry(report, "popularity")  # its scores are the training frequencies, for every patient
+    scores = np.tile(t["freq"], (len(y), 1))
+    assert pop["calibration"]["ece"] == pytest.approx(calibration.ece(y, scores), abs=1e-6)
+    assert pop["calibration"]["brier"] == pytest.approx(calibration.brier(y, scores), abs=1e-6)
+    assert pop["calibrator"] is None  # baselines are not calibrated
+    single = t["n_visits"] == 1
+    assert pop["calibration"]["groups"]["single"]["ece"] == pytest.approx(
+        calibration.ece(y[single], scores[single]), abs=1e-6
+    )
+    for r in report["runs"]:
+        assert sum(r["calibration"]["reliability"]["count"]) == y.size
+    student = run_entry(report, "student")
+    assert student["calibrator"] == json.loads((work / "runs/student/calibration.json").read_text())
+    md = (work / "report" / "report.md").read_text()
+    assert "## Calibration" in md and f"temperature {student['calibrator']['temperature']:.3g}" in md
+    fig = plots.plot_reliability(report)
+    for ax in fig.axes:
+        assert ax.get_xlabel() or ax.get_ylabel()
+    assert fig.axes[1].get_xlabel() and fig.axes[0].get_ylabel()
+
+
+def test_sample_patients_explained_with_hashed_ids(work: Path, tiny_artifact: Path) -> None:
+    report = json.loads((work / "report" / "metrics.json").read_text())
+    ex = report["explained"]
+    learned = [r for r in report["runs"] if r["kind"] in ("teacher", "student")]
+    best = max(learned, key=lambda r: r["groups"]["overall"]["point"]["prauc"])
+    assert ex["run"] == best["name"] and len(ex["patients"]) == 5
+    raw = {str(s) for s in truth_ids(tiny_artifact)}
+    for p in ex["patients"]:
+        assert p["id"] not in raw and len(p["id"]) == 12
+        scores = [d["score"] for d in p["drugs"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        for d in p["drugs"]:
+            c = [x["contribution"] for x in d["codes"]]
+            assert all(v > 0 for v in c) and c == sorted(c, reverse=True)
+    html = (work / "report" / "report.html").read_text()
+    md = (work / "report" / "report.md").read_text()
+    assert "Why these drugs: sample patients" in html
+    section = md.split("## Why these drugs")[1].split("## What the metrics mean")[0]
+    assert section.count("### Patient") == 5
+    assert not any(f" {sid}" in section for sid in raw)  # no raw subject id shown
