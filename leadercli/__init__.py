@@ -41,8 +41,10 @@ Module map (one line each; the folder says the concern):
     checkpoint.py     the one resume-checkpoint format (weights, optimizer, scheduler, RNG; safetensors)
     kinds.py          the run kinds, one row each (command, input, learned, unknown codes): the one list
     runs.py           run folders: manifests, checks, `load_run(path)` → a Scorer for every run kind
-    scorer.py         `Scorer` (TensorScorer, TeacherScorer): a loaded run and its output rules (the
-                      unknown-code shrink), the same scores in predict, report and the API
+    scorer.py         `Scorer` (TensorScorer, TeacherScorer): a loaded run and its output rules (its
+                      calibrator, the unknown-code shrink), the same scores in predict, report and the API
+    calibration.py    ECE, Brier, reliability bins; temperature scaling fitted after training (calibration.json)
+    explain.py        occlusion explanations through any Scorer (`leader predict --explain K`)
     predict/          `leader predict`: any run → streamed, batched inference → ranked table (+ .meta.json):
                       input.py (read, check), streaming.py (subject chunks, background encoding, ordered
                       results), ranking.py (top-k, threshold, DDI cap), output.py (output checks, writer,
@@ -51,7 +53,8 @@ Module map (one line each; the folder says the concern):
     api.py            `Recommender`: the Python API (load / predict / predict_raw)
     metrics.py        pure metric functions, bootstrap intervals, paired comparison, threshold choice
     report/           score_runs.py, score_predictions.py, floor.py (popularity floor), timing.py (latency,
-                      machine), evaluate.py, write.py, render.py, plots.py
+                      machine), evaluate.py, write.py, render.py, plots.py, calibrated.py (ECE/Brier
+                      section), explained.py (sample patients' explanations)
     demo.py           `leader demo`: the whole chain on the bundled sample data
 """
 
