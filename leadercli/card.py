@@ -23,10 +23,15 @@ import shutil
 from pathlib import Path
 
 import polars as pl
+import tomli_w
+import tomllib
 from safetensors import SafetensorError, safe_open
 
-from leadercli import __version__
+from leadercli import __version__, runs
 from leadercli.errors import ArtifactError, InputError
+from leadercli.kinds import KINDS, ROWS, rebuild_hint
+from leadercli.modes import fix_tree
+from leadercli.paths import check_free_space, check_writable_dir, replaced_folder
 
 CARD = "README.md"
 EXPORT_MARK = "exported"
@@ -211,9 +216,6 @@ def _public_manifest(manifest: dict) -> dict:
 
 def _public_settings(text: str) -> str:
     """settings.toml without local paths (the [paths] section and path-valued keys are dropped)."""
-    import tomli_w
-    import tomllib
-
     data = tomllib.loads(text)
     data.pop("paths", None)
     for section in data.values():
@@ -226,9 +228,6 @@ def _public_settings(text: str) -> str:
 def _check_needed_files(run_dir: Path, manifest: dict) -> None:
     """The files the copy needs to load (weights of a learned kind, the teacher's adapter and head, the DDI
     pairs) are there and readable, before anything is copied."""
-    from leadercli import runs
-    from leadercli.kinds import ROWS, rebuild_hint
-
     kind = manifest.get("kind")
     hint = rebuild_hint(run_dir, kind)
     learned = next((k.learned for k in ROWS if k.name == kind), False)
@@ -261,9 +260,6 @@ def _check_needed_files(run_dir: Path, manifest: dict) -> None:
 
 def export_run(run_dir: Path, out: Path) -> Path:
     """Write the shareable copy of `run_dir` to `out` (atomic; see the module docstring)."""
-    from leadercli import runs
-    from leadercli.kinds import KINDS
-
     run_dir, out = Path(run_dir), Path(out)
     scorer_manifest = runs.read_manifest(run_dir)
     if scorer_manifest.get("kind") not in KINDS:
@@ -286,15 +282,10 @@ def export_run(run_dir: Path, out: Path) -> Path:
             raise InputError(
                 f"--out {out} exists and is not an earlier export", "Choose another --out or remove it"
             )
-    from leadercli.paths import check_free_space, check_writable_dir
-
     check_writable_dir(out.parent, "export folder", "Choose another --out")
     check_free_space(
         out.parent, sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file()), "export folder"
     )
-    from leadercli.modes import fix_tree
-    from leadercli.paths import replaced_folder
-
     with replaced_folder(out) as tmp:
         for name in SHARED_FILES:
             if (run_dir / name).is_file():

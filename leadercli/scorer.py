@@ -17,9 +17,10 @@ visit's diagnosis and procedure codes that the run does not know and λ = `predi
 default, the settings'). Baselines read no codes (popularity) or only drugs (previous): they are left as they
 are.
 
-`runs.load_run(path)` reads and checks a run folder and builds its scorer; this module reads no manifest or
-vocab itself. torch is imported inside the methods: `leadercli.runs` imports this module lazily, and neither
-may load torch for the commands' argument checks.
+`runs.load_run(path)` reads and checks a run folder and builds its scorer (importing this module only then:
+torch stays out of the commands' argument checks); this module reads no manifest or vocab itself. The
+teacher's modules and the field's models are imported when a run of theirs is loaded (a student run never
+imports transformers).
 """
 
 from __future__ import annotations
@@ -27,15 +28,22 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from leadercli import kinds
+import numpy as np
+import polars as pl
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from leadercli import console, kinds
 from leadercli.data.batching import PAD, UNK_DIAG, UNK_PROC, Encoder, UnknownCounter
 from leadercli.errors import ArtifactError
+from leadercli.models.baselines import PopularityModel, PreviousVisitModel
+from leadercli.models.student import StudentConfig, StudentModel
+from leadercli.settings import PredictSettings
 
 
 def default_unknown_shrink() -> float:
     """The one default of λ: the `predict.unknown_shrink` setting's."""
-    from leadercli.settings import PredictSettings
-
     return float(PredictSettings.model_fields["unknown_shrink"].default)
 
 
@@ -50,8 +58,6 @@ def batch_unknown(batch: dict):
     """(n_unknown, n_codes), each (B,) int64: the target visit's diagnosis and procedure codes that map to UNK,
     and all of them. `Encoder.encode_frame(labels=False)` batches carry them; a collated batch is counted from
     its id tensors (the target is each patient's last visit in `visit_mask`)."""
-    import torch
-
     if "n_unknown" in batch:
         return batch["n_unknown"], batch["n_codes"]
     rows = torch.arange(batch["visit_mask"].shape[0])  # (B,)
@@ -64,8 +70,6 @@ def batch_unknown(batch: dict):
 
 def samples_unknown(samples, encoder: Encoder):
     """(n_unknown, n_codes), each (N,) int64, of the samples' target visits, as `batch_unknown` counts them."""
-    import torch
-
     unknown, codes = [], []
     for s in samples:
         t = s.target
@@ -98,8 +102,6 @@ class Scorer:
         ddi_path: Path | None = None,
         calibrator=None,
     ) -> None:
-        import torch
-
         self.path = Path(path) if path is not None else None
         self.manifest = manifest
         self.kind = manifest["kind"]
@@ -169,9 +171,6 @@ class Scorer:
 
     def ddi_pairs(self):
         """The run's interacting drug pairs as label-index pairs (K, 2) int64 (empty without a DDI file)."""
-        import numpy as np
-        import polars as pl
-
         if self._ddi is None:
             pairs = np.zeros((0, 2), np.int64)
             path = self._ddi_path
@@ -211,8 +210,6 @@ class TensorScorer(Scorer):
 
     def score_batch(self, batch):
         """A collated batch (`Encoder.collate` / `encode_frame`) → (B, M) probabilities on the CPU."""
-        import torch
-
         with torch.inference_mode():
             b = {k: v.to(self.device) for k, v in batch.items()}
             probs = self.module.probs(b).float().cpu()  # (B, M)
@@ -221,10 +218,6 @@ class TensorScorer(Scorer):
         return self.output(probs, None, None)  # the calibrator alone needs no code counts
 
     def score_samples(self, samples, batch_size: int = 256, vocab=None, progress: str | None = None):
-        import numpy as np
-
-        from leadercli import console
-
         enc = self.encoder.encode_all(samples)
         out = []
         with console.progress(progress or "scoring", total=len(enc)) as advance:
@@ -240,16 +233,14 @@ class TeacherScorer(Scorer):
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
-        from leadercli.models.teacher_infer import load_trained
+        from leadercli.models.teacher_infer import load_trained  # transformers: teacher runs only
 
         self.model, self.tokenizer = load_trained(self.path, self.manifest, self.device)
         self.module = self.model
 
     def score_samples(self, samples, batch_size: int = 16, vocab=None, progress: str | None = None):
         """Probabilities (N, M); `vocab` may be the run's vocab extended with titles of unseen codes."""
-        import numpy as np
-        import torch
-
+        # transformers (through teacher_infer): imported for teacher runs only
         from leadercli.models.teacher_infer import make_prompts, run_teacher
 
         m = self.manifest
@@ -273,8 +264,6 @@ class TeacherScorer(Scorer):
 
 # -- tensor models: kind → how its model is rebuilt from model.safetensors and the manifest -----------------
 def _student(state: dict, manifest: dict, encoder: Encoder):
-    from leadercli.models.student import StudentConfig, StudentModel
-
     cfg = manifest.get("model_config")
     if not isinstance(cfg, dict):
         raise ValueError("the manifest has no model_config")
@@ -282,8 +271,6 @@ def _student(state: dict, manifest: dict, encoder: Encoder):
 
 
 def _baseline(state: dict, manifest: dict, encoder: Encoder):
-    from leadercli.models.baselines import PopularityModel, PreviousVisitModel
-
     if "freq" not in state or state["freq"].shape != (encoder.n_labels,):
         raise ValueError("its drug frequencies do not fit the label list")
     freq = state["freq"]
@@ -293,7 +280,7 @@ def _baseline(state: dict, manifest: dict, encoder: Encoder):
 
 
 def _field(state: dict, manifest: dict, encoder: Encoder):
-    from leadercli.models.field_build import rebuild  # torch: loaded when a run is, not for argument checks
+    from leadercli.models.field_build import rebuild  # each kind's model module: when a run of it is loaded
 
     return rebuild(state, manifest, encoder)
 
@@ -310,9 +297,6 @@ TENSOR_MODELS = {
 def load_tensor_model(path: Path, manifest: dict, encoder: Encoder):
     """`model.safetensors` of a tensor kind → its model with the weights loaded (safetensors only: a pickle, or
     any other file, in its place is refused here, never unpickled)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     kind = manifest["kind"]
     hint = kinds.rebuild_hint(path.parent, kind)
     if not path.is_file():

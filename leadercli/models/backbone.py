@@ -27,6 +27,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+from transformers.utils import cached_file
+from transformers.utils import logging as hf_logging
 
 from leadercli.errors import ModelError
 
@@ -98,8 +105,6 @@ def resolve_backbone(name_or_path: str | os.PathLike | None) -> str:
 
 
 def _cached_config(name: str) -> Path | None:
-    from transformers.utils import cached_file
-
     try:
         found = cached_file(
             name, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False
@@ -142,11 +147,6 @@ def is_decoder_config(cfg: dict[str, Any]) -> bool:
     model type with a masked-LM head (BERT, RoBERTa, DeBERTa, MiniLM…) → encoder, even though some of them
     also register a causal-LM class; a model type with a causal-LM class → decoder; anything else → encoder.
     Encoder-decoder models (T5, BART) are refused: their base model needs decoder inputs."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
     model_type = str(cfg.get("model_type", ""))
     if cfg.get("is_encoder_decoder"):
         raise ModelError(
@@ -194,8 +194,6 @@ def _is_default(folder: Path) -> bool:
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports, progress bars and deprecation chatter from peft ↔ transformers
     (unexpected lm_head keys are normal here: the base model is loaded without its LM head)."""
-    from transformers.utils import logging as hf_logging
-
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -214,8 +212,6 @@ def load_backbone(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -
     """The base model (no LM head), its tokenizer and its kind ("decoder" or "encoder"), local files only.
 
     Decoder tokenizers without a pad token get pad = eos; padding on the right, truncation on the left."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
     path = str(path)
     kind = "decoder" if is_decoder_config(_read_config(path)) else "encoder"
     opts = {"trust_remote_code": False, "local_files_only": True}

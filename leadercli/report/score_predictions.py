@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from leadercli.data.artifact import Artifact
 from leadercli.errors import InputError, SettingsError
@@ -37,8 +38,6 @@ PREDICTION_COLUMNS = ("subject_id", "hadm_id", "atc3", "score", "selected")
 
 
 def read_predictions(path: Path):
-    import polars as pl
-
     if not path.is_file():
         raise InputError(
             f"predictions file {path} does not exist", "Write one with `leader predict ... -o recs.csv`"
@@ -191,8 +190,6 @@ def score_predictions(
 def match_test_patients(path: Path, df, artifact: Artifact) -> Matched:
     """The file's rows of test patients → their score matrix; InputError when a row names another visit than
     the patient's last one, a drug outside the label list, or a (subject, drug) pair twice."""
-    import polars as pl
-
     samples = test_samples(artifact, 1, False)
     y_all = evaluate.multi_hot(samples, artifact.vocab.medications.index)
     row_of = {s.subject_id: i for i, s in enumerate(samples)}

@@ -18,14 +18,14 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 MIN_TIMED_SECONDS = 0.5
 MAX_TIMED_PASSES = 50
 
 
 def sync(device) -> None:
     if device is not None and getattr(device, "type", str(device)) == "cuda":
-        import torch
-
         torch.cuda.synchronize(device)
 
 
@@ -52,8 +52,6 @@ def cpu_model() -> str:
 
 
 def machine(device) -> dict:
-    import torch
-
     out = {
         "torch_threads": torch.get_num_threads(),
         "logical_cpus": os.cpu_count(),
@@ -67,8 +65,6 @@ def machine(device) -> dict:
 
 def time_best_of(call, batches: list, sizes: list[int], device, repeats: int, batch_size: int) -> dict:
     """Timed passes over `batches` (already scored once, so warm); the fastest pass counts."""
-    import torch
-
     load = read_load()
     passes: list[float] = []
     while len(passes) < MAX_TIMED_PASSES and (len(passes) < repeats or sum(passes) < MIN_TIMED_SECONDS):
