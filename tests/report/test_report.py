@@ -49,6 +49,7 @@ def work(tiny_artifact: Path, tmp_path_factory) -> Path:
         f'[paths]\nartifact = "{tiny_artifact}"\n\n'
         f'[teacher]\nbase_model = "{llama}"\nmax_steps = 2\n\n'
         "[student]\nepochs = 2\nhidden = 16\nheads = 2\nff = 32\nhead_hidden = 32\n"
+        '[calibration]\nmethod = "temperature"\n'
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
