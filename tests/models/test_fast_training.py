@@ -1,13 +1,16 @@
-"""Teacher training kernels on CPU (issue 14 item 3): the fast dropout masks (`models/dropout.py`) and the fused
+"""Training kernels on CPU. The student (issue 21): torch's dropout masks drawn ahead, the packed training forward.
+The teacher (issue 14 item 3): the fast dropout masks (`models/dropout.py`) and the fused
 LoRA layer (`models/lora_fused.py`). Masks: the nominal rate, seeded by one draw from torch's generator, the
 same on every call with the same seed; the attention path equals the math it replaces; LoRA: the same loss,
 gradients and random stream as peft's own layers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from leadercli.models import dropout as D
 from leadercli.models import lora_fused, onednn
@@ -176,3 +179,168 @@ def test_transposed_weight_is_rebuilt_when_the_weight_changes():
         lin.weight.mul_(2.0)
     t2 = onednn.transposed(lin)
     assert t2 is not t1 and torch.equal(t2, lin.weight.t())
+
+
+# -- the student's training on CPU (issue 21): torch's masks drawn ahead, the packed training forward ----------
+def _student_batch(g: torch.Generator, B: int, V: int, history: bool = True) -> dict[str, torch.Tensor]:
+    """Random padded batch (the `data/batching.py` layout): left-aligned visits and codes, some single-visit
+    patients, some empty sets; `history=False`: nobody has a second visit (no medication history)."""
+    n_visits = torch.randint(1, V + 1, (B,), generator=g) if history else torch.ones(B, dtype=torch.int64)
+    n_visits[: B // 3] = 1
+    vmask = torch.arange(V)[None] < n_visits[:, None]  # (B, V)
+
+    def sets(S: int, lo: int, hi: int, target_empty: bool = False) -> torch.Tensor:
+        lens = torch.randint(0, S + 1, (B, V), generator=g)
+        ids = torch.randint(lo, hi, (B, V, S), generator=g) * (torch.arange(S) < lens[..., None])
+        ids = ids * vmask[..., None]
+        if target_empty:  # the target visit's drugs are the label, never an input
+            ids[torch.arange(B), n_visits - 1] = 0
+        return ids
+
+    return {
+        "diag": sets(6, 4, 20),
+        "proc": sets(3, 20, 26),
+        "med": sets(4, 26, 32, target_empty=True),
+        "visit_mask": vmask,
+        "profile": torch.randint(0, 3, (B, 2), generator=g),
+        "target_meds": torch.randint(26, 32, (B, 3), generator=g),
+        "labels": (torch.rand(B, 6, generator=g) > 0.5).float(),
+    }
+
+
+def _student(**kw):
+    from leadercli.models.student import StudentConfig, StudentModel
+
+    torch.manual_seed(0)
+    base = dict(vocab_size=32, n_labels=6, med_offset=26, profile_sizes=[3, 3], hidden=16, heads=2, ff=20)
+    return StudentModel(StudentConfig(**{**base, **kw})).train()
+
+
+def test_torch_stream_draws_torchs_masks_and_state():
+    from leadercli.models.torch_masks import TorchStream, available
+
+    if not available():
+        pytest.skip("torch's CPU masks are not the default kernel's here (MKL's on Intel)")
+    for seed, skip in ((0, 0), (3, 623), (42, 1000)):
+        torch.manual_seed(seed)
+        torch.rand(skip)  # a state anywhere in the generator's block of 624 words
+        start = torch.get_rng_state()
+        xs = [torch.randn(13, 4, 7, 7), torch.randn(13, 7, 16), torch.randn(2000)]
+        torch.set_rng_state(start)
+        want = [F.dropout(x, p, True) for x, p in zip(xs, (0.1, 0.4, 0.4), strict=True)]
+        after = torch.get_rng_state()
+        stream = TorchStream(start)
+        got = [x * stream.noise(tuple(x.shape), p) for x, p in zip(xs, (0.1, 0.4, 0.4), strict=True)]
+        assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+        assert torch.equal(stream.torch_state(), after)  # checkpoints see the state torch would have
+
+
+@pytest.mark.parametrize(
+    "kw,history", [({}, True), ({"recency": 3}, True), ({"layers": 2, "recency": 3}, True), ({}, False)]
+)
+def test_packed_training_forward_equals_reference(kw, history):
+    """`student_train.prepare` + the packed forward: the reference's forward values (same masks; to float
+    rounding: MKL's small-row kernels), and torch's generator exactly where the reference leaves it."""
+    from leadercli.models import student_train
+    from leadercli.models.torch_masks import MaskTape, TorchStream, available
+
+    if not available():
+        pytest.skip("torch's CPU masks are not the default kernel's here")
+    model = _student(**kw)
+    g = torch.Generator().manual_seed(1)
+    batches = [_student_batch(g, 9, 4, history) for _ in range(4)]
+    torch.manual_seed(5)
+    start = torch.get_rng_state()
+    want = [model(b) for b in batches]
+    after = torch.get_rng_state()
+    stream, tape = TorchStream(start), MaskTape()
+    tape.install(model)
+    for b, w in zip(batches, want, strict=True):
+        b = dict(b)
+        tape.load(student_train.prepare(model, b, stream))
+        assert student_train.PACKED in b
+        got = model(b)
+        assert not tape.masks
+        for name in ("logits", "z", "profile"):
+            torch.testing.assert_close(getattr(got, name), getattr(w, name), rtol=1e-6, atol=1e-6, msg=name)
+    assert torch.equal(stream.torch_state(), after)
+
+
+def test_reference_masks_fallback_and_alignment(monkeypatch):
+    """Batches with more sets than `SET_CHUNK` keep the reference forward with its own masks in order (the
+    plan); the alignment's `encode_med_set` after the forward takes its masks from the tape."""
+    from leadercli.models import student_train
+    from leadercli.models.student import StudentModel
+    from leadercli.models.torch_masks import MaskTape, TorchStream, available
+
+    if not available():
+        pytest.skip("torch's CPU masks are not the default kernel's here")
+    model = _student()
+    b = _student_batch(torch.Generator().manual_seed(2), 12, 3)
+    tape = MaskTape()
+    tape.install(model)
+    for chunk in (4, StudentModel.SET_CHUNK):  # 4: every kind has more sets, the reference runs
+        monkeypatch.setattr(StudentModel, "SET_CHUNK", chunk)
+        monkeypatch.setattr("leadercli.models.student.SET_CHUNK", chunk)
+        torch.manual_seed(9)
+        start = torch.get_rng_state()
+        out = model(b)
+        want = (out.logits, model.encode_med_set(b["target_meds"]))
+        after = torch.get_rng_state()
+        stream = TorchStream(start)
+        packed = dict(b)
+        tape.load(student_train.prepare(model, packed, stream, align=True))
+        assert (student_train.PACKED in packed) == (chunk > 4)
+        got = (model(packed).logits, model.encode_med_set(b["target_meds"]))
+        assert not tape.masks and torch.equal(stream.torch_state(), after)
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_packed_training_gradients_match_reference():
+    """The weight gradients sum the same terms in another order: equal to float rounding."""
+    from leadercli.models import student_train
+    from leadercli.models.losses import bce_loss
+    from leadercli.models.torch_masks import TorchStream, available
+
+    if not available():
+        pytest.skip("torch's CPU masks are not the default kernel's here")
+    b = _student_batch(torch.Generator().manual_seed(3), 10, 4)
+    ref, fast = _student(recency=3), _student(recency=3)
+    torch.manual_seed(4)
+    start = torch.get_rng_state()
+    bce_loss(ref(b).logits, b["labels"]).backward()
+    packed = dict(b)
+    student_train.prepare(fast, packed, TorchStream(start))
+    bce_loss(fast(packed).logits, b["labels"]).backward()
+    for (name, p), q in zip(ref.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_epoch_batches_are_the_loops_batches_and_hand_back_the_generator():
+    """The batch thread builds the batches `batches` would, in the epoch's order, and torch's generator ends
+    where the steps' own draws would leave it."""
+    from leadercli.data.batching import Encoded, batches, collate
+    from leadercli.models.torch_masks import available
+    from leadercli.training.batches import EpochBatches
+
+    enc = [Encoded([[5 + i % 3], [7]], [[21]], [[27], []], [1, 2], [i % 6], 2, i, 100 + i) for i in range(23)]
+    col = lambda b: collate(b, 6, 26)  # noqa: E731
+    order = np.random.default_rng(0).permutation(len(enc))
+    want = list(batches(enc, 5, col, order))
+    torch.manual_seed(1)
+    got = EpochBatches(enc, 5, col, order)
+    pairs = list(zip(got, want, strict=True))
+    assert all(m == [] and all(torch.equal(b[k], w[k]) for k in w) for (b, m), w in pairs)
+    if not available():
+        return
+    torch.manual_seed(1)
+    ahead = lambda b, stream: [stream.noise((len(b["labels"]), 3), 0.5)]  # noqa: E731
+    eb = EpochBatches(enc, 5, col, order, ahead)
+    masks = [m[0] for _, m in eb]
+    eb.finish()
+    after = torch.get_rng_state()
+    torch.manual_seed(1)
+    ones = [F.dropout(torch.ones(len(w["labels"]), 3), 0.5, True) for w in want]
+    assert all(torch.equal(a, b) for a, b in zip(masks, ones, strict=True))
+    assert torch.equal(after, torch.get_rng_state())
