@@ -24,10 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from leadercli import __version__
-from leadercli.data.artifact import Artifact, labels_hash
-from leadercli.errors import ArtifactError
+import tomllib
+
+from leadercli import __version__, console, paths
+from leadercli.data.artifact import Artifact, Vocab, labels_hash, vocab_hash
+from leadercli.errors import ArtifactError, SettingsError
 from leadercli.kinds import COMMAND_KINDS, KINDS, rebuild_hint
+from leadercli.modes import fix_file
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.toml"
@@ -45,8 +48,6 @@ def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (temp file in the same folder + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    from leadercli.modes import fix_file
-
     fix_file(fd)  # mkstemp makes 0600: give it the umask's mode
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False, default=str)
@@ -106,7 +107,7 @@ def base_manifest(kind: str, artifact: Artifact, settings=None) -> dict:
 def label_prior(artifact: Artifact) -> list[float]:
     """Share of the training split's target visits that carry each drug (label order): the popularity
     baseline's scores, and the prior `leader predict` shrinks towards for visits of unknown codes."""
-    import polars as pl
+    import polars as pl  # here, not at the top: the commands' argument checks import this module
 
     train = artifact.patients().filter(pl.col("split") == "train").select("subject_id")
     last = (
@@ -128,8 +129,6 @@ def run_samples_settings(manifest: dict, run_dir: Path) -> dict:
     got = (manifest.get("inputs") or {}).get("samples")
     if got:
         return dict(got)
-    import tomllib
-
     try:
         return dict(tomllib.loads((Path(run_dir) / SETTINGS).read_text())["samples"])
     except (OSError, KeyError, tomllib.TOMLDecodeError):
@@ -175,9 +174,6 @@ def check_out_dir(
     `command` writes, `kinds.COMMAND_KINDS`, when given) or an unfinished one (only run files, no manifest).
     Anything else — an artifact, a prediction input folder, another tool's `manifest.json`, a folder of other
     files, a teacher run given to `train student` — is refused."""
-    from leadercli import paths
-    from leadercli.errors import SettingsError
-
     out = Path(out)
     hint = f"Choose another {option} (a new or empty folder, or a run folder to replace)"
     paths.refuse_dangerous_out(out, protected or {}, option)
@@ -290,7 +286,7 @@ def check_teacher_files(run_dir: Path, manifest: dict) -> None:
         )
     model = run_dir / "adapter" / "adapter_model.safetensors"
     try:
-        from safetensors import safe_open
+        from safetensors import safe_open  # only to check a teacher run's adapter
 
         with safe_open(str(model), framework="pt"):
             pass
@@ -304,8 +300,6 @@ def check_teacher_files(run_dir: Path, manifest: dict) -> None:
 def read_run_vocab(run_dir: Path, manifest: dict):
     """The run's copy of its artifact's vocab, checked against the manifest's label and vocab hashes (a
     vocab.json with reordered or removed labels would put scores under the wrong drugs)."""
-    from leadercli.data.artifact import Vocab, vocab_hash
-
     path = Path(run_dir) / VOCAB_COPY
     if not path.is_file():
         raise ArtifactError(
@@ -402,7 +396,6 @@ def load_run(path: Path | str, device=None, unknown_shrink: float | None = None)
             "Pass a run folder written by `leader train student`, `leader distill` or `leader train teacher`",
         )
     # torch and the models are imported here, not at the top: the commands' argument checks import this module
-    from leadercli import console
     from leadercli.scorer import TeacherScorer, TensorScorer
 
     vocab = read_run_vocab(path, manifest)
