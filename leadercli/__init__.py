@@ -37,7 +37,8 @@ Module map (one line each; the folder says the concern):
     training/         one recipe per method: student.py, teacher.py, distill.py; loop.py holds the student
                       components both student recipes use (recipes never import each other); the teacher
                       recipe's stages: teacher_run.py (shared record), teacher_probe.py (head init, linear
-                      probe), teacher_save.py (run folder); teacher_features.py (distill's feature cache)
+                      probe), teacher_save.py (run folder); teacher_features.py (distill's feature cache);
+                      distributed.py (data-parallel student training: torchrun / accelerate launch, gloo/NCCL)
     checkpoint.py     the one resume-checkpoint format (weights, optimizer, scheduler, RNG; safetensors)
     kinds.py          the run kinds, one row each (command, input, learned, unknown codes): the one list
     runs.py           run folders: manifests, checks, `load_run(path)` → a Scorer for every run kind

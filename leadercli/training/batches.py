@@ -27,7 +27,8 @@ AHEAD = 4  # batches built ahead of the step
 
 class EpochBatches:
     """Iterate (batch, masks) over `encoded` in `order`, `batch_size` at a time; with `ahead`, torch's
-    generator continues in a `TorchStream` that `ahead` draws from (masks: what it returns), else masks is []."""
+    generator continues in a `TorchStream` that `ahead` draws from (masks: what it returns), else masks is [].
+    With `shard`, each batch holds this process's rows of the global batch ({} when it has none)."""
 
     def __init__(
         self,
@@ -36,11 +37,13 @@ class EpochBatches:
         collate: Callable[[list[Encoded]], Batch],
         order: np.ndarray,
         ahead: Ahead | None = None,
+        shard: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         from leadercli.models.torch_masks import TorchStream
 
         self._stream = TorchStream(torch.get_rng_state()) if ahead is not None else None
         self._args = (encoded, batch_size, collate, order, ahead)
+        self._shard = shard  # data-parallel: this process's rows of each global batch (`distributed.shard`)
         self._queue: queue.Queue = queue.Queue(maxsize=AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="leader-batches", daemon=True)
@@ -50,8 +53,10 @@ class EpochBatches:
         encoded, batch_size, collate, order, ahead = self._args
         try:
             for i in range(0, len(order), batch_size):
-                batch = collate([encoded[j] for j in order[i : i + batch_size]])
-                masks = ahead(batch, self._stream) if ahead is not None else []
+                rows = order[i : i + batch_size]
+                rows = self._shard(rows) if self._shard is not None else rows
+                batch = collate([encoded[j] for j in rows]) if len(rows) else {}  # {}: an empty share
+                masks = ahead(batch, self._stream) if ahead is not None and batch else []
                 while not self._stop.is_set():
                     try:
                         self._queue.put((batch, masks), timeout=0.1)

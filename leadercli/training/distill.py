@@ -25,6 +25,7 @@ from leadercli.errors import ArtifactError
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.models import student_train
 from leadercli.settings import Settings
+from leadercli.training import distributed
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
 
@@ -47,6 +48,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     # setup: the same order of random draws as `leader train student` (seed → data → student model)
     set_seed(cfg.seed)
     device = resolve_device(settings.hardware, small_ops=True)
+    dist, device = distributed.join(device)  # under torchrun / accelerate launch: data-parallel
     artifact, encoder, splits = setup_data(settings)
     alpha, beta = loss_weights(settings, artifact.source)
     use_kd, use_align = dcfg.kd and alpha > 0, dcfg.align and beta > 0
@@ -54,8 +56,10 @@ def distill(settings: Settings, resume: bool = False) -> Path:
     if use_kd:
         from leadercli.training.teacher_features import ensure_features
 
-        # features must exist before the student is built: extraction may need the teacher, not the RNG
-        cache, teacher_manifest = ensure_features(settings, teacher_dir, artifact, splits=("train",))
+        # features must exist before the student is built: extraction may need the teacher, not the RNG;
+        # the main process computes missing ones, the others then read them
+        with distributed.main_first(dist):
+            cache, teacher_manifest = ensure_features(settings, teacher_dir, artifact, splits=("train",))
         missing = sum(not cache.covers([e.subject_id]) for e in splits["train"])
         if missing:
             raise ArtifactError(
@@ -63,8 +67,10 @@ def distill(settings: Settings, resume: bool = False) -> Path:
                 "Re-run `leader train teacher` on this artifact (or delete its features/ folder to recompute)",
             )
     kd_target = resolve_kd_target(dcfg.kd_target, teacher_manifest) if use_kd else None
-    runs.prepare_out_dir(out, resume)
-    runs.save_settings(settings, out)
+    if dist.main:  # the main process alone writes the run folder; the others wait until it is prepared
+        runs.prepare_out_dir(out, resume)
+        runs.save_settings(settings, out)
+    distributed.barrier(dist)
     model, config = build_student(encoder, cfg, settings.hardware.onednn)
     model.to(device)
     heads = None
@@ -121,6 +127,8 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         prepare=prepare if use_kd else None,
         ahead=partial(student_train.prepare, model, align=use_align),  # packed inputs, masks: ahead on CPU
     )
+    if not dist.main:  # training is over on every process (fit waited): the main process writes the run
+        return out
     result = evaluate_run(
         model,
         encoder,
@@ -134,6 +142,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         settings.calibration.method,
     )
     manifest = runs.base_manifest("distilled", artifact, settings)
+    manifest["distributed"] = distributed.manifest_fields(dist, cfg.batch_size)
     manifest.update(
         {
             "distill": {

@@ -28,14 +28,19 @@ resumes exactly); loss terms that are not a mean over rows (the contrastive prof
 see the process's shard as their batch. With dropout off and no alignment term, the loss curve of N processes
 equals the 1-process curve to float tolerance (tests/training/test_distributed.py).
 
-Models with nothing to train (popularity, previous) run on the main process alone; the other processes exit
-at once with status 0 (`follower_exits`).
+The recipes call `join` first (models with nothing to train, popularity and previous, run on the main
+process alone; the other processes return at once with status 0), let the main process alone prepare the run
+folder (`barrier`) and compute a missing teacher feature cache (`main_first`), and return on the followers
+when `fit` is done: `fit` ends with `all_done`, so a process that died during training fails the command
+before the main process writes anything as finished. The run folder must be on a file system every process
+sees (each reads the checkpoint on `--resume`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,6 +197,24 @@ def follower_exits(launch: Launch | None = None) -> bool:
     return not launch.main
 
 
+def join(device: torch.device, trains: bool = True, name: str = "") -> tuple[Dist | None, torch.device]:
+    """What a recipe calls first: `start` for a model that trains. A model with nothing to train (`trains`
+    False) runs on the main process alone (a 1-process Dist) and every other process gets None: it returns at
+    once, with status 0."""
+    launch = launch_env()
+    if trains or launch.world == 1:
+        return start(device, launch)
+    if follower_exits(launch):
+        return None, device
+    from leadercli import console
+
+    console.info(
+        f"{name} has nothing to train: it runs on the main process alone "
+        f"(the other {launch.world - 1} process(es) exit)"
+    )
+    return Dist(0, 1, None, device), device
+
+
 # -- the step --------------------------------------------------------------------------------------------------
 def shard(batch_idx: np.ndarray, dist: Dist) -> np.ndarray:
     """This process's rows of one global batch: the r-th of N contiguous slices (sizes differ by at most one;
@@ -278,6 +301,41 @@ def agree(flag: bool, dist: Dist) -> bool:
     t = torch.tensor([int(flag)], device=dist.device)
     tdist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def share_fields(obj, dist: Dist) -> None:
+    """The main process's values of a dataclass's numeric fields (int, float, bool) on every process, in place
+    (the training counters: epoch, best, patience, so the early-stop decision is the main process's)."""
+    if not dist.active:
+        return
+    import dataclasses
+
+    import torch.distributed as tdist
+
+    names = [f.name for f in dataclasses.fields(obj)]
+    t = torch.tensor([float(getattr(obj, n)) for n in names], dtype=torch.float64, device=dist.device)
+    tdist.broadcast(t, src=0)
+    for n, v in zip(names, t.tolist(), strict=True):
+        setattr(obj, n, type(getattr(obj, n))(v))
+
+
+@contextlib.contextmanager
+def main_first(dist: Dist) -> Iterator[None]:
+    """The block runs on the main process first (e.g. computing a cache every process then reads), then on the
+    others. A main process that fails here never releases them: its exit fails their barrier."""
+    if dist.active and not dist.main:
+        barrier(dist)
+    yield
+    if dist.active and dist.main:
+        barrier(dist)
+
+
+def barrier(dist: Dist) -> None:
+    """Every process waits here for every other (e.g. until the main process has prepared the run folder)."""
+    if dist.active:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(torch.zeros(1, device=dist.device))
 
 
 def all_done(dist: Dist) -> None:

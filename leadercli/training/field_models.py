@@ -20,6 +20,7 @@ from leadercli.data.batching import batches
 from leadercli.errors import SettingsError
 from leadercli.models.field_build import build
 from leadercli.settings import Settings
+from leadercli.training import distributed
 from leadercli.training.loop import FitResult, fit
 
 
@@ -60,8 +61,9 @@ def train_field(
             log = pretrain(
                 model, epoch_batches, section.pretrain_epochs, cfg.lr, cfg.weight_decay, cfg.seed, device
             )
-        for record in log:
-            runs.append_log(out, record)
+        if distributed.current(device).main:  # data-parallel: every process pre-trains alike, one writes
+            for record in log:
+                runs.append_log(out, record)
         notes["pretrain"] = {
             "epochs": section.pretrain_epochs,
             "final_loss": {r["pretrain"]: r["loss"] for r in log},

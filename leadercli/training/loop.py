@@ -28,6 +28,7 @@ from leadercli.data.samples import load_samples
 from leadercli.models.field import make_optimizer
 from leadercli.models.torch_masks import MaskTape
 from leadercli.settings import Settings
+from leadercli.training import distributed
 from leadercli.training.batches import Ahead, EpochBatches
 
 # extra(model_output, batch) -> {term name: (weight, loss tensor)}
@@ -112,33 +113,43 @@ def fit(
     name = getattr(model, "optimizer", "adam")
     optimizer = make_optimizer(holder.parameters(), name, cfg.lr, cfg.weight_decay)
     ckpt = out / ckpt_io.CHECKPOINT_DIR
-    progress, history = _resume(holder, optimizer, cfg, out, resume)
+    dist = distributed.current(device)  # data-parallel when the recipe joined a process group
+    distributed.check_batch(cfg.batch_size, dist)
+    progress, history = _resume(holder, optimizer, cfg, out, resume, dist.main)
+    distributed.broadcast_module(holder, dist)  # every process starts from the main process's weights
     ckpt.mkdir(parents=True, exist_ok=True)
     tape = _tape_masks(holder, device) if ahead is not None else None
-    step = _Step(model, optimizer, extra, prepare, device, tape)
+    step = _Step(model, optimizer, extra, prepare, device, tape, dist)
     while not progress.done(cfg):
         if hasattr(model, "set_epoch"):  # per-epoch schedules of a field model (GAMENet's DDI temperature)
             model.set_epoch(progress.epoch)
+        distributed.seed_epoch(cfg.seed, progress.epoch, dist)  # before the batch thread copies torch's RNG
         holder.train()
         record = {
             "epoch": progress.epoch + 1,
             **_train_epoch(step, train, encoder, cfg, progress.epoch, ahead),
         }
-        _end_epoch(holder, optimizer, record, val, encoder, cfg, out, device, progress)
+        if dist.main:  # the main process evaluates, logs and checkpoints; the others wait for its counters
+            _end_epoch(holder, optimizer, record, val, encoder, cfg, out, device, progress)
+        distributed.share_fields(progress, dist)  # its early-stop decision included
         history.append(record)
-    if (ckpt / "best.safetensors").is_file():
+    distributed.all_done(dist)  # every process finished training before the main one writes a finished run
+    if dist.main and (ckpt / "best.safetensors").is_file():
         model.load_state_dict(load_file(str(ckpt / "best.safetensors")))
     return FitResult(progress.best_epoch + 1, float(progress.best), progress.epoch, history)
 
 
-def _resume(holder, optimizer, cfg, out: Path, resume: bool) -> tuple[Progress, list[dict]]:
+def _resume(
+    holder, optimizer, cfg, out: Path, resume: bool, main: bool = True
+) -> tuple[Progress, list[dict]]:
     """The last checkpoint's progress and log (`--resume`), else a fresh start (saying why when asked to resume)."""
     ckpt = out / ckpt_io.CHECKPOINT_DIR
     if resume and ckpt_io.exists(ckpt / "last"):
         st = ckpt_io.load_state(ckpt / "last", ckpt_io.module_tensors(holder), optimizer)
         progress = Progress(st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"])
         history = [r for r in runs.read_log(out) if r.get("epoch", 0) <= progress.epoch]  # 1-based epochs
-        (out / runs.LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
+        if main:  # every process reads the checkpoint; the main process alone writes the run folder
+            (out / runs.LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
         console.info(
             f"resuming after epoch {progress.epoch}/{cfg.epochs} "
             f"(best val PRAUC {progress.best:.4f} at epoch {progress.best_epoch + 1})"
@@ -172,24 +183,35 @@ class _Step:
     prepare: Callable | None
     device: torch.device
     tape: MaskTape | None = None  # the dropout modules' masks, when drawn ahead
+    dist: distributed.Dist | None = None  # data-parallel: gradients averaged over the processes' shares
+    names: list[str] = field(default_factory=list)  # the loss terms, for a process with an empty share
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """`weight`: this process's share of the global batch's rows (1 for one process)."""
         from leadercli.models.losses import bce_loss
 
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        if self.prepare is not None:
-            batch = self.prepare(batch)
-        output = self.model(batch)
-        loss = bce_loss(_logits(output), batch["labels"])
-        terms = {"bce": loss.detach()}
-        if self.extra is not None:
-            for name, (w, t) in self.extra(output, batch).items():
-                loss = loss + w * t
-                terms[name] = t.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if batch:  # a share of the last global batch can be empty (fewer rows than processes)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            if self.prepare is not None:
+                batch = self.prepare(batch)
+            output = self.model(batch)
+            loss = bce_loss(_logits(output), batch["labels"])
+            terms = {"bce": loss.detach()}
+            if self.extra is not None:
+                for name, (w, t) in self.extra(output, batch).items():
+                    loss = loss + w * t
+                    terms[name] = t.detach()
+            loss.backward()
+            terms["loss"] = loss.detach()
+            self.names = list(terms)
+        else:
+            terms = {k: torch.zeros((), device=self.device) for k in self.names}
+        if self.dist is not None and self.dist.active:  # the global batch's gradient and terms
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            summed = distributed.sync_grads(params, weight, list(terms.values()), self.dist)
+            terms = dict(zip(terms, summed, strict=True))
         self.optimizer.step()
-        terms["loss"] = loss.detach()
         return terms
 
 
@@ -197,13 +219,20 @@ def _train_epoch(step: _Step, train, encoder: Encoder, cfg, epoch: int, ahead) -
     """One pass over `train`, shuffled by (seed, epoch) → the mean of each loss term over the epoch's batches."""
     n_batches = math.ceil(len(train) / cfg.batch_size)
     order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train))
-    epoch_batches = EpochBatches(train, cfg.batch_size, encoder.collate, order, ahead if step.tape else None)
+    dist = step.dist if step.dist is not None and step.dist.active else None
+    shard = (
+        (lambda rows: distributed.shard(rows, dist)) if dist else None
+    )  # this process's rows of each batch
+    epoch_batches = EpochBatches(
+        train, cfg.batch_size, encoder.collate, order, ahead if step.tape else None, shard
+    )
     sums: dict[str, float] = {}
     with console.progress(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches) as advance:
-        for batch, masks in epoch_batches:
+        for k, (batch, masks) in enumerate(epoch_batches):
             if masks:
                 step.tape.load(masks)
-            terms = step(batch)
+            rows = min(cfg.batch_size, len(train) - k * cfg.batch_size)  # the global batch's rows
+            terms = step(batch, len(batch["labels"]) / rows if batch else 0.0)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             advance(1, status=f"loss {terms['loss'].item():.4f}")

@@ -16,6 +16,7 @@ from leadercli.hardware import resolve_device, set_seed
 from leadercli.kinds import BASELINES, FIELD_MODELS
 from leadercli.models import student_train
 from leadercli.settings import Settings
+from leadercli.training import distributed
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
 
@@ -25,10 +26,17 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     # setup: seed before anything draws random numbers
     set_seed(cfg.seed)
     device = resolve_device(settings.hardware, small_ops=True)
+    # under torchrun / accelerate launch: join the process group (`training/distributed.py`)
+    dist, device = distributed.join(device, trains=cfg.model not in BASELINES, name=cfg.model)
+    if dist is None:  # a baseline has nothing to train: the main process runs it alone, the others stop here
+        return out
     artifact, encoder, splits = setup_data(settings)
-    runs.prepare_out_dir(out, resume)
-    runs.save_settings(settings, out)
+    if dist.main:  # the main process alone writes the run folder; the others wait until it is prepared
+        runs.prepare_out_dir(out, resume)
+        runs.save_settings(settings, out)
+    distributed.barrier(dist)
     manifest = runs.base_manifest(cfg.model, artifact, settings)
+    manifest["distributed"] = distributed.manifest_fields(dist, cfg.batch_size)
     ddi = artifact.ddi_index_pairs()
 
     fitted = None
@@ -56,6 +64,8 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
         # train
         ahead = partial(student_train.prepare, model)  # packed inputs and masks, built ahead on CPU
         fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume, ahead=ahead)
+    if not dist.main:  # training is over on every process (fit waited): the main process writes the run
+        return out
     # save: threshold on validation, metrics, weights
     result = evaluate_run(
         model,

@@ -6,6 +6,7 @@ makes its peer's last collective fail instead of letting it write a finished run
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -199,3 +200,123 @@ def test_two_gloo_processes_match_one(tiny_artifact, tmp_path):
         assert r["a"] == [2.0] * 3 and r["b"] == [1.5] * 3 and r["c"] is None  # 0.5·2 + 0.5·2; 0.5·3; unused
         assert r["agree"] is True and r["weights_equal"] and r["draws_differ"] and r["draw_repeats"]
     assert (tmp_path / "crash.txt").read_text().startswith("raised"), (tmp_path / "crash.txt").read_text()
+
+
+# -- the commands under torchrun ---------------------------------------------------------------------------
+TOML = (
+    "[student]\nepochs = {epochs}\nbatch_size = 8\nhidden = 16\nff = 32\nhead_hidden = 16\n"
+    "dropout = 0.0\nattn_dropout = 0.0\n"
+)
+# a follower that dies in its 3rd epoch (after the 2nd epoch's checkpoint), as a crash would
+CRASH = """
+import os
+from leadercli.training import distributed
+
+real, calls = distributed.sync_grads, [0]
+
+
+def crashing(*args, **kwargs):
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == 2 * {steps} + 2:
+        os._exit(9)
+    return real(*args, **kwargs)
+
+
+distributed.sync_grads = crashing
+from leadercli.cli.main import app
+
+app(prog_name="leader")
+"""
+
+
+def _workdir(tmp_path: Path, tiny_artifact: Path, epochs: int = 3) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_artifact, tmp_path / "data" / "mimic3")
+    (tmp_path / "leader.toml").write_text(TOML.format(epochs=epochs))
+    return tmp_path
+
+
+def _torchrun(wd: Path, args: list[str], n: int = 2, script: Path | None = None):
+    import subprocess
+    import sys
+
+    entry = [str(script)] if script else ["-m", "leadercli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd + entry + args, cwd=wd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _n_train(wd: Path) -> int:
+    import polars as pl
+
+    return pl.read_parquet(wd / "data/mimic3/patients.parquet").filter(pl.col("split") == "train").height
+
+
+def test_train_student_two_processes_equals_one(tiny_artifact, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from leadercli import runs
+    from leadercli.cli.main import app
+
+    wd = _workdir(tmp_path, tiny_artifact)
+    monkeypatch.chdir(wd)
+    r = _torchrun(wd, ["train", "student", "--out", "runs/dp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("student: test PRAUC") == 1 and r.stdout.count("saved runs/dp") == 1, r.stdout
+    assert r.stderr.count("epoch   1/3") == 1, r.stderr  # the main process alone logs
+    one = CliRunner().invoke(app, ["train", "student", "-q", "--out", "runs/one"])
+    assert one.exit_code == 0, one.output
+    m = json.loads((wd / "runs/dp/manifest.json").read_text())
+    assert m["distributed"] == {
+        "world_size": 2,
+        "backend": "gloo",
+        "global_batch": 8,
+        "batch_per_process": [4, 4],
+    }
+    assert json.loads((wd / "runs/one/manifest.json").read_text())["distributed"]["world_size"] == 1
+    dp, ref = runs.read_log(wd / "runs/dp"), runs.read_log(wd / "runs/one")
+    assert [x["epoch"] for x in dp] == [1, 2, 3]  # one log line per epoch: written once
+    for a, b in zip(dp, ref, strict=True):  # the same loss curve to float tolerance
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        assert a["val_prauc"] == pytest.approx(b["val_prauc"], abs=1e-4)
+    wa, wb = (
+        load_file(str(wd / "runs/dp/model.safetensors")),
+        load_file(str(wd / "runs/one/model.safetensors")),
+    )
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+
+
+@pytest.mark.slow
+def test_crash_on_a_follower_fails_the_command_and_resume_finishes_it(tiny_artifact, tmp_path):
+    wd = _workdir(tmp_path, tiny_artifact)
+    steps = math.ceil(_n_train(wd) / 8)
+    script = wd / "crash.py"
+    script.write_text(CRASH.format(steps=steps))
+    r = _torchrun(wd, ["train", "student", "--out", "runs/dp"], script=script)
+    assert r.returncode != 0
+    assert not (wd / "runs/dp/manifest.json").exists() and "saved" not in r.stdout
+    assert (wd / "runs/dp/checkpoint/last").is_dir()
+    r = _torchrun(wd, ["train", "student", "--out", "runs/dp", "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming after epoch 2/3" in r.stderr
+    r = _torchrun(wd, ["train", "student", "--out", "runs/full"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    a, b = (
+        load_file(str(wd / "runs/dp/model.safetensors")),
+        load_file(str(wd / "runs/full/model.safetensors")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resumed = uninterrupted, bit for bit
+
+
+def test_baseline_runs_on_the_main_process_alone(tiny_artifact, tmp_path):
+    wd = _workdir(tmp_path, tiny_artifact)
+    r = _torchrun(wd, ["train", "student", "--model", "popularity", "--out", "runs/pop"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("popularity: test PRAUC") == 1, r.stdout
+    assert "runs on the main process alone" in r.stderr
+    m = json.loads((wd / "runs/pop/manifest.json").read_text())
+    assert m["distributed"]["world_size"] == 1
