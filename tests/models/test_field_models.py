@@ -213,7 +213,7 @@ def test_logreg_l2_is_sklearn_objective(data):
     c = model.config
     w, t = model.extra_loss(None, {})["l2"]
     expect = 0.25 * c.med_offset * c.n_labels / (2 * c.C * c.n_train * c.n_labels)
-    assert math.isclose(w * float(t), expect, rel_tol=1e-5)
+    assert math.isclose(w * float(t.detach()), expect, rel_tol=1e-5)
 
 
 def test_raremed_pretraining_lowers_both_losses(data):
