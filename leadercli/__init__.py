@@ -33,17 +33,22 @@ Module map (one line each; the folder says the concern):
     data/prompts.py   samples → teacher prompts (template, length fitting)
     models/           student.py, backbone.py (find, load, tokenise a HF backbone), teacher.py (LoRA + pooling
                       + head, save/load), teacher_infer.py (prompts → scores, features), features.py (feature
-                      cache), losses.py, baselines.py (+ the one popularity fit), config_checks.py — tensors in/out
+                      cache), losses.py, baselines.py (+ the one popularity fit), config_checks.py, code_text.py
+                      (the title-reading code embedding), title_encoder.py (titles → sentence embeddings) —
+                      tensors in/out
     training/         one recipe per method: student.py, teacher.py, distill.py; loop.py holds the student
                       components both student recipes use (recipes never import each other); the teacher
                       recipe's stages: teacher_run.py (shared record), teacher_probe.py (head init, linear
                       probe), teacher_save.py (run folder); teacher_features.py (distill's feature cache);
-                      distributed.py (data-parallel student training: torchrun / accelerate launch, gloo/NCCL)
+                      distributed.py (data-parallel student training: torchrun / accelerate launch, gloo/NCCL);
+                      code_text.py (a title-reading student's title table, both student recipes)
     checkpoint.py     the one resume-checkpoint format (weights, optimizer, scheduler, RNG; safetensors)
     kinds.py          the run kinds, one row each (command, input, learned, unknown codes): the one list
     runs.py           run folders: manifests, checks, `load_run(path)` → a Scorer for every run kind
     scorer.py         `Scorer` (TensorScorer, TeacherScorer): a loaded run and its output rules (its
                       calibrator, the unknown-code shrink), the same scores in predict, report and the API
+    code_titles.py    a title-reading student run's title table (code_text.safetensors, checked on load) and the
+                      codes it does not know read by their titles at prediction (embedded once per call)
     calibration.py    ECE, Brier, reliability bins; temperature scaling fitted after training (calibration.json)
     explain.py        occlusion explanations through any Scorer (`leader predict --explain K`)
     predict/          `leader predict`: any run → streamed, batched inference → ranked table (+ .meta.json):

@@ -59,15 +59,18 @@ class Recommender:
         titles: dict[str, dict[str, str]] | None = None,
         unknown_shrink: float | None = None,
         explain: int = 0,
+        code_titles: bool | None = None,
     ):
         """Rank drugs for the latest visit of every subject in `visits` (polars or pandas DataFrame, the
         artifact's visits schema). Returns a polars DataFrame: subject_id, hadm_id, rank, atc3, drug_name,
         score, selected, ddi_dropped, n_unknown_codes. `titles` (kind → {code: title}) names codes the run
-        does not know, for a teacher's prompts. `unknown_shrink` (λ; None = the run's, from the
+        does not know, for a teacher's prompts and a title-reading student. `unknown_shrink` (λ; None = the run's, from the
         `predict.unknown_shrink` setting) leans the scores of visits with unknown codes towards the training
         drug frequencies (the run's `Scorer` applies it, as everywhere). `explain=K` adds the list columns
         explain_codes, explain_kinds, explain_titles, explain_visits, explain_contributions: the K codes whose
-        removal lowers the drug's score most (occlusion, `leadercli.explain`; one scoring pass per code)."""
+        removal lowers the drug's score most (occlusion, `leadercli.explain`; one scoring pass per code).
+        A run trained with `student.code_text` reads the codes it does not know by their `titles` (embedded once
+        per call; `code_titles=False`, or the `predict.code_titles` setting, maps them to UNK instead)."""
         import polars as pl
 
         from leadercli.errors import InputError
@@ -77,8 +80,15 @@ class Recommender:
         if frame.height == 0:
             raise InputError("the visits frame has no rows", "Pass at least one visit")
         self.scorer.reset_unknown()
+        if code_titles is None:
+            code_titles = self.settings.predict.code_titles if self.settings is not None else True
         opts = PredictOptions(
-            top_k=top_k, threshold=threshold, max_ddi_pairs=max_ddi_pairs, batch_size=4096, explain=explain
+            top_k=top_k,
+            threshold=threshold,
+            max_ddi_pairs=max_ddi_pairs,
+            batch_size=4096,
+            explain=explain,
+            code_titles=code_titles,
         )
         return predict_frame(self.scorer.with_unknown_shrink(unknown_shrink), frame, opts, titles)
 

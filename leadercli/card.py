@@ -44,6 +44,7 @@ SHARED_FILES = (
     "ddi.parquet",
     "train_log.jsonl",
     "calibration.json",  # the calibrator: numbers fitted on the validation split, no patient rows
+    "code_text.safetensors",  # title embeddings of the vocabulary's codes (code_titles.FILE), no patient rows
 )
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 _LICENCE_NOTES = (

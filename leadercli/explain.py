@@ -192,8 +192,8 @@ class Names:
 
     def __init__(self, encoder, titles: dict[str, dict[str, str]] | None = None) -> None:
         v = encoder.vocab
-        n = encoder.vocab_size
-        self.code = np.full(n, None, object)  # unified id → code string (None: PAD / UNK)
+        n = encoder.n_ids  # the vocab's ids, and the codes a title-reading run reads by their titles
+        self.code = np.full(n, None, object)  # unified id → code string (None: PAD / UNK / read by title)
         self.title = np.full(n, None, object)
         for name, table in zip(LISTS, (encoder.diag_ids, encoder.proc_ids, encoder.med_ids), strict=True):
             cl = getattr(v, name)

@@ -158,6 +158,7 @@ RUN_ENTRIES = frozenset(
     {MANIFEST, SETTINGS, LOG, VOCAB_COPY, DDI_COPY, MODEL_FILE, "checkpoint", "checkpoint.tmp", "adapter"}
     | {"head.safetensors", "features", "best", "README.md"}  # README.md = leadercli.card.CARD, the model card
     | {"calibration.json"}  # = calibration.CALIBRATION_FILE
+    | {"code_text.safetensors"}  # = code_titles.FILE, a title-reading student's title embeddings
 )
 
 

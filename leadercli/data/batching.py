@@ -67,6 +67,7 @@ class Encoder:
         self.med_ids = {c: self.med_offset + i for i, c in enumerate(vocab.medications.codes)}
         self.label_index = vocab.medications.index
         self.vocab_size = self.med_offset + nm
+        self.n_ids = self.vocab_size  # ids in use: more when a title-reading run adds codes (code_titles)
         self.n_labels = nm
         self.profile_maps = [
             {v: i + 1 for i, v in enumerate(vocab.profile.get(f, []))} for f in self.profile_fields

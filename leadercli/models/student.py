@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from leadercli.models import student_eval, student_train
+from leadercli.models.code_text import MODES as CODE_TEXT_MODES
+from leadercli.models.code_text import CodeEmbedding
 from leadercli.models.config_checks import check_heads
 
 NEG_INF = -1e9  # finite "minus infinity" for masked attention scores
@@ -160,11 +162,18 @@ class StudentConfig:
     # added to the three visit streams before the visit encoder; 0 = none (the reference: no position or time
     # encoding, §7.21, so the target visit's codes are indistinguishable from history in the mean over visits)
     recency: int = 0
+    # code titles (issue 25, `models/code_text.py`): none = id embeddings only (the reference); both = id
+    # embedding + a learned projection of the title's sentence embedding; text = that projection alone for codes
+    # with a title
+    code_text: str = "none"
+    text_dim: int = 0  # D, width of the title embeddings (the title encoder's); 0 with code_text none
 
     def __post_init__(self) -> None:
         if not self.profile_sizes:
             raise ValueError("profile_sizes needs at least one field")
         check_heads(self.hidden, self.heads)
+        if self.code_text not in CODE_TEXT_MODES or (self.code_text != "none") != (self.text_dim > 0):
+            raise ValueError(f"code_text {self.code_text!r} with text_dim {self.text_dim} is not a student")
 
 
 @dataclass
@@ -195,6 +204,8 @@ class StudentModel(nn.Module):
         self.fc2 = nn.Linear(c.head_hidden, c.n_labels)
         # created last, and only when used, so runs without it draw exactly the random numbers they always did
         self.recency = nn.Embedding(c.recency, c.hidden) if c.recency else None
+        if c.code_text != "none":  # after recency, for the same reason: the id rows are the id-only student's
+            self.embed = CodeEmbedding(self.embed, c.text_dim, c.code_text)  # its table: `embed.set_text`
 
     def encode_sets(self, ids: torch.Tensor, enc: Stack) -> torch.Tensor:
         """Code sets (..., S) → one vector each (..., d): embed, set block, masked mean over codes.
@@ -206,7 +217,7 @@ class StudentModel(nn.Module):
         flat = ids.reshape(-1, S)  # (N, S)
         mask = flat > 0  # (N, S)
         extent = (mask * torch.arange(1, S + 1, device=ids.device)).amax(-1)  # (N,) last real position + 1
-        out = torch.zeros(flat.shape[0], self.config.hidden, device=ids.device, dtype=self.embed.weight.dtype)
+        out = torch.zeros(flat.shape[0], self.config.hidden, device=ids.device, dtype=self.fc1.weight.dtype)
         rows = extent.nonzero().squeeze(1)  # (n,) non-empty sets
         if rows.numel() > SET_CHUNK:
             rows = rows[extent[rows].argsort(stable=True)]  # similar lengths together

@@ -166,7 +166,7 @@ def encode_sets(model, ids: torch.Tensor, enc, onednn: bool = True) -> torch.Ten
     flat = ids.reshape(-1, S)  # (N, S)
     pk = Packed.of(flat > 0)
     codes = flat.reshape(-1)[pk.index]  # (T,) the real codes, set after set
-    out = model.embed.weight.new_zeros(flat.shape[0], model.config.hidden)  # (N, d), the model's device
+    out = model.fc1.weight.new_zeros(flat.shape[0], model.config.hidden)  # (N, d), the model's device
     table, single = _qkv_table(model, enc), _single_table(model, enc, onednn)  # (vocab, 3d), (vocab, d)
     for s0, s1, t0, t1, groups in pk.chunks():
         if groups[0][0] == 1:  # sets of one code: the encoder's output is the code's own
@@ -195,14 +195,26 @@ def _cached(model, name: str, enc, params: tuple[torch.Tensor, ...], make, extra
     return hit[1]
 
 
+def _code_sources(model) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """What the code table `model.embed.weight` is made of, for the caches: the `nn.Embedding`'s weight, or a
+    title-reading embedding's sources and growth key (`models/code_text.py`: its table is computed, with rows
+    added at prediction)."""
+    e = model.embed
+    return (e.sources(), (e.grown,)) if hasattr(e, "sources") else ((e.weight,), ())
+
+
 def _single_table(model, enc, onednn: bool) -> torch.Tensor:
     """The encoding of the set {code} for every code (vocab, d): the stack on one position depends on the code
     alone (its attention output is its value), so sets of one code are looked up."""
-    params = (model.embed.weight, *enc.parameters())
+    src, grown = _code_sources(model)
+    params = (*src, *enc.parameters())
     table = _qkv_table(model, enc)
-    n = model.embed.weight.shape[0]
-    make = lambda: _stack(enc, model.embed.weight, [(1, n)], table, onednn)  # noqa: E731
-    return _cached(model, "_single_cache", enc, params, make, extra=(onednn,))
+
+    def make() -> torch.Tensor:
+        w = model.embed.weight  # (vocab, d)
+        return _stack(enc, w, [(1, w.shape[0])], table, onednn)
+
+    return _cached(model, "_single_cache", enc, params, make, extra=(onednn, *grown))
 
 
 def _qkv_table(model, enc) -> torch.Tensor:
@@ -210,9 +222,10 @@ def _qkv_table(model, enc) -> torch.Tensor:
     input is the code embedding, so its layer norm and Q/K/V projection depend on the code alone (a quarter of
     the set encoder's multiply-adds)."""
     block = enc.blocks[0]
-    params = (model.embed.weight, block.ln1.weight, block.ln1.bias, *block.attn.qkv_weight_parts())
+    src, grown = _code_sources(model)
+    params = (*src, block.ln1.weight, block.ln1.bias, *block.attn.qkv_weight_parts())
     make = lambda: F.linear(block.ln1(model.embed.weight), block.attn.qkv_weight())  # noqa: E731
-    return _cached(model, "_qkv_cache", enc, params, make)
+    return _cached(model, "_qkv_cache", enc, params, make, extra=grown)
 
 
 def _encode_visits(model, streams: torch.Tensor, vmask: torch.Tensor, onednn: bool) -> torch.Tensor:

@@ -168,7 +168,7 @@ def forward(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
     encs = {"diag": model.diag_enc, "proc": model.proc_enc, "med": model.med_enc}
     streams = []
     for k, n_visits in zip(KINDS, (V, V, V - 1), strict=True):
-        out = model.embed.weight.new_zeros(B * n_visits, c.hidden)  # (B·V, d); an empty set is zeros
+        out = model.fc1.weight.new_zeros(B * n_visits, c.hidden)  # (B·V, d); an empty set is zeros
         if k in emb:
             out = out.index_copy(0, batch[f"packed.{k}.rows"], _means(encs[k], emb[k], batch, k, neg_inf))
         streams.append(out.view(B, n_visits, c.hidden))

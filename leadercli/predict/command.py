@@ -66,7 +66,9 @@ def predict_file(
         # the modules and the model stay for the whole command: the collector skips them until it ends (it
         # walked torch's objects on every full collection, about 4 % of predict's CPU time)
         gc.freeze()
-        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, explain)
+        opts = PredictOptions(
+            cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, explain, cfg.code_titles
+        )
         _check_input_run(src, scorer)
         counts, meta = _write(scorer, src, opts, output, digest)
     finally:

@@ -47,6 +47,7 @@ class PredictOptions:
     max_ddi_pairs: int | None = None  # None = no DDI cap
     batch_size: int = 4096
     explain: int = 0  # codes explaining each output row (occlusion, `leadercli.explain`); 0 = none
+    code_titles: bool = True  # a title-reading run reads unknown codes by title (`leadercli.code_titles`)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
+from leadercli import code_titles
 from leadercli.data import contract
 from leadercli.data.batching import Encoder
 from leadercli.errors import InputError
@@ -37,6 +38,8 @@ T = TypeVar("T")
 
 def predict_stream(scorer, src: PredictInput, opts: PredictOptions) -> Iterator[tuple[pa.Table, int, Counts]]:
     """The input's subjects → output tables in subject order, with the input rows each one consumed."""
+    if opts.code_titles:  # a prediction input folder's codes.parquet names the codes of its visits
+        scorer, _ = code_titles.with_titles(scorer, src.titles)
     encoder = scorer.encoder
     wanted = [
         c
@@ -57,6 +60,11 @@ def predict_frame(scorer, frame: pl.DataFrame, opts: PredictOptions, titles=None
         ["subject_id", "visit_no"] if "visit_no" in frame.columns else ["subject_id", "admittime", "hadm_id"]
     )
     frame = frame.sort(order, maintain_order=True)
+    if titles and opts.code_titles and code_titles.reads_titles(scorer):  # only the frame's codes are read
+        present = code_titles.present_codes(
+            prefix_raw(frame, src.path, _default_icd_version(scorer.manifest))
+        )
+        scorer, _ = code_titles.with_titles(scorer, titles, present)
     tables = [t for t, _, _ in score_chunks(scorer, iter([(frame.height, frame)]), src, opts)]
     table = pa.concat_tables(tables) if tables else out_schema(opts.explain).empty_table()
     return pl.from_arrow(table)

@@ -31,6 +31,7 @@ from leadercli.models.losses import contrastive_loss, feature_kd_loss
 from leadercli.models.student import DistillHeads
 from leadercli.settings import Settings
 from leadercli.training import distributed
+from leadercli.training.code_text import title_table
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
 
@@ -64,7 +65,8 @@ def distill(settings: Settings, resume: bool = False) -> Path:
         runs.prepare_out_dir(out, resume)
         runs.save_settings(settings, out)
     distributed.barrier(dist)
-    model, config = build_student(encoder, cfg, settings.hardware.onednn)
+    text, text_entry = title_table(settings, encoder, artifact.vocab_hash, out, dist)  # student.code_text
+    model, config = build_student(encoder, cfg, settings.hardware.onednn, text)
     model.to(device)
     terms = _Terms.build(
         settings, model, config, kd_target, alpha if use_kd else 0.0, beta if use_align else 0.0
@@ -120,6 +122,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
             "best_val_prauc": fitted.best_val_prauc,
             "metrics": {"val": result["val"], "test": result["test"]},
         }
+        | ({"code_text": text_entry} if text_entry is not None else {})
     )
     save_run(out, model, config, artifact, manifest, settings)  # the student's weights only (heads dropped)
     if terms.heads is not None:

@@ -353,8 +353,9 @@ def setup_data(settings: Settings):
     return artifact, encoder, splits
 
 
-def build_student(encoder: Encoder, cfg, onednn: bool = True):
-    """The student of `cfg` (StudentSettings) for `encoder`'s vocabularies; `onednn`: `hardware.onednn`."""
+def build_student(encoder: Encoder, cfg, onednn: bool = True, text: torch.Tensor | None = None):
+    """The student of `cfg` (StudentSettings) for `encoder`'s vocabularies; `onednn`: `hardware.onednn`;
+    `text`: the title table (V, D) of a title-reading student (`training/code_text.py`), None = ids only."""
     from leadercli.models.student import StudentConfig, StudentModel
 
     config = StudentConfig(
@@ -369,8 +370,13 @@ def build_student(encoder: Encoder, cfg, onednn: bool = True):
         attn_dropout=cfg.attn_dropout,
         head_hidden=cfg.head_hidden,
         recency=cfg.recency,
+        code_text=cfg.code_text if text is not None else "none",
+        text_dim=int(text.shape[1]) if text is not None else 0,
     )
-    return StudentModel(config, onednn=onednn), config
+    model = StudentModel(config, onednn=onednn)
+    if text is not None:
+        model.embed.set_text(text)
+    return model, config
 
 
 def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, settings: Settings) -> None:

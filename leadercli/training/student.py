@@ -17,6 +17,7 @@ from leadercli.kinds import BASELINES, FIELD_MODELS
 from leadercli.models import student_train
 from leadercli.settings import Settings
 from leadercli.training import distributed
+from leadercli.training.code_text import title_table
 from leadercli.training.loop import build_student, evaluate_run, fit, save_run, setup_data, summary_line
 
 
@@ -58,7 +59,10 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
             settings, cfg.model, encoder, artifact, splits, out, device, resume
         )
     else:
-        model, config = build_student(encoder, cfg, settings.hardware.onednn)
+        text, text_entry = title_table(settings, encoder, artifact.vocab_hash, out, dist)
+        model, config = build_student(encoder, cfg, settings.hardware.onednn, text)
+        if text_entry is not None:
+            manifest["code_text"] = text_entry
         model.to(device)
         console.info(f"student: {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
         # train
