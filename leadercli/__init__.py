@@ -10,6 +10,7 @@ Module map (one line each; the folder says the concern):
     settings.py       pydantic-settings models per stage: defaults < leader.toml < LEADER_* env < options
     errors.py         LeaderError hierarchy: one line + hint, exit code 2
     console.py        results on stdout, progress and logs on stderr (rich), --quiet / --debug
+    launcher.py       what torchrun / accelerate launch / mpirun tell a process (rank, world size), torch-free
     offline.py        the HF offline / telemetry switches set at start-up (no network at run time)
     paths.py          output checks before any work: writable, free space, never destroy an input
     hardware.py       device, torch threads and seeds

@@ -11,6 +11,7 @@ import typer
 
 from leadercli import console
 from leadercli.errors import LeaderError
+from leadercli.launcher import launch_env
 
 T = TypeVar("T")
 
@@ -106,6 +107,9 @@ def run(fn: Callable[[], T], *, quiet: bool = False, debug: bool = False) -> T:
     """Run a command body: known errors → one red line on stderr, exit 2; unexpected → exit 1."""
     console.configure(quiet=quiet, debug=debug)
     try:
+        launch = launch_env()  # under torchrun / accelerate launch only rank 0 prints, from the start
+        if launch.world > 1:
+            console.set_rank(launch.rank, launch.world)
         return fn()
     except LeaderError as exc:
         console.err.print(

@@ -312,11 +312,25 @@ def test_crash_on_a_follower_fails_the_command_and_resume_finishes_it(tiny_artif
     assert all(torch.equal(a[k], b[k]) for k in a)  # resumed = uninterrupted, bit for bit
 
 
-def test_baseline_runs_on_the_main_process_alone(tiny_artifact, tmp_path):
+def test_baseline_runs_on_the_main_process_alone(tiny_artifact, tmp_path, monkeypatch):
+    """popularity under a 2-process launch, each process in turn (a baseline joins no process group): the
+    follower stops at once and writes nothing, the main process runs alone."""
+    from typer.testing import CliRunner
+
+    from leadercli import console
+    from leadercli.cli.main import app
+
     wd = _workdir(tmp_path, tiny_artifact)
-    r = _torchrun(wd, ["train", "student", "--model", "popularity", "--out", "runs/pop"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("popularity: test PRAUC") == 1, r.stdout
-    assert "runs on the main process alone" in r.stderr
-    m = json.loads((wd / "runs/pop/manifest.json").read_text())
-    assert m["distributed"]["world_size"] == 1
+    monkeypatch.chdir(wd)
+    monkeypatch.setattr(console, "_state", dict(console._state))  # set_rank's muting ends with the test
+    args = ["train", "student", "--model", "popularity", "--out", "runs/pop"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and r.output == "" and not (wd / "runs/pop").exists(), r.output
+    monkeypatch.setattr(console, "_state", {**console._state, "rank": 0, "world": 1, "quiet": False})
+    monkeypatch.setenv("RANK", "0")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("popularity: test PRAUC") == 1 and "on the main process alone" in r.output
+    assert json.loads((wd / "runs/pop/manifest.json").read_text())["distributed"]["world_size"] == 1
