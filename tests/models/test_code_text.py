@@ -224,6 +224,31 @@ def test_unseen_code_with_title_scores_differently_from_unk(runs_dir, tiny_artif
     # without a title the code is UNK, as before
     none = rec.predict(df, top_k=12, unknown_shrink=0)
     assert none.equals(unk)
+    # explanations name a code read by its title by its own string and title
+    ex = rec.predict(df, top_k=3, titles=titles, explain=40)
+    codes = ex["explain_codes"].explode().drop_nulls().to_list()
+    titles_shown = ex["explain_titles"].explode().drop_nulls().to_list()
+    assert "D9:4280" in codes and NEW["D9:4280"] in titles_shown
+
+
+def test_distill_without_terms_is_train_student(runs_dir):
+    """`leader distill --no-kd --no-align` with code titles: the same title table and weights as train student."""
+    out = runs_dir / "runs" / "distilled"
+    r = runner.invoke(
+        app,
+        ["distill", "-q", "--no-kd", "--no-align", *SET, "--set", "student.code_text=both", "--data",
+         str(runs_dir / "data" / "mimic3"), "--out", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (out, runs_dir / "runs" / "both"))
+    assert a["code_text"]["sha256"] == b["code_text"]["sha256"] and a["kind"] == "distilled"
+    from safetensors.torch import load_file
+
+    wa, wb = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(runs_dir / "runs" / "both" / "model.safetensors")),
+    )
+    assert "embed.proj.weight" in wa and all(torch.equal(wa[k], wb[k]) for k in wb)
 
 
 def test_prediction_input_folder_titles_and_count_on_stderr(runs_dir, tiny_artifact, tmp_path):
