@@ -82,11 +82,13 @@ class Recommender:
         self.scorer.reset_unknown()
         if code_titles is None:
             code_titles = self.settings.predict.code_titles if self.settings is not None else True
+        from leadercli.explain import BATCH as EXPLAIN_BATCH
+
         opts = PredictOptions(
             top_k=top_k,
             threshold=threshold,
             max_ddi_pairs=max_ddi_pairs,
-            batch_size=4096,
+            batch_size=EXPLAIN_BATCH if explain else 4096,  # explaining: about 10k occluded copies a batch
             explain=explain,
             code_titles=code_titles,
         )

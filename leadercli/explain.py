@@ -36,6 +36,7 @@ KINDS = ("diagnosis", "procedure", "medication")  # explain_kinds values, in the
 KEYS = ("diag", "proc", "med")  # the batch tensors of each kind
 LISTS = ("diagnoses", "procedures", "medications")  # the Visit / visits-frame columns of each kind
 CHUNK = 8192  # occluded copies scored together at most
+BATCH = 512  # patients per batch when explaining (about 10k copies; progress shown every 1,024 input rows)
 ROW_BLOCK = 1 << 22  # (output rows × codes) compared at once when choosing the top codes
 
 FIELDS = (

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from leadercli import console
 from leadercli.errors import InputError, SettingsError
+from leadercli.explain import BATCH as EXPLAIN_BATCH
 from leadercli.predict import output as out
 from leadercli.predict.input import PredictInput, read_input
 from leadercli.predict.ranking import Counts, PredictOptions
@@ -66,9 +67,8 @@ def predict_file(
         # the modules and the model stay for the whole command: the collector skips them until it ends (it
         # walked torch's objects on every full collection, about 4 % of predict's CPU time)
         gc.freeze()
-        opts = PredictOptions(
-            cfg.top_k, cfg.threshold, max_ddi_pairs, cfg.batch_size, explain, cfg.code_titles
-        )
+        batch = min(cfg.batch_size, EXPLAIN_BATCH) if explain else cfg.batch_size  # bounded copies, progress
+        opts = PredictOptions(cfg.top_k, cfg.threshold, max_ddi_pairs, batch, explain, cfg.code_titles)
         _check_input_run(src, scorer)
         counts, meta = _write(scorer, src, opts, output, digest)
     finally:
