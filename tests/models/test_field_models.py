@@ -234,3 +234,79 @@ def test_every_field_kind_has_a_config():
     assert set(kinds.FIELD_MODELS) <= set(kinds.STUDENT_MODELS) and set(kinds.FIELD_MODELS) <= set(
         kinds.LEARNED
     )
+
+
+def _one(batch: dict, i: int) -> dict:
+    """Patient i alone, cut to its real visits (what the authors' per-patient code sees)."""
+    n = int(batch["visit_mask"][i].sum())
+    return {
+        k: (v[i : i + 1, :n] if v.dim() >= 2 and k in ("diag", "proc", "med", "visit_mask") else v[i : i + 1])
+        for k, v in batch.items()
+    }
+
+
+def test_retain_reads_visits_in_reverse_time(data):
+    """The batched model equals RETAIN written per patient: GRUs over the reversed real visits."""
+    _, batch, *_ = data
+    model = build("retain", data).eval()
+    i = int((batch["visit_mask"].sum(1) >= 3).nonzero()[0])
+    p = _one(batch, i)
+    with torch.no_grad():
+        n = p["diag"].shape[1]
+        med = p["med"].clone()
+        med[:, -1] = 0
+        codes = torch.cat([p["diag"], p["proc"], med], dim=-1)[0]  # (n, S)
+        v = (model.embed(codes) * (codes > 0).unsqueeze(-1)).sum(1)  # (n, d)
+        rev = v.flip(0).unsqueeze(0)  # target first
+        g = model.alpha_gru(rev)[0][0].flip(0)  # (n, h) back in time order
+        h = model.beta_gru(rev)[0][0].flip(0)
+        a = torch.softmax(model.alpha(g).squeeze(-1), 0)  # (n,)
+        c = (a.unsqueeze(-1) * torch.tanh(model.beta(h)) * v).sum(0)
+        want = model.out(c)
+        got = model(batch).logits[i]
+    assert n >= 3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_micron_scores_the_authors_residual_chain(data):
+    """Evaluation = the authors' representation_base: P(h_0) + Σ_k P(h_k − h_{k−1}), plus the previous-drug bonus."""
+    enc, batch, *_ = data
+    model = build("micron", data).eval()
+    i = int((batch["visit_mask"].sum(1) >= 3).nonzero()[0])
+    p = _one(batch, i)
+    with torch.no_grad():
+        d = (model.embed(p["diag"][0]) * (p["diag"][0] > 0).unsqueeze(-1)).sum(1)  # (n, d)
+        r = (model.embed(p["proc"][0]) * (p["proc"][0] > 0).unsqueeze(-1)).sum(1)
+        h = model.health(torch.cat([d, r], -1))  # (n, d)
+        base = model.prescription(h[0])
+        for k in range(1, len(h)):
+            base = base + model.prescription(h[k] - h[k - 1])
+        prev = field.multi_hot(p["med"][0, -2], enc.med_offset, enc.n_labels)
+        want = base + model.keep_bonus * prev
+        got = model(batch).logits[i]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gamenet_reads_the_history_memory(data):
+    """GAMENet written per patient (the authors' forward): fact2 from the earlier visits' queries and drugs."""
+    enc, batch, *_ = data
+    model = build("gamenet", data).eval()
+    i = int((batch["visit_mask"].sum(1) >= 3).nonzero()[0])
+    p = _one(batch, i)
+    with torch.no_grad():
+
+        def mean_emb(ids):
+            m = (ids > 0).unsqueeze(-1).float()
+            return (model.embed(ids) * m).sum(1) / m.sum(1).clamp(min=1)
+
+        o1 = model.diag_rnn(mean_emb(p["diag"][0]).unsqueeze(0))[0][0]
+        o2 = model.proc_rnn(mean_emb(p["proc"][0]).unsqueeze(0))[0][0]
+        queries = model.query(torch.cat([o1, o2], -1))  # (n, d)
+        q = queries[-1:]
+        memory = model.ehr_gcn(model.ehr_norm) - model.inter * model.ddi_gcn(model.ddi_norm)
+        fact1 = torch.softmax(q @ memory.T, -1) @ memory
+        values = field.multi_hot(p["med"][0, :-1], enc.med_offset, enc.n_labels)  # (n-1, M)
+        fact2 = torch.softmax(q @ queries[:-1].T, -1) @ values @ memory
+        want = model.output(torch.cat([q, fact1, fact2], -1))[0]
+        got = model(batch).logits[i]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
