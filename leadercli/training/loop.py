@@ -5,6 +5,11 @@ validation PRAUC with patience, a safetensors checkpoint after every epoch for `
 
 Determinism: the epoch's shuffling is a pure function of (seed, epoch), dropout draws from torch's global RNG
 which the checkpoint saves — so an interrupted and resumed run reaches the same weights as an uninterrupted one.
+On CPU the student's masks are drawn by the batch thread from the same generator, continued in numpy, and the
+generator's state is handed back to torch after each epoch (`training/batches.py`, `models/torch_masks.py`).
+
+`fit` trains any `nn.Module` whose `forward(batch)` takes the padded batch dict of `data/batching.py` and
+returns logits (B, M), or an object with `.logits`; see its docstring.
 """
 
 from __future__ import annotations
