@@ -263,6 +263,10 @@ class TeacherScorer(Scorer):
 
 
 # -- tensor models: kind → how its model is rebuilt from model.safetensors and the manifest -----------------
+class WeightsMismatch(ValueError):
+    """A builder's complaint about `model.safetensors` (not about the manifest's model_config)."""
+
+
 def _student(state: dict, manifest: dict, encoder: Encoder):
     cfg = manifest.get("model_config")
     if not isinstance(cfg, dict):
@@ -272,7 +276,7 @@ def _student(state: dict, manifest: dict, encoder: Encoder):
 
 def _baseline(state: dict, manifest: dict, encoder: Encoder):
     if "freq" not in state or state["freq"].shape != (encoder.n_labels,):
-        raise ValueError("its drug frequencies do not fit the label list")
+        raise WeightsMismatch("drug frequencies")
     freq = state["freq"]
     if manifest["kind"] == "popularity":
         return PopularityModel(freq)
@@ -310,12 +314,14 @@ def load_tensor_model(path: Path, manifest: dict, encoder: Encoder):
         ) from None
     try:
         model = TENSOR_MODELS[kind](state, manifest, encoder)
-    except Exception as exc:  # noqa: BLE001 - any failure to build the model means a damaged manifest or file
+    except WeightsMismatch as exc:
+        raise ArtifactError(f"{path} does not fit its manifest ({exc})", hint) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure to build the model means a damaged model_config
         why = (
             str(exc).splitlines()[0][:120] if isinstance(exc, ValueError) and str(exc) else type(exc).__name__
         )
         raise ArtifactError(
-            f"{path} and the manifest beside it do not describe a {kind} model ({why})", hint
+            f"{path.parent / 'manifest.json'}: model_config does not describe a {kind} model ({why})", hint
         ) from None
     if kind in kinds.BASELINES:
         return model  # built from the state itself
