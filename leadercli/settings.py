@@ -504,8 +504,8 @@ class CalibrationSettings(_Section):
         "none",
         description="temperature = fit temperature scaling on the validation split after training, so that "
         "`score` is a calibrated probability (stored as calibration.json, applied by every scorer; the "
-        "threshold is tuned on the calibrated scale; rankings and PRAUC unchanged); none = raw model scores "
-        "(the default until the pinned behaviour is re-pinned: benchmarks/README.md).",
+        "threshold is tuned on the calibrated scale; rankings and PRAUC unchanged); none = raw model scores, "
+        "the default: on the cold-start population it raised ECE slightly (benchmarks/bench_calibration.py).",
     )
 
 
