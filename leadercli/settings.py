@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from leadercli.errors import SettingsError
 from leadercli.kinds import STUDENT_MODELS
-from leadercli.models.config_checks import check_heads
+from leadercli.models.config_checks import check_heads, check_order
 
 CONFIG_FILE = "leader.toml"
 
@@ -327,7 +327,9 @@ class StudentSettings(_Section):
     """`leader train student` / `leader distill`: the student network and its training (reference §4)."""
 
     model: Literal[STUDENT_MODELS] = Field(
-        "student", description="student, or a baseline."
+        "student",
+        description="student, a baseline (popularity, previous) or a field model (retain, gamenet, micron, "
+        "logreg, raremed: their sections below).",
     )
     hidden: int = Field(64, ge=4)
     heads: int = Field(4, ge=1)
@@ -589,6 +591,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         check_heads(self.student.hidden, self.student.heads, "student.hidden", "student.heads")
+        check_heads(self.raremed.emb_dim, self.raremed.heads, "raremed.emb_dim", "raremed.heads")
+        m = self.micron
+        check_order(m.remove_threshold, m.add_threshold, "micron.remove_threshold", "micron.add_threshold")
         return self
 
     # -- derived values -------------------------------------------------------------------------------

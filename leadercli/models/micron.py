@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leadercli.models.config_checks import check_order
 from leadercli.models.field import (
     FieldModel,
     FieldOutput,
@@ -71,8 +72,7 @@ class MicronConfig:
     margin_weight: float = 0.05  # weight of the multilabel margin loss relative to BCE
 
     def __post_init__(self) -> None:
-        if not 0 < self.remove_threshold <= self.add_threshold < 1:
-            raise ValueError("micron needs 0 < remove_threshold <= add_threshold < 1")
+        check_order(self.remove_threshold, self.add_threshold, "remove_threshold", "add_threshold")
 
 
 def _logit(p: float) -> float:

@@ -34,7 +34,7 @@ def train_field(
         model, config = build(kind, section, encoder, splits["train"], artifact.ddi_index_pairs())
     except ValueError as exc:
         raise SettingsError(
-            f"[{kind}] settings: {exc}", f"Fix the [{kind}] section (see `leader config`)"
+            f"{kind} settings: {exc}", f"Fix the {kind} section of leader.toml (see `leader config`)"
         ) from None
     model.to(device)
     console.info(f"{kind}: {model.num_parameters():,} parameters on {device}")
