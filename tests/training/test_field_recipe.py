@@ -166,3 +166,20 @@ def test_export_and_recommender(trained, kind):
     a = Recommender.load(f"runs/{kind}").predict(visits)
     b = Recommender.load(f"exported-{kind}").predict(visits)
     assert a.equals(b) and a["subject_id"].n_unique() == visits["subject_id"].n_unique()
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("raremed.heads=3", "raremed.emb_dim 512 is not divisible"),
+        ("micron.remove_threshold=0.9", "is above"),
+    ],
+)
+def test_bad_field_settings_fail_before_any_output(tmp_path, tiny_artifact, monkeypatch, setting, words):
+    wd = _workdir(tmp_path, tiny_artifact)
+    (wd / "leader.toml").write_text("")
+    monkeypatch.chdir(wd)
+    kind = setting.split(".")[0]
+    r = runner.invoke(app, ["train", "student", "--model", kind, "--set", setting, "--out", "runs/bad"])
+    assert r.exit_code == 2 and words in r.output
+    assert not (wd / "runs" / "bad").exists()
