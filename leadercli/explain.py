@@ -12,7 +12,9 @@ score is never listed, so a row may have fewer than K (a popularity run, which r
 How the copies are built:
 - tensor kinds (`Scorer.score_batch`): each patient's padded rows are repeated once per present code with that
   one position set to PAD (`diag`/`proc`/`med`, (B, V, S)), the target visit's code counts adjusted for the
-  unknown-code shrink, and scored in chunks of `CHUNK` copies — no Python loop per patient or code;
+  unknown-code shrink, and scored in chunks of `CHUNK` copies — no Python loop per patient or code; the LEADER
+  student scores the same copies set by set (`models/student_occlusion.py`: only the one changed set is
+  re-encoded, then the visit encoder and head);
 - the teacher (`Scorer.score_samples`): one `Sample` per code with that code removed, scored through its
   prompts (with a progress bar and ETA).
 
@@ -102,12 +104,27 @@ def sample_positions(samples: list) -> Positions:
     )
 
 
+def copy_counts(batch: dict, pos: Positions, lo: int, hi: int):
+    """(n_unknown, n_codes) of copies lo:hi, each (n,): the patient's target-visit code counts (read by the
+    unknown-code shrink, `scorer.batch_unknown`) without the removed code when it is a target diagnosis or
+    procedure."""
+    import torch
+
+    from leadercli.data.batching import UNK_DIAG, UNK_PROC
+    from leadercli.scorer import batch_unknown
+
+    n_unknown, n_codes = batch_unknown(batch)  # (B,)
+    p = torch.from_numpy(pos.patient[lo:hi])
+    in_target = torch.from_numpy(~pos.history[lo:hi])  # (n,) a target diagnosis or procedure
+    ids = torch.from_numpy(pos.ids[lo:hi])
+    unknown = in_target & ((ids == UNK_DIAG) | (ids == UNK_PROC))
+    return n_unknown[p] - unknown.long(), n_codes[p] - in_target.long()
+
+
 def occlude_tensors(batch: dict, pos: Positions, lo: int, hi: int) -> dict:
     """Copies lo:hi of the batch: position j's patient with its code j set to PAD; the target visit's code
     counts (`n_codes`, `n_unknown`: the unknown-code shrink reads them) follow the removal."""
     import torch
-
-    from leadercli.data.batching import UNK_DIAG, UNK_PROC
 
     p = torch.from_numpy(pos.patient[lo:hi])
     B = batch["visit_mask"].shape[0]
@@ -118,20 +135,35 @@ def occlude_tensors(batch: dict, pos: Positions, lo: int, hi: int) -> dict:
         if len(r):
             out[key][torch.from_numpy(r), torch.from_numpy(visit[r]), torch.from_numpy(slot[r])] = 0
     if "n_codes" in out:
-        in_target = torch.from_numpy(~pos.history[lo:hi])  # (n,) a target diagnosis or procedure
-        ids = torch.from_numpy(pos.ids[lo:hi])
-        unknown = in_target & ((ids == UNK_DIAG) | (ids == UNK_PROC))
-        out["n_codes"] = out["n_codes"] - in_target.long()
-        out["n_unknown"] = out["n_unknown"] - unknown.long()
+        out["n_unknown"], out["n_codes"] = copy_counts(batch, pos, lo, hi)
     return out
 
 
 def occluded_scores_tensors(scorer, batch: dict, pos: Positions, chunk: int = CHUNK) -> np.ndarray:
-    """(N, M) float32: the scores of every occluded copy (`occlude_tensors`), `chunk` copies at a time."""
+    """(N, M) float32: the scores of every occluded copy (`occlude_tensors`), `chunk` copies at a time. The
+    LEADER student re-encodes only the one set each copy changes (`models/student_occlusion.py`); other
+    kinds score whole copies through `Scorer.score_batch`."""
+    import torch
+
+    from leadercli.models import student_occlusion
+
     out = np.zeros((len(pos), len(scorer.labels)), np.float32)
+    model = getattr(scorer, "module", None)
+    fast = student_occlusion.supports(model)
+    if fast:
+        b = {k: v.to(scorer.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        sets = student_occlusion.record_sets(model, b)
     for lo in range(0, len(pos), chunk):
         hi = min(lo + chunk, len(pos))
-        out[lo:hi] = scorer.score_batch(occlude_tensors(batch, pos, lo, hi)).numpy()
+        if not fast:
+            out[lo:hi] = scorer.score_batch(occlude_tensors(batch, pos, lo, hi)).numpy()
+            continue
+        where = [
+            torch.from_numpy(a[lo:hi]).to(scorer.device) for a in (pos.patient, pos.kind, pos.visit, pos.slot)
+        ]
+        logits = student_occlusion.occluded_logits(model, b, sets, *where)  # (n, M)
+        probs = torch.sigmoid(logits).float().cpu()
+        out[lo:hi] = scorer.output(probs, *copy_counts(batch, pos, lo, hi)).numpy()
     return out
 
 

@@ -264,3 +264,19 @@ def test_csv_text_of_list_columns():
     out = csv_table(t)
     assert out["explain_titles"].to_pylist() == ["a, b;c", ""]  # a title's own `;` would split it
     assert out["explain_contributions"].to_pylist() == ["0.1235;0.5", ""]
+
+
+def test_student_set_by_set_copies_equal_whole_copies(trained):
+    """`models/student_occlusion.py` re-encodes only the changed set: the same scores as scoring whole copies."""
+    from leadercli import explain
+    from leadercli.models import student_occlusion
+    from leadercli.runs import load_run
+
+    scorer = load_run(trained / "runs" / "student")
+    assert student_occlusion.supports(scorer.module)
+    visits = pl.read_parquet(trained / "data" / "mimic3" / "visits.parquet")
+    for batch in scorer.encoder.encode_frame(visits, 10, 16, labels=False, by_length=True):
+        pos = explain.tensor_positions(batch)
+        fast = explain.occluded_scores_tensors(scorer, batch, pos, chunk=7)
+        whole = scorer.score_batch(explain.occlude_tensors(batch, pos, 0, len(pos))).numpy()
+        np.testing.assert_allclose(fast, whole, atol=1e-6)

@@ -228,9 +228,10 @@ def _qkv_table(model, enc) -> torch.Tensor:
     return _cached(model, "_qkv_cache", enc, params, make, extra=grown)
 
 
-def _encode_visits(model, streams: torch.Tensor, vmask: torch.Tensor, onednn: bool) -> torch.Tensor:
+def encode_visits(model, streams: torch.Tensor, vmask: torch.Tensor, onednn: bool) -> torch.Tensor:
     """The visit encoder on the three streams (B, 3, V, d) of visit vectors, packed (all streams share the
-    encoder and the visit mask (B, V)) → the masked means (B, 3d), streams in order."""
+    encoder and the visit mask (B, V)) → the masked means (B, 3d), streams in order (also used by
+    `models/student_occlusion.py`)."""
     B, K, V, d = streams.shape
     pk = Packed.of(vmask[:, None, :].expand(B, K, V).reshape(B * K, V))
     x = streams.reshape(-1, d)  # (B·K·V, d)
@@ -260,7 +261,7 @@ def forward(model, batch: dict[str, torch.Tensor], onednn: bool = True) -> tuple
         back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, c.recency - 1)  # (B, V)
         r = model.recency(back) * vmask.unsqueeze(-1)  # (B, V, d)
         diag_v, proc_v, med_v = diag_v + r, proc_v + r, med_v + r
-    u = _encode_visits(model, torch.stack([diag_v, proc_v, med_v], dim=1), vmask, onednn)  # (B, 3d)
+    u = encode_visits(model, torch.stack([diag_v, proc_v, med_v], dim=1), vmask, onednn)  # (B, 3d)
     z = eval_linear(F.relu(u), model.fc1.weight, model.fc1.bias, onednn=onednn)  # (B, head_hidden)
     logits = eval_linear(F.relu(z), model.fc2.weight, model.fc2.bias, onednn=onednn)  # (B, M)
     return logits, z, prof
