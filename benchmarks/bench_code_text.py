@@ -14,10 +14,11 @@ Variants, each trained per seed (`student.seed`), scored on every population:
 
 Populations:
 - `coldstart` (as benchmarks/bench_coldstart.py): a synthetic training population resampled from 60 % of the
-  MIMIC-IV demo's subjects; in distribution = its test split; cold start = the other 40 % real admissions and the
-  whole MIMIC-III demo (another database), prepared with `leader preprocess --for-run`;
+  MIMIC-IV demo's subjects; in distribution = its test split; cold start = the other 40 %, real admissions,
+  prepared with `leader preprocess --for-run` (which now refuses the MIMIC-III demo for a MIMIC-IV run);
 - `a21k`: the ~21k set (an artifact folder, read only: /work/bench/a21k/data); in distribution = its test split;
-  cold start = the MIMIC-III demo prepared against it.
+  also the whole MIMIC-IV demo prepared against it: real records, but the 21k set was resampled from them, so
+  not a cold start.
 
 Metrics: PRAUC, Jaccard, F1 per group (overall / single-visit / multi-visit), the run's own threshold, the
 predict defaults for the output rules (`predict.unknown_shrink` λ = 3; `--shrink 0` scores the raw model);
@@ -52,7 +53,7 @@ from bench_coldstart import _labels, _leader, evaluate, split_demo  # noqa: E402
 from common import machine, markdown_table  # noqa: E402
 
 A21K = Path("/work/bench/a21k/data")
-M3 = REPO / "sample_data" / "mimic-iii-demo"
+M4 = REPO / "sample_data" / "mimic-iv-demo"
 METRICS = ("prauc", "jaccard", "f1")
 GROUPS = ("overall", "single", "multi")
 # variant → (command, its --set options)
@@ -155,12 +156,11 @@ def populations(mode: str, work: Path, cfg: list[str], runs: dict, first: Path) 
             None,
         )
     }
-    cold = []
+    # `preprocess --for-run` refuses another source than the run's (the MIMIC-III demo for a MIMIC-IV run)
     if mode == "coldstart":
-        cold.append(
-            ("cold start: held-out MIMIC-IV demo", work / "demo-held" / "mimic-iv-demo", [], "new-m4")
-        )
-    cold.append(("cold start: MIMIC-III demo", M3, ["--source", "mimic3"], "new-m3"))
+        cold = [("cold start: held-out MIMIC-IV demo", work / "demo-held" / "mimic-iv-demo", [], "new-m4")]
+    else:  # the 21k set was resampled from the whole demo: its real records, but not held out
+        cold = [("real MIMIC-IV demo admissions (the generator's source)", M4, [], "new-m4")]
     for name, raw, extra, folder in cold:
         f = for_run(work, cfg, first, raw, folder, extra)
         out[name] = (pl.read_parquet(f / "visits.parquet"), read_titles(f / INPUT_CODES))
