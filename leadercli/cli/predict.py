@@ -68,9 +68,10 @@ def predict(
             help="Add, per row, the K codes of the target visit and of the history that most raised the drug's "
             "score (occlusion: the score drop when the code is removed), with their kind, title and "
             "contribution: columns explain_codes, explain_kinds, explain_titles, explain_visits, "
-            "explain_contributions (lists in parquet, `;`-joined in CSV). Cost: one extra scoring pass per "
-            "code of each record (about 20 for a MIMIC-IV admission), so several times plain predict for a "
-            "student (benchmarks/README.md) and very slow for a teacher on a CPU. 0 = none.",
+            "explain_contributions (lists in parquet, `;`-joined in CSV). Cost: one extra scoring of each "
+            "code's set per code of the record (about 20 for a MIMIC-IV admission): for the student about 6x "
+            "the CPU time and 1.5x the memory of plain predict (10k patients, busy 2-core machine; "
+            "benchmarks/bench_explain.py); a teacher scores one prompt per code (slow on a CPU). 0 = none.",
         ),
     ] = 0,
     sets: SetOpt = None,
