@@ -106,7 +106,7 @@ class Recommender:
         call. `out` keeps the prediction input folder; by default it is built in a temporary folder."""
         import polars as pl
 
-        from leadercli.data.newcohort import build_for_run
+        from leadercli.newcohort import build_for_run
         from leadercli.predict import INPUT_CODES, read_titles
         from leadercli.settings import load_settings
 

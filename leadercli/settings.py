@@ -16,9 +16,9 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from leadercli.config_checks import check_heads, check_order
 from leadercli.errors import SettingsError
 from leadercli.kinds import STUDENT_MODELS
-from leadercli.models.config_checks import check_heads, check_order
 
 CONFIG_FILE = "leader.toml"
 

@@ -77,9 +77,9 @@ def preprocess(
 
     def body() -> None:
         if for_run is not None:
-            from leadercli.data.newcohort import build_for_run
-            from leadercli.data.newcohort import print_summary as summary
             from leadercli.errors import SettingsError
+            from leadercli.newcohort import build_for_run
+            from leadercli.newcohort import print_summary as summary
 
             if raw is None:
                 raise SettingsError(

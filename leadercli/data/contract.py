@@ -1,6 +1,6 @@
 """The prediction-input contract: what a new-patient input to `leader predict` holds (one home for it).
 
-`leader preprocess --for-run` (`data/newcohort.py`) writes it and `leader predict` (`predict/input.py`) reads
+`leader preprocess --for-run` (`newcohort.py`) writes it and `leader predict` (`predict/input.py`) reads
 and checks it; the Python API (`Recommender.predict`) takes a frame with the same columns.
 
 An input is a visits table (parquet, CSV, an in-memory frame, or the `visits.parquet` of a prediction input

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from leadercli.models.config_checks import check_order
+from leadercli.config_checks import check_order
 from leadercli.models.field import (
     FieldModel,
     FieldOutput,

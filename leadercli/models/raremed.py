@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from leadercli.models.config_checks import check_heads
+from leadercli.config_checks import check_heads
 from leadercli.models.field import FieldModel, FieldOutput, at_target, margin_loss, soft_ddi, target_index
 
 

@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leadercli.config_checks import check_heads
 from leadercli.models import student_eval, student_train
 from leadercli.models.code_text import MODES as CODE_TEXT_MODES
 from leadercli.models.code_text import CodeEmbedding
-from leadercli.models.config_checks import check_heads
 
 NEG_INF = -1e9  # finite "minus infinity" for masked attention scores
 SET_CHUNK = 1024  # sets encoded together at most (the reference path)
