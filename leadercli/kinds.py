@@ -24,6 +24,10 @@ class Kind:
     reads: str  # "tensors" (student tensors: codes, history drugs, profile) or "prompts" (the teacher's text)
     learned: bool  # weights learned from the codes: `predict.unknown_shrink` applies to its scores
     unknown_codes: str  # what its scores do with codes the run does not know (leader predict's warning)
+    label: str = ""  # its row name in the report's table (the paper's names: LEADER(T), LEADER(S), RETAIN, …)
+    # how it scores a patient without history (a first visit) in the report's table; the field models' own
+    # text is their class's `no_history`, recorded in the manifest (`training.no_history`)
+    no_history: str = ""
 
     @property
     def command(self) -> str:
@@ -37,9 +41,20 @@ _UNK_EMBEDDING = (
 )
 
 _FIELD_UNK = "they map to one UNK embedding per code kind, so the ranking rests on the codes it knows and "
+_STUDENT_FIRST_VISIT = (
+    "the visit encoder reads the target visit's codes and the profile (a pseudo visit) alone; no drugs"
+)
 ROWS = (
-    Kind("student", "train student", "tensors", True, _UNK_EMBEDDING),
-    Kind("distilled", "distill", "tensors", True, _UNK_EMBEDDING),
+    Kind(
+        "student",
+        "train student",
+        "tensors",
+        True,
+        _UNK_EMBEDDING,
+        "Student (no KD)",
+        _STUDENT_FIRST_VISIT,
+    ),
+    Kind("distilled", "distill", "tensors", True, _UNK_EMBEDDING, "LEADER(S)", _STUDENT_FIRST_VISIT),
     Kind(
         "teacher",
         "train teacher",
@@ -47,6 +62,8 @@ ROWS = (
         True,
         "its prompt names them by their titles (the run's vocabulary, or the input folder's codes.parquet) "
         "and leaves out codes without one; it was never trained on them",
+        "LEADER(T)",
+        "its prompt has no history lines: the target visit's code titles and the profile",
     ),
     Kind(
         "popularity",
@@ -54,6 +71,8 @@ ROWS = (
         "tensors",
         False,
         "popularity reads no codes (every patient gets the training drug frequencies)",
+        "Popularity",
+        "as every patient: the training drug frequencies",
     ),
     Kind(
         "previous",
@@ -62,23 +81,32 @@ ROWS = (
         False,
         "it reads only the previous visit's drugs (else the training drug frequencies), not diagnoses or "
         "procedures",
+        "Previous visit",
+        "no previous drugs: the training drug frequencies",
     ),
 )
-# the field's models (issue 22; built by `models/field_build.py`): name → what else their scores rest on
+# the field's models (issue 22; built by `models/field_build.py`): name → (what else their scores rest on,
+# their name in the report's table)
 _FIELD = {
-    "retain": "the history visits' codes and drugs",
-    "gamenet": "the history visits' codes and drugs",
-    "micron": "the earlier visits' codes and drugs",
-    "logreg": "nothing else (the target visit alone)",
-    "raremed": "nothing else (the target visit alone)",
+    "retain": ("the history visits' codes and drugs", "RETAIN"),
+    "gamenet": ("the history visits' codes and drugs", "GAMENet"),
+    "micron": ("the earlier visits' codes and drugs", "MICRON"),
+    "logreg": ("nothing else (the target visit alone)", "LR"),
+    "raremed": ("nothing else (the target visit alone)", "RAREMed"),
 }
 FIELD_MODELS = tuple(_FIELD)
-ROWS += tuple(Kind(n, "train student", "tensors", True, _FIELD_UNK + what) for n, what in _FIELD.items())
+ROWS += tuple(
+    Kind(n, "train student", "tensors", True, _FIELD_UNK + w, lab) for n, (w, lab) in _FIELD.items()
+)
 BY_NAME = {k.name: k for k in ROWS}
 KINDS = tuple(k.name for k in ROWS)
 TENSOR_KINDS = tuple(k.name for k in ROWS if k.reads == "tensors")
 BASELINES = tuple(k.name for k in ROWS if not k.learned)  # no learned weights: no parameters to count
 LEARNED = tuple(k.name for k in ROWS if k.learned)
+# LEADER's own runs; every other kind is a baseline of the report's table ("the best baseline": the best
+# of the others on overall PRAUC)
+LEADER_KINDS = ("teacher", "distilled", "student")
+TABLE_BASELINES = tuple(k for k in KINDS if k not in LEADER_KINDS)  # popularity, previous, the field's models
 STUDENT_MODELS = tuple(k.name for k in ROWS if k.recipe == "train student")  # `student.model` choices
 # the kinds each recipe writes: a run folder is replaced only by the command that wrote it
 COMMAND_KINDS = {

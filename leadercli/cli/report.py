@@ -110,11 +110,20 @@ def report(
     run(body, quiet=quiet or format == "json", debug=debug)
 
 
-def _table(title: str, header: list[str], rows: list[list[str]], left: int = 1):
+def _table(title: str, header: list[str], rows: list[list[str]], left: int = 1, tight: bool = False):
+    """A rich table; `tight`: one space of padding (right) instead of two, for the paper's table's 7 columns."""
     from rich import box
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    padding = (0, 1, 0, 0) if tight else (0, 1)
+    t = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=padding,
+        show_edge=not tight,
+    )
     for i, h in enumerate(header):
         t.add_column(h, justify="left" if i < left else "right", overflow="fold")
     for r in rows:
@@ -122,48 +131,62 @@ def _table(title: str, header: list[str], rows: list[list[str]], left: int = 1):
     return t
 
 
+CARDS_UP_TO = 4  # runs; with more, the per-run metric cards (mean ± std) are left to report.md
+
+
 def print_tables(report: dict) -> None:
-    """The report on stdout, stacked so that it reads at 80 columns: a summary of the runs, one metrics table
-    per run (groups across, mean ± std over the 95 % interval), the DDI trade-off, efficiency, call-outs."""
+    """The report on stdout, stacked so that it reads at 80 columns: a summary of the runs; the paper's table
+    (one block per patient group: PRAUC and Δ PRAUC to the best baseline with their intervals, the other
+    metrics as points; then parameters, training time, patients/s, and how each model treats a patient
+    without history); one metrics card per run (groups across, mean ± std over the 95 % interval) when there
+    are at most CARDS_UP_TO runs; the DDI trade-off; the machine; call-outs."""
     from leadercli import console
-    from leadercli.report import render
+    from leadercli.report import rows, table
 
     out = console.out
+
+    def line(text: str) -> None:
+        out.print(text, highlight=False, soft_wrap=False)  # prose wraps at the console width, as tables do
+
     s, b = report["samples"], report["bootstrap"]
-    out.print(
-        f"Test split: {s['n']} patients; bootstrap mean ± std [95 % interval], {b['rounds']} resamples of n of n "
-        "with replacement; paired bootstrap against the best run and the popularity floor.",
-        highlight=False,
-        soft_wrap=False,  # prose wraps at the console width, as the tables do
+    line(
+        f"Test split: {s['n']} patients; bootstrap 95 % intervals, {b['rounds']} resamples of n of n with "
+        "replacement; paired bootstrap against the best run, the best baseline and the popularity floor."
     )
     out.print(
         _table(
-            "Runs compared (overall PRAUC on the whole split)", *render.summary_rows(report, with_kind=False)
+            "Runs compared (overall PRAUC on the whole split)", *rows.summary_rows(report, with_kind=False)
         )
     )
-    for entry in report["runs"]:
-        th = entry["threshold"]
-        title = f"{render.run_label(entry)} ({entry['kind']}) — threshold {th['value']:.4g}, {th['how']}"
-        out.print(_table(title, *render.run_card(report, entry)))
-    header, rows = render.ddi_rows(report)
-    if rows:
+    eff = report.get("efficiency") or {}
+    for title, header, body in table.terminal_tables(report):
+        if title.startswith("Cost") and eff:
+            threads = (eff.get("machine") or {}).get("torch_threads")
+            title += f" on {eff['device']}, {threads} threads, batch {eff['batch_size']}"
+        out.print(_table(title, header, body, tight=True))
+    best = (report.get("table") or {}).get("best_baseline")
+    if best:
+        line(f"Best baseline: {best}. Every metric's interval: report.md.")
+    header, body = table.history_rows(report)
+    if body:
+        out.print(_table("How each model treats a patient without history", header, body, left=2))
+    if len(report["runs"]) <= CARDS_UP_TO:
+        for entry in report["runs"]:
+            th = entry["threshold"]
+            title = f"{rows.run_label(entry)} ({entry['kind']}) — threshold {th['value']:.4g}, {th['how']}"
+            out.print(_table(title, *rows.run_card(report, entry)))
+    else:
+        line(f"Per-run metric cards (mean ± std, {len(report['runs'])} runs) and thresholds: report.md.")
+    header, body = rows.ddi_rows(report)
+    if body:
         out.print(
-            _table("Accuracy–DDI trade-off (at most N interacting pairs; ∞ = no cap)", header, rows, left=2)
+            _table("Accuracy–DDI trade-off (at most N interacting pairs; ∞ = no cap)", header, body, left=2)
         )
-    header, rows = render.efficiency_rows(report, narrow=True)
-    if rows:
-        eff = report["efficiency"]
-        threads = (eff.get("machine") or {}).get("torch_threads")
-        title = f"Efficiency on {eff['device']}, {threads} threads, batch {eff['batch_size']} (best of k)"
-        out.print(_table(title, header, rows))
-        line = render.machine_line(report)
-        if line:
-            out.print(line, highlight=False, soft_wrap=False)
-    for note in render.notes(report):
-        out.print(f"- {note}", highlight=False, soft_wrap=False)
+    machine = rows.machine_line(report)
+    if machine:
+        line(machine)
+    for note in rows.notes(report):
+        line(f"- {note}")
     if b.get("ignored"):
-        out.print(f"- {b['ignored']}.", highlight=False, soft_wrap=False)
-    out.print(
-        f"report written to {report['output']}/ (metrics.json, report.md, report.html, plots)",
-        highlight=False,
-    )
+        line(f"- {b['ignored']}.")
+    line(f"report written to {report['output']}/ (metrics.json, report.md, report.html, plots)")

@@ -7,15 +7,18 @@ Used by `score_runs` (run folders) and `score_predictions` (a `leader predict` f
   std and 95 % percentile interval of every metric (`metrics.evaluate_groups`, n of n with replacement);
   groups under `SMALL_GROUP` patients are flagged; per-drug F1; what the run selects (over-prediction);
   the accuracy–DDI trade-off (`ddi_tradeoff`).
-- `compare`: every run against the best one (highest overall point PRAUC) and against the popularity floor,
-  by a paired bootstrap of the difference on the same resampled patients (`metrics.paired_difference`).
+- `compare`: every run against the best one (highest overall point PRAUC), against the best baseline (the
+  best run of a kind other than LEADER's, `kinds.TABLE_BASELINES`: the report's table) and against the
+  popularity floor, by a paired bootstrap of the difference on the same resampled patients
+  (`metrics.paired_difference`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from leadercli import calibration, metrics
+from leadercli import calibration, kinds, metrics
+from leadercli.report.table import table_block
 
 GROUPS = ("overall", "single", "multi")
 SMALL_GROUP = 100  # groups with fewer patients are flagged: their intervals are rough
@@ -28,6 +31,7 @@ FLOOR_RULE = (
     "a model beats the popularity floor when the 95 % paired-bootstrap interval of its overall PRAUC minus "
     "popularity's lies above 0; 'below' = lower point PRAUC, 'not distinguishable' = the interval covers 0"
 )
+BASELINE_RULE = f"highest overall point PRAUC among the runs of the kinds that are not LEADER's ({', '.join(kinds.TABLE_BASELINES)})"
 DDI_RULE = (
     "drugs selected at the run's threshold, then, per patient, the lowest-scored drug of an interacting pair "
     "dropped until at most N interacting pairs remain (`leader predict --max-ddi-pairs N`); overall test split, "
@@ -174,12 +178,20 @@ def _diffs(entry: dict, other: dict, reps: dict, other_reps: dict) -> dict:
     return out
 
 
+def _best(entries: list[dict], among: list[int]) -> int:
+    """The index (of `among`) with the highest overall point PRAUC; the first one on a tie."""
+    return max(among, key=lambda i: entries[i]["groups"]["overall"]["point"]["prauc"])
+
+
 def compare(entries: list[dict], reps: list[dict], floor_index: int) -> dict:
-    """Add `vs_best` and `vs_floor` to every entry (in place); return the report's comparison block.
+    """Add `vs_best`, `vs_baseline` and `vs_floor` to every entry (in place); return the report's comparison
+    block.
 
     All entries must be scored on the same patients in the same order (the paired bootstrap draws the same
     rows for all of them: same n, rounds and seed)."""
-    best = max(range(len(entries)), key=lambda i: entries[i]["groups"]["overall"]["point"]["prauc"])
+    best = _best(entries, list(range(len(entries))))
+    baselines = [i for i, e in enumerate(entries) if e.get("kind") in kinds.TABLE_BASELINES]
+    base = _best(entries, baselines) if baselines else None
     floor = entries[floor_index]
     not_beating = []
     for i, e in enumerate(entries):
@@ -188,6 +200,11 @@ def compare(entries: list[dict], reps: list[dict], floor_index: int) -> dict:
         else:
             d = _diffs(e, entries[best], reps[i], reps[best])
             e["vs_best"] = {"reference": entries[best]["name"], "groups": d}
+        if base is None or i == base:
+            e["vs_baseline"] = None
+        else:
+            d = _diffs(e, entries[base], reps[i], reps[base])
+            e["vs_baseline"] = {"reference": entries[base]["name"], "groups": d}
         if i == floor_index:
             e["vs_floor"] = None
             continue
@@ -200,6 +217,8 @@ def compare(entries: list[dict], reps: list[dict], floor_index: int) -> dict:
     return {
         "best": entries[best]["name"],
         "chosen_by": "highest overall point PRAUC",
+        "best_baseline": entries[base]["name"] if base is not None else None,
+        "baseline_rule": BASELINE_RULE,
         "metrics": list(COMPARED),
         "method": metrics.PAIRED_METHOD,
         "floor": {
@@ -259,7 +278,8 @@ def assemble(
     comparison,
 ) -> dict:
     """A whole report: `header`, where the scores came from ("runs" / "predictions"), the drugs block (training
-    frequencies `frequency`), the scored entries and their comparison; `efficiency` is the caller's."""
+    frequencies `frequency`), the scored entries, their comparison and the paper's table; `efficiency` is the
+    caller's."""
     from leadercli import __version__, runs
 
     report = header(__version__, runs.now(), artifact_info, y_true, n_visits, ddi, settings)
@@ -267,6 +287,7 @@ def assemble(
     report["drugs"] = drugs_block(artifact.labels, artifact.vocab.medications.titles, frequency, y_true)
     report["runs"] = entries
     report["comparison"] = comparison
+    report["table"] = table_block(entries, comparison)  # the paper's table (`report/table.py`)
     return report
 
 

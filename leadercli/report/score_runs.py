@@ -9,7 +9,8 @@ What it owns (DESIGN §5, leader-reference.md §5):
 - scoring the test split with every run through its `Scorer` (`runs.load_run`, the run's output rules
   applied, `predict.unknown_shrink` included: the scores `leader predict` writes for the same patients) at the
   threshold the run recorded, then `evaluate.evaluate_scores` and `evaluate.compare`;
-- efficiency: parameters (total, trainable) and latency (`report/timing.py`). The teacher's scorer takes
+- efficiency: parameters (total, trainable), latency (`report/timing.py`) and the training time and
+  no-history treatment the run's manifest records (`report/table.py`). The teacher's scorer takes
   samples, so its time also includes building and tokenising prompts. Baselines have no learned weights and
   run on the CPU.
 
@@ -29,7 +30,7 @@ from leadercli.data.artifact import Artifact
 from leadercli.data.batching import batches
 from leadercli.data.samples import load_samples
 from leadercli.errors import ArtifactError
-from leadercli.report import evaluate, timing
+from leadercli.report import evaluate, table, timing
 from leadercli.report.floor import Floor, fit_floor
 
 SETTINGS_ARTIFACT = "settings (--data, paths.artifact or <paths.data>/<data.source>)"
@@ -318,6 +319,8 @@ def _score_job(name, d, m, th, floor: Floor, test: EvalSplit, settings, device, 
         "max_visits": mv,
         "unknown_shrink": shrink,  # λ the run's Scorer applied (predict.unknown_shrink; 0 = none)
         "calibrator": cal.to_dict() if cal is not None else None,  # the run's calibration.json, applied
+        "training_seconds": table.training_seconds(kind, m),  # the manifest's; None for the fitted floor
+        "no_history": table.no_history(kind, m),
         **{k: v for k, v in entry.items() if k != "name"},
         "efficiency": {"parameters": parameters, **(scored.timing or {})},
     }

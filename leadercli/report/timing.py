@@ -20,7 +20,11 @@ from pathlib import Path
 
 import torch
 
+from leadercli import kinds
+
 MIN_TIMED_SECONDS = 0.5
+# the runs whose latency is set against the teacher's: learned, reading student tensors
+RATIO_KINDS = tuple(k for k in kinds.TENSOR_KINDS if k in kinds.LEARNED)
 MAX_TIMED_PASSES = 50
 
 
@@ -94,8 +98,8 @@ def time_best_of(call, batches: list, sizes: list[int], device, repeats: int, ba
 
 
 def latency_ratios(entries: list[dict]) -> dict:
-    """Teacher latency / latency of each student-like run (student, distilled) timed on the same device with
-    the same thread count; {} without a teacher."""
+    """Teacher latency / latency of each learned run that reads tensors (the student, LEADER(S), the field's
+    models) timed on the same device with the same thread count; {} without a teacher."""
     eff = {e["name"]: e.get("efficiency") or {} for e in entries}
     teachers = [
         e["name"] for e in entries if e["kind"] == "teacher" and eff[e["name"]].get("latency_ms_per_patient")
@@ -106,7 +110,7 @@ def latency_ratios(entries: list[dict]) -> dict:
     out = {}
     for e in entries:
         s = eff[e["name"]]
-        if e["kind"] not in ("student", "distilled") or not s.get("latency_ms_per_patient"):
+        if e["kind"] not in RATIO_KINDS or not s.get("latency_ms_per_patient"):
             continue
         if (s.get("device"), s.get("threads")) != (t.get("device"), t.get("threads")):
             continue
@@ -130,5 +134,6 @@ def efficiency_block(device, rcfg, env: dict, entries: list[dict]) -> dict:
             "tokenisation"
         ),
         "teacher_student_latency_ratio": latency_ratios(entries),
-        "ratio_rule": "teacher / student latency, only for runs timed on the same device with the same threads",
+        "ratio_rule": "teacher / run latency (learned runs reading tensors), only for runs timed on the same "
+        "device with the same threads",
     }

@@ -120,6 +120,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
             "best_epoch": fitted.best_epoch,
             "epochs_run": fitted.epochs_run,
             "best_val_prauc": fitted.best_val_prauc,
+            "training": {"seconds": fitted.seconds},  # epochs' passes and validations; not the teacher's
             "metrics": {"val": result["val"], "test": result["test"]},
         }
         | ({"code_text": text_entry} if text_entry is not None else {})

@@ -10,6 +10,7 @@ train log.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def train_field(
             order = np.random.default_rng(cfg.seed * 1000 + 500 + i).permutation(len(train))
             return batches(train, cfg.batch_size, encoder.collate, order)
 
+        t0 = time.perf_counter()
         with console.step(f"pre-training ({section.pretrain_epochs} epochs of SMP, then of SR)"):
             log = pretrain(
                 model, epoch_batches, section.pretrain_epochs, cfg.lr, cfg.weight_decay, cfg.seed, device
@@ -67,8 +69,11 @@ def train_field(
         notes["pretrain"] = {
             "epochs": section.pretrain_epochs,
             "final_loss": {r["pretrain"]: r["loss"] for r in log},
+            "seconds": time.perf_counter() - t0,
         }
     fitted = fit(
         model, encoder, splits["train"], splits["val"], cfg, out, device, resume, extra=model.extra_loss
     )
+    # training time: the epochs' training passes and validations, plus any pre-training (`leader report`)
+    notes["seconds"] = fitted.seconds + notes.get("pretrain", {}).get("seconds", 0.0)
     return model, config, fitted, notes

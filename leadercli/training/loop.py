@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,12 @@ class FitResult:
     best_val_prauc: float
     epochs_run: int
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """Training wall time: the epochs' training passes and validations (resumed epochs included, from the
+        log); what `leader report` shows as training time."""
+        return float(sum(r.get("seconds", 0.0) for r in self.history))
 
 
 @torch.no_grad()
@@ -130,12 +137,13 @@ def fit(
             model.set_epoch(progress.epoch)
         distributed.seed_epoch(cfg.seed, progress.epoch, dist)  # before the batch thread copies torch's RNG
         holder.train()
+        t0 = time.perf_counter()
         record = {
             "epoch": progress.epoch + 1,
             **_train_epoch(step, train, encoder, cfg, progress.epoch, ahead),
         }
         if dist.main:  # the main process evaluates, logs and checkpoints; the others wait for its counters
-            _end_epoch(holder, optimizer, record, val, encoder, cfg, out, device, progress)
+            _end_epoch(holder, optimizer, record, val, encoder, cfg, out, device, progress, t0)
         distributed.share_fields(progress, dist)  # its early-stop decision included
         history.append(record)
     distributed.all_done(dist)  # every process finished training before the main one writes a finished run
@@ -246,10 +254,11 @@ def _train_epoch(step: _Step, train, encoder: Encoder, cfg, epoch: int, ahead) -
 
 
 def _end_epoch(
-    holder, optimizer, record: dict, val, encoder: Encoder, cfg, out: Path, device, progress
+    holder, optimizer, record: dict, val, encoder: Encoder, cfg, out: Path, device, progress, t0: float
 ) -> None:
     """Validation PRAUC, the best weights, the log line and the checkpoint after one epoch; updates `progress`
-    and `record` (the main process's job once training is data-parallel)."""
+    and `record` (the main process's job once training is data-parallel). `record["seconds"]`: the epoch's wall
+    time since `t0` (training pass and validation, the checkpoint not included)."""
     from leadercli import metrics
 
     model = holder["model"]
@@ -265,8 +274,10 @@ def _end_epoch(
     else:
         progress.bad += 1
     record["best"] = improved
+    record["seconds"] = time.perf_counter() - t0
     runs.append_log(out, record)
-    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "val_prauc", "best"))
+    skip = ("epoch", "val_prauc", "best", "seconds")
+    terms = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
     console.info(
         f"epoch {progress.epoch + 1:3d}/{cfg.epochs}  {terms}  val PRAUC {val_prauc:.4f}"
         + ("  *" if improved else f"  (no gain {progress.bad}/{cfg.patience})")

@@ -7,6 +7,7 @@ Run it small on CPU:  leader preprocess && leader train student
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
     if cfg.model in BASELINES:
         from leadercli.models.baselines import PopularityModel, PreviousVisitModel, fit_popularity
 
+        t0 = time.perf_counter()
         freq = fit_popularity([e.labels for e in splits["train"]], encoder.n_labels)
+        manifest["training"] = {"seconds": time.perf_counter() - t0}  # counting the training drugs
         model = (
             PopularityModel(freq)
             if cfg.model == "popularity"
@@ -68,6 +71,7 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
         # train
         ahead = partial(student_train.prepare, model)  # packed inputs and masks, built ahead on CPU
         fitted = fit(model, encoder, splits["train"], splits["val"], cfg, out, device, resume, ahead=ahead)
+        manifest["training"] = {"seconds": fitted.seconds}  # epochs' training passes and validations
     if not dist.main:  # training is over on every process (fit waited): the main process writes the run
         return out
     # save: threshold on validation, metrics, weights

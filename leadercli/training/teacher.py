@@ -63,8 +63,10 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     plan = plan_steps(run)
     resuming = resume and ckpt_io.exists(run.out / ckpt_io.CHECKPOINT_DIR)
     # the head is initialised (and probed) before the optimizer exists: AdamW starts from the probed head
+    t_head = time.perf_counter()
     if not resuming:
-        init_head(run)
+        init_head(run)  # on CPU by default the whole training: frozen features and the linear probe
+    head_seconds = time.perf_counter() - t_head
     optimizer, scheduler = make_optimizer(run, plan["total"])
     if resuming:
         state = resume_state(run, optimizer, scheduler, plan)
@@ -75,6 +77,7 @@ def train_teacher(settings: Settings, resume: bool = False) -> Path:
     t0 = time.perf_counter()
     stats = fine_tune(run, optimizer, scheduler, state, plan)
     stats["seconds"] = time.perf_counter() - t0
+    stats["head_seconds"] = head_seconds
     return save(run, state, stats)
 
 

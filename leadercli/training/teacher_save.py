@@ -98,6 +98,8 @@ def _manifest(run: TeacherRun, state: dict, stats: dict) -> dict:
             "seconds": stats["seconds"],
             "tokens_per_s": stats["tokens_per_s"],  # training steps only, evaluations excluded
             "eval_seconds": stats.get("eval_seconds", 0.0),
+            # the head's start (frozen features, linear probe) before the steps; 0 when resumed
+            "head_seconds": stats.get("head_seconds", 0.0),
             "precision": run.recipe["precision"],
             "device": str(acc.device),
             "device_name": torch.cuda.get_device_name() if cuda else "cpu",
