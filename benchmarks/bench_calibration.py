@@ -1,7 +1,8 @@
 """Calibration on or off (issue 24 item 5): does temperature scaling lower ECE without costing PRAUC or Jaccard?
 
 For each trained run (a student, distilled or field-model run; several seeds), the same model is scored twice
-— its raw scores, and through the calibrator `leader train` fitted on the validation split — on the artifact's
+— its raw scores, and through the calibrator `leader train` fitted on the validation split (fitted here the
+same way, `calibration.fit_calibrator` on the validation split, for a run trained without one) — on the artifact's
 test split (in distribution) and, with --cold, on a `preprocess --for-run` population (cold start; its target
 visits' drugs are the labels). Each side's threshold is tuned on the validation split on its own scale (as the
 recipe does). Scores go through the run's Scorer with the unknown-code shrink of `leader predict` (λ setting),
@@ -67,8 +68,6 @@ def run_one(run: Path, cold: Path | None) -> dict:
     from leadercli.runs import load_run
 
     scorer = load_run(run)
-    if scorer.calibrator is None:
-        raise SystemExit(f"{run} has no calibration.json: train it with calibration.method = temperature")
     raw = copy.copy(scorer)
     raw.calibrator = None
     art = Artifact(Path(scorer.manifest["artifact"]["path"]))
@@ -79,7 +78,13 @@ def run_one(run: Path, cold: Path | None) -> dict:
     if cold is not None:
         visits = pl.read_parquet(cold / "visits.parquet")
         pops["cold start"] = samples_from_frame(visits, scorer.encoder.profile_fields, scorer.max_visits)
-    out = {"temperature": scorer.calibrator.temperature}
+    if scorer.calibrator is None:  # fitted here as `leader train` would (calibration.method = temperature)
+        from leadercli.calibration import fit_calibrator
+
+        y_val = labels_of(pops["val"], scorer.labels)
+        scorer = copy.copy(raw)
+        scorer.calibrator = fit_calibrator(y_val, np.asarray(raw.score_samples(pops["val"]), np.float32))
+    out = {"T": scorer.calibrator.temperature}
     for side, s in (("raw", raw), ("temperature", scorer)):
         P = {name: np.asarray(s.score_samples(smp), np.float32) for name, smp in pops.items()}
         Y = {name: labels_of(smp, scorer.labels) for name, smp in pops.items()}
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             [pop, "Δ (temp − raw)"]
             + [f"{np.mean(v):+.4f} [{min(v):+.4f}, {max(v):+.4f}]" for v in d.values()]
         )
-    temps = [r["temperature"] for r in results["runs"].values()]
+    temps = [r["T"] for r in results["runs"].values()]
     print(f"{len(args.runs)} run(s), temperatures {', '.join(f'{t:.3f}' for t in temps)}")
     print(markdown_table(["population", "scores", *METRICS], rows))
     results["table"] = rows

@@ -10,7 +10,8 @@ calibrator and `predict.unknown_shrink`), as `leader predict` writes them; works
 copies are new subjects of one visits frame).
 
 Cost: `leader predict` on a visits file of `--patients` patients resampled from the artifact (`generate.py
-visits`, as `bench_predict.py`), plain and with `--explain K`, as subprocesses: wall time and peak RSS.
+visits`, as `bench_predict.py`), plain and with `--explain K`, as subprocesses: wall time, CPU seconds (user +
+system; the fairer ratio on a busy machine) and peak RSS.
 
 How to run (CPU-sized first; then the 100k measurement of the issue):
 
@@ -21,6 +22,7 @@ How to run (CPU-sized first; then the 100k measurement of the issue):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -116,17 +118,15 @@ def cost(model: Path, n: int, k: int, work: Path, seed: int, source: Path) -> li
         dest = work / f"recs-{n}-{explain}.parquet"
         cmd = [*leader_command(), "predict", str(visits), "-o", str(dest), "--model", str(model)]
         cmd += ["--explain", str(explain)] if explain else []
-        before = load1()
+        before, t0 = load1(), os.times()
         m = measure(cmd, log=work / f"predict-{n}-{explain}.log")
+        t1 = os.times()  # CPU seconds of the finished child: robust to a busy machine, unlike wall time
+        cpu = round(t1.children_user - t0.children_user + t1.children_system - t0.children_system, 2)
         if not m.ok:
             print(f"error: leader predict failed (exit {m.returncode}):\n{tail(m.log)}")
+        rss = round(m.peak_rss_gib, 3)
         out.append(
-            {
-                "explain": explain,
-                "wall_s": m.wall_s,
-                "peak_rss_gib": round(m.peak_rss_gib, 3),
-                "load1": before,
-            }
+            {"explain": explain, "wall_s": m.wall_s, "cpu_s": cpu, "peak_rss_gib": rss, "load1": before}
         )
         dest.unlink(missing_ok=True)
     return out
@@ -161,17 +161,23 @@ def main(argv: list[str] | None = None) -> int:
         art = json.loads((args.model / "manifest.json").read_text())["artifact"]["path"]
         c = cost(args.model, args.patients, args.k, args.work, args.seed, Path(art) / "visits.parquet")
         results["cost"] = c
-        base = c[0]["wall_s"]
+        base, base_cpu = c[0]["wall_s"], c[0]["cpu_s"]
         rows = [
             [f"--explain {r['explain']}" if r["explain"] else "plain", args.patients, r["wall_s"],
-             f"{r['wall_s'] / base:.1f}×", r["peak_rss_gib"], r["load1"]]
+             f"{r['wall_s'] / base:.1f}×", r["cpu_s"], f"{r['cpu_s'] / base_cpu:.1f}×", r["peak_rss_gib"], r["load1"]]
             for r in c
         ]  # fmt: skip
-        print(
-            markdown_table(
-                ["predict", "patients", "wall s", "vs plain", "peak RSS GiB", "load (1 min)"], rows
-            )
-        )
+        head = [
+            "predict",
+            "patients",
+            "wall s",
+            "vs plain",
+            "CPU s",
+            "vs plain",
+            "peak RSS GiB",
+            "load (1 min)",
+        ]
+        print(markdown_table(head, rows))
     write_json(args.json, results)
     return 0
 
