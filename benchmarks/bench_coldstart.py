@@ -4,13 +4,21 @@ The bundled MIMIC-IV demo's subjects are split in two by a seeded shuffle. The *
 synthetic, resampled by `generate.py raw` from the admissions of the first part only; the *cold-start
 population* is the second part's real patients, prepared with `leader preprocess --for-run` against the
 trained run (its vocabulary as it is: many codes and most code combinations unseen), their latest admission the
-target (its real drugs the labels). Every model — popularity, previous visit, the student and, with --teacher,
-the default teacher — is scored on both the synthetic test split (in distribution) and the cold-start
-population, with popularity as the floor. `--shrink` also scores the option of shrinking each score towards
-the training prior in proportion to the share of unknown codes in the target visit:
-p' = (1 − λ·u)·p + λ·u·prior, u = unknown / all codes of the target visit.
+target (its real drugs the labels). Every model — popularity, previous visit, the student, the field's models
+(`--field`, issue 22: RETAIN, GAMENet, MICRON, LR, RAREMed by default) and, with --teacher, the default teacher —
+is scored on both the synthetic test split (in distribution) and the cold-start population, with popularity as
+the floor. `--shrink` also scores, for every learned run, the option of shrinking each score towards the
+training prior in proportion to the share of unknown codes in the target visit:
+p' = (1 − λ·u)·p + λ·u·prior, u = unknown / all codes of the target visit (`predict.unknown_shrink`, default 3).
+The MIMIC-III demo is no longer scored against these MIMIC-IV runs: `preprocess --for-run` refuses a source with
+other codes and profile fields (it would read every new patient against the wrong vocabulary).
 
-How to run (CPU-sized: about 5 minutes on 2 cores without the teacher):
+`--student-seed S` trains the learned runs with `student.seed = S` (the one seed of `train student`, the field's
+models included, and of `distill`) into runs/s<S>/; with --reuse the populations of an earlier call are kept, so
+`benchmarks/bench_field.py --coldstart` calls this once per seed. `--set KEY=VALUE` goes to every training
+command (e.g. a RAREMed budget, `raremed.pretrain_epochs=2`).
+
+How to run (CPU-sized: about 5 minutes on 2 cores without the teacher and `--field ""`):
 
     python benchmarks/bench_coldstart.py --patients 4000
     python benchmarks/bench_coldstart.py --patients 16000 --teacher --json benchmarks/results/coldstart.json
@@ -37,6 +45,8 @@ from common import leader_command, machine, markdown_table  # noqa: E402
 
 DEMO = REPO / "sample_data" / "mimic-iv-demo" / "hosp"
 METRICS = ("prauc", "jaccard", "f1")
+FIELD = "retain,gamenet,micron,logreg,raremed"  # the field's models (`leader train student --model NAME`)
+BASELINES = ("popularity", "previous")  # no learned weights: no seed, no shrink
 
 
 def split_demo(work: Path, seed: int, train_share: float) -> tuple[Path, Path, list[int]]:
@@ -144,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--train-share", type=float, default=0.6)
     ap.add_argument("--student-epochs", type=int, default=30)
+    ap.add_argument("--patience", type=int, default=10, help="student.patience (every learned run)")
+    ap.add_argument("--field", default=FIELD, help="the field's models to train too (comma list; '' = none)")
+    ap.add_argument("--student-seed", type=int, default=None, help="student.seed; runs go to runs/s<S>/")
+    ap.add_argument(
+        "--set", action="append", default=[], dest="sets", help="KEY=VALUE for every training command"
+    )
     ap.add_argument("--teacher", action="store_true", help="also the default teacher (minutes on a CPU)")
     ap.add_argument(
         "--distilled", action="store_true", help="also the teacher and `leader distill` (defaults)"
@@ -164,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     names = ["popularity", "previous", "student"]
     names += ["teacher"] * (args.teacher or args.distilled) + ["distilled"] * args.distilled
     names += ["student_recency"] * (args.recency > 0)
-    runs = {k: work / "runs" / k for k in names}
-    held_root, m3, new = work / "demo-held", work / "new-mimic3", work / "new-patients"
+    field = [f for f in args.field.split(",") if f]
+    names += field
+    run_root = work / "runs" / (f"s{args.student_seed}" if args.student_seed is not None else "")
+    runs = {k: run_root / k for k in names}
+    held_root, new = work / "demo-held", work / "new-patients"
     cfg = ["--config", str(work / "leader.toml")]
     times: dict = {}
     fresh = not (args.reuse and (work / "artifact" / "manifest.json").is_file())
@@ -176,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_raw("mimic4", args.patients, raw, seed=args.seed, demo_root=train_root)
         (work / "leader.toml").write_text(
             f'[data]\nsource = "mimic4"\n[paths]\nartifact = "{work / "artifact"}"\n'
-            f"[student]\nepochs = {args.student_epochs}\nbatch_size = 64\n"
+            f"[student]\nepochs = {args.student_epochs}\nbatch_size = 64\npatience = {args.patience}\n"
         )
         shutil.rmtree(work / "artifact", ignore_errors=True)
         shutil.rmtree(work / "runs", ignore_errors=True)
@@ -186,23 +205,25 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
     # --reuse: only the runs that are missing are trained
+    sets = [x for kv in args.sets for x in ("--set", kv)]
+    if args.student_seed is not None:
+        sets += ["--set", f"student.seed={args.student_seed}"]
     for kind, out in runs.items():
         if (out / "manifest.json").is_file():
             continue
         if kind == "teacher":
             cmd, threads = ["train", "teacher"], 2
         elif kind == "distilled":  # the defaults (distill.kd_target auto → logits for a probe-only teacher)
-            cmd, threads = ["distill", "--teacher", str(runs["teacher"])], 1
+            cmd, threads = ["distill", "--teacher", str(runs["teacher"]), *sets], 1
         elif kind == "student_recency":
-            cmd, threads = ["train", "student", "--set", f"student.recency={args.recency}"], 1
+            cmd, threads = ["train", "student", "--set", f"student.recency={args.recency}", *sets], 1
         else:
-            cmd, threads = ["train", "student", "--model", kind], 1
-        times[kind] = _leader(*cmd, *cfg, "--out", str(out), "-q", log=work / f"{kind}.log", threads=threads)
-    if fresh:  # the two real populations, prepared against the student run's vocabulary
-        for out, raw, extra, log in (
-            (new, held_root / "mimic-iv-demo", [], "forrun.log"),
-            (m3, REPO / "sample_data" / "mimic-iii-demo", ["--source", "mimic3"], "forrun-m3.log"),
-        ):
+            cmd, threads = ["train", "student", "--model", kind, *(sets if kind not in BASELINES else [])], 1
+        log = run_root / f"{kind}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        times[kind] = _leader(*cmd, *cfg, "--out", str(out), "-q", log=log, threads=threads)
+    if fresh:  # the real population, prepared against the student run's vocabulary
+        for out, raw, extra, log in ((new, held_root / "mimic-iv-demo", [], "forrun.log"),):
             shutil.rmtree(out, ignore_errors=True)
             _leader(
                 "preprocess",
@@ -238,10 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     populations = {
         "in distribution (synthetic test split)": (test_visits, None),
         "cold start (held-out MIMIC-IV demo admissions)": (cold_visits, titles),
-        "cold start (MIMIC-III demo, another database)": (
-            pl.read_parquet(m3 / "visits.parquet"),
-            read_titles(m3 / INPUT_CODES),
-        ),
     }
     for pop_name, (visits, pop_titles) in populations.items():
         Y, nv, dx, px = _labels(visits, art.labels)
@@ -256,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             P, _ = _scores(run, visits, pop_titles, unknown_shrink=0.0)
             if prior is None:
                 prior = load_run(runs["popularity"]).prior().numpy()  # the training split's drug frequencies
-            for lam in lambdas if name in ("student", "distilled", "student_recency", "teacher") else [0.0]:
+            for lam in lambdas if name not in BASELINES else [0.0]:
                 w = np.clip(lam * u, 0.0, 1.0)[:, None]  # (P, 1), as leader predict does
                 Pl = P if lam == 0 else (1 - w) * P + w * prior[None, :]
                 m = evaluate(Y, Pl, scorer.threshold)

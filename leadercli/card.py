@@ -95,7 +95,7 @@ def _n(v: object) -> str:
 def _fmt(entry: dict | None, metric: str) -> str:
     if not entry:
         return "–"
-    point = entry.get("point", {}).get(metric)
+    point = (entry.get("point") or {}).get(metric)  # a group without patients has point None
     b = (entry.get("bootstrap") or {}).get(metric) or {}
     if point is None:
         return "–"

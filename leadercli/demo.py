@@ -1,5 +1,6 @@
 """`leader demo`: the whole chain on the bundled MIMIC-III demo with the bundled MiniLM teacher backbone —
-preprocess → train teacher → distill → train student (no KD) → predict → report — on a laptop CPU.
+preprocess → train teacher → distill → train student (no KD) → train two of the field's models (RETAIN,
+GAMENet: `FIELD`) → predict → report (the paper's table: LEADER against the field) — on a laptop CPU.
 
 Settings from `leader.toml` (and `LEADER_*`) apply; `--workdir DIR` runs everything inside DIR.
 """
@@ -12,6 +13,11 @@ from pathlib import Path
 
 from leadercli import console
 from leadercli.settings import Settings
+
+FIELD = (
+    "retain",
+    "gamenet",
+)  # the field's models the demo trains beside LEADER (`leader train student --model`)
 
 
 def run_demo(settings: Settings, workdir: Path | None = None) -> dict:
@@ -34,20 +40,28 @@ def run_demo(settings: Settings, workdir: Path | None = None) -> dict:
         times[name] = time.perf_counter() - t
         return result
 
-    result = stage("1/6 preprocess", lambda: preprocess(settings))
+    result = stage("1/7 preprocess", lambda: preprocess(settings))
     print_summary(result)
     settings.paths.artifact = result.path
-    stage("2/6 train teacher", lambda: train_teacher(settings))
-    stage("3/6 distill", lambda: distill(settings))
+    stage("2/7 train teacher", lambda: train_teacher(settings))
+    stage("3/7 distill", lambda: distill(settings))
     student = settings.model_copy(deep=True)
     student.student.model = "student"
-    stage("4/6 train student (no KD)", lambda: train_student(student))
+    stage("4/7 train student (no KD)", lambda: train_student(student))
+    field = []  # beside the student's run folder: runs/retain, runs/gamenet
+    for name in FIELD:
+        run = settings.model_copy(deep=True)
+        run.student.model = name
+        run.paths.student = Path(settings.paths.student).parent / name
+        field.append(run)
+    stage(f"5/7 train {', '.join(FIELD)}", lambda: [train_student(run) for run in field])
     recs = Path("recs.csv")
     settings.predict.model = Path(settings.paths.distilled)
     visits = settings.artifact_dir() / "visits.parquet"
-    stage("5/6 predict", lambda: predict_file(settings, visits, recs))
+    stage("6/7 predict", lambda: predict_file(settings, visits, recs))
     runs_ = [Path(settings.paths.teacher), Path(settings.paths.distilled), Path(settings.paths.student)]
-    stage("6/6 report", lambda: build_report(settings, runs_))
+    runs_ += [Path(run.paths.student) for run in field]
+    stage("7/7 report", lambda: build_report(settings, runs_))
     total = sum(times.values())
     parts = ", ".join(f"{name.split(maxsplit=1)[1]} {sec:.0f} s" for name, sec in times.items())
     console.out.print(

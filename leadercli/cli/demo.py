@@ -26,8 +26,9 @@ def demo(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run preprocess → train teacher → distill → train student → predict → report on the bundled MIMIC-III demo
-    with the bundled small teacher backbone (CPU, minutes), then print where the report and predictions are."""
+    """Run preprocess → train teacher → distill → train student → train RETAIN and GAMENet → predict → report on
+    the bundled MIMIC-III demo with the bundled small teacher backbone (CPU, minutes), then print where the report
+    and predictions are."""
 
     def body() -> None:
         from leadercli.demo import run_demo

@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "leader report",
             "leader report runs/teacher runs/student runs/distilled -o report/",
+            "leader report runs/distilled runs/student runs/retain runs/gamenet runs/popularity",
             "leader report runs/student --format json > metrics.json",
             "leader report --predictions recs.csv -o report-recs/",
         ),
@@ -64,6 +65,11 @@ def report(
 ) -> None:
     """Evaluate runs on the artifact's test split: PRAUC, Jaccard, F1, DDI rate, #drugs per group (overall,
     single-visit, multi-visit) with bootstrap mean ± std, plus parameters and inference speed.
+
+    Over LEADER's runs, the field's models (`train student --model retain|gamenet|micron|logreg|raremed`) and
+    popularity it writes the paper's table: one row per model, every metric per group with its interval, the
+    paired difference of PRAUC to the best baseline, parameters, training time, patients/s, and how each model
+    treats a patient without history.
 
     Every metric comes with a 95 % bootstrap interval (1,000 resamples of the test patients with replacement);
     each run is compared with the best one by a paired bootstrap, and with the popularity floor (fitted on the

@@ -31,7 +31,9 @@ FLOOR_RULE = (
     "a model beats the popularity floor when the 95 % paired-bootstrap interval of its overall PRAUC minus "
     "popularity's lies above 0; 'below' = lower point PRAUC, 'not distinguishable' = the interval covers 0"
 )
-BASELINE_RULE = f"highest overall point PRAUC among the runs of the kinds that are not LEADER's ({', '.join(kinds.TABLE_BASELINES)})"
+BASELINE_RULE = "highest overall point PRAUC among the runs that are not LEADER's: " + ", ".join(
+    kinds.TABLE_BASELINES
+)
 DDI_RULE = (
     "drugs selected at the run's threshold, then, per patient, the lowest-scored drug of an interacting pair "
     "dropped until at most N interacting pairs remain (`leader predict --max-ddi-pairs N`); overall test split, "
