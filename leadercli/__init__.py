@@ -60,8 +60,9 @@ Module map (one line each; the folder says the concern):
     api.py            `Recommender`: the Python API (load / predict / predict_raw)
     metrics.py        pure metric functions, bootstrap intervals, paired comparison, threshold choice
     report/           score_runs.py, score_predictions.py, floor.py (popularity floor), timing.py (latency,
-                      machine), evaluate.py, write.py, render.py, plots.py, calibrated.py (ECE/Brier
-                      section), explained.py (sample patients' explanations)
+                      machine), evaluate.py, table.py (the paper's table: every model, every group, costs),
+                      rows.py (table rows as text), write.py, render.py (md/html), plots.py, calibrated.py
+                      (ECE/Brier section), explained.py (sample patients' explanations)
     demo.py           `leader demo`: the whole chain on the bundled sample data
 """
 

@@ -38,6 +38,8 @@ def test_demo_reaches_a_report(tmp_path, monkeypatch):
         "runs/teacher/features/train.safetensors",
         "runs/distilled/model.safetensors",
         "runs/student/model.safetensors",
+        "runs/retain/model.safetensors",
+        "runs/gamenet/model.safetensors",
         "recs.csv",
         "report/metrics.json",
         "report/report.md",
@@ -48,7 +50,10 @@ def test_demo_reaches_a_report(tmp_path, monkeypatch):
     assert recs["subject_id"].n_unique() == 81  # every patient of the demo cohort gets a ranked list
     metrics = json.loads((w / "report/metrics.json").read_text())
     kinds = [r["kind"] for r in metrics["runs"]]
-    assert {"teacher", "distilled", "student"} <= set(kinds)  # the three runs of the chain, scored
+    assert {"teacher", "distilled", "student", "retain", "gamenet"} <= set(kinds)  # the chain's runs, scored
+    table = [r["model"] for r in metrics["table"]["rows"]]  # the paper's table: LEADER against the field
+    assert {"LEADER(T)", "LEADER(S)", "Student (no KD)", "RETAIN", "GAMENet", "Popularity"} == set(table)
+    assert "The paper's table" in (w / "report/report.md").read_text()
     for r in metrics["runs"]:
         assert 0.0 <= r["groups"]["overall"]["point"]["prauc"] <= 1.0
     teacher = json.loads((w / "runs/teacher/manifest.json").read_text())
