@@ -147,7 +147,60 @@ def evaluate(Y: np.ndarray, P: np.ndarray, threshold: float) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def train_missing(runs: dict[str, Path], cfg: list[str], args) -> dict[str, float]:
+    """Train every run of `runs` (kind → folder) without a manifest, one thread each (the teacher two) → wall s."""
+    sets = [x for kv in args.sets for x in ("--set", kv)]
+    if args.student_seed is not None:
+        sets += ["--set", f"student.seed={args.student_seed}"]
+    times = {}
+    for kind, out in runs.items():
+        if (out / "manifest.json").is_file():
+            continue
+        if kind == "teacher":
+            cmd, threads = ["train", "teacher"], 2
+        elif kind == "distilled":  # the defaults (distill.kd_target auto → logits for a probe-only teacher)
+            cmd, threads = ["distill", "--teacher", str(runs["teacher"]), *sets], 1
+        elif kind == "student_recency":
+            cmd, threads = ["train", "student", "--set", f"student.recency={args.recency}", *sets], 1
+        else:
+            cmd, threads = ["train", "student", "--model", kind, *(sets if kind not in BASELINES else [])], 1
+        log = out.parent / f"{kind}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        times[kind] = _leader(*cmd, *cfg, "--out", str(out), "-q", log=log, threads=threads)
+    return times
+
+
+def score_populations(
+    populations: dict, runs: dict[str, Path], art, lambdas: list[float], results: dict
+) -> list:
+    """Every run on every population (raw, and shrunk by each λ for learned runs) → table rows; the metrics go
+    to results["scores"][population][label], the populations' sizes to results["populations"]."""
+    from leadercli.runs import load_run
+
+    prior = load_run(runs["popularity"]).prior().numpy()  # the training split's drug frequencies
+    table = []
+    for pop_name, (visits, pop_titles) in populations.items():
+        Y, nv, dx, px = _labels(visits, art.labels)
+        u = _unknown_share(dx, px, art.vocab)
+        results.setdefault("populations", {})[pop_name] = {
+            "patients": int(Y.any(1).sum()),
+            "mean_unknown_share": float(u[Y.any(1)].mean()),
+            "single_visit_share": float((nv[Y.any(1)] == 1).mean()),
+        }
+        for name, run in runs.items():
+            scorer = load_run(run)
+            P, _ = _scores(run, visits, pop_titles, unknown_shrink=0.0)
+            for lam in lambdas if name not in BASELINES else [0.0]:
+                w = np.clip(lam * u, 0.0, 1.0)[:, None]  # (P, 1), as leader predict does
+                Pl = P if lam == 0 else (1 - w) * P + w * prior[None, :]
+                m = evaluate(Y, Pl, scorer.threshold)
+                label = name if lam == 0 else f"{name} + shrink λ={lam:g}"
+                results.setdefault("scores", {}).setdefault(pop_name, {})[label] = m
+                table.append([pop_name, label, m["n"], *(f"{m[k]:.4f}" for k in METRICS)])
+    return table
+
+
+def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=HERE / "out" / "coldstart")
     ap.add_argument("--patients", type=int, default=4000)
@@ -170,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--reuse", action="store_true", help="score the runs of an earlier call (no generate/train)"
     )
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     sys.path.insert(0, str(HERE))
     from generate import generate_raw
 
@@ -204,82 +261,31 @@ def main(argv: list[str] | None = None) -> int:
                 "preprocess", *cfg, "--raw", str(raw), "--out", str(work / "artifact"), log=work / "pp.log"
             )
         }
-    # --reuse: only the runs that are missing are trained
-    sets = [x for kv in args.sets for x in ("--set", kv)]
-    if args.student_seed is not None:
-        sets += ["--set", f"student.seed={args.student_seed}"]
-    for kind, out in runs.items():
-        if (out / "manifest.json").is_file():
-            continue
-        if kind == "teacher":
-            cmd, threads = ["train", "teacher"], 2
-        elif kind == "distilled":  # the defaults (distill.kd_target auto → logits for a probe-only teacher)
-            cmd, threads = ["distill", "--teacher", str(runs["teacher"]), *sets], 1
-        elif kind == "student_recency":
-            cmd, threads = ["train", "student", "--set", f"student.recency={args.recency}", *sets], 1
-        else:
-            cmd, threads = ["train", "student", "--model", kind, *(sets if kind not in BASELINES else [])], 1
-        log = run_root / f"{kind}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        times[kind] = _leader(*cmd, *cfg, "--out", str(out), "-q", log=log, threads=threads)
+    times |= train_missing(runs, cfg, args)  # --reuse: only the runs that are missing are trained
     if fresh:  # the real population, prepared against the student run's vocabulary
-        for out, raw, extra, log in ((new, held_root / "mimic-iv-demo", [], "forrun.log"),):
-            shutil.rmtree(out, ignore_errors=True)
-            _leader(
-                "preprocess",
-                *cfg,
-                "--for-run",
-                str(runs["student"]),
-                *extra,
-                "--raw",
-                str(raw),
-                "--out",
-                str(out),
-                "-q",
-                log=work / log,
-            )
+        shutil.rmtree(new, ignore_errors=True)
+        raw_held = str(held_root / "mimic-iv-demo")
+        cmd = ("preprocess", *cfg, "--for-run", str(runs["student"]), "--raw", raw_held, "--out", str(new))
+        _leader(*cmd, "-q", log=work / "forrun.log")
     from leadercli.data.artifact import Artifact
     from leadercli.predict import INPUT_CODES, read_titles
-    from leadercli.runs import load_run
 
     art = Artifact(work / "artifact")
     test_ids = art.patients().filter(pl.col("split") == "test")["subject_id"]
     test_visits = art.visits().filter(pl.col("subject_id").is_in(test_ids.implode()))
     cold_visits = pl.read_parquet(new / "visits.parquet")
     titles = read_titles(new / INPUT_CODES)
-    vocab = art.vocab
-    prior = None
     results: dict = {
         "machine": machine(),
         "options": vars(args) | {"work": str(work), "json": str(args.json)},
         "times": times,
     }
-    lambdas = [float(x) for x in args.shrink.split(",") if x != ""]
-    table = []
     populations = {
         "in distribution (synthetic test split)": (test_visits, None),
         "cold start (held-out MIMIC-IV demo admissions)": (cold_visits, titles),
     }
-    for pop_name, (visits, pop_titles) in populations.items():
-        Y, nv, dx, px = _labels(visits, art.labels)
-        u = _unknown_share(dx, px, vocab)
-        results.setdefault("populations", {})[pop_name] = {
-            "patients": int(Y.any(1).sum()),
-            "mean_unknown_share": float(u[Y.any(1)].mean()),
-            "single_visit_share": float((nv[Y.any(1)] == 1).mean()),
-        }
-        for name, run in runs.items():
-            scorer = load_run(run)
-            P, _ = _scores(run, visits, pop_titles, unknown_shrink=0.0)
-            if prior is None:
-                prior = load_run(runs["popularity"]).prior().numpy()  # the training split's drug frequencies
-            for lam in lambdas if name not in BASELINES else [0.0]:
-                w = np.clip(lam * u, 0.0, 1.0)[:, None]  # (P, 1), as leader predict does
-                Pl = P if lam == 0 else (1 - w) * P + w * prior[None, :]
-                m = evaluate(Y, Pl, scorer.threshold)
-                label = name if lam == 0 else f"{name} + shrink λ={lam:g}"
-                results.setdefault("scores", {}).setdefault(pop_name, {})[label] = m
-                table.append([pop_name, label, m["n"], *(f"{m[k]:.4f}" for k in METRICS)])
+    lambdas = [float(x) for x in args.shrink.split(",") if x != ""]
+    table = score_populations(populations, runs, art, lambdas, results)
     floor = {p: results["scores"][p]["popularity"]["prauc"] for p in results["scores"]}
     for row in table:
         pop = row[0]

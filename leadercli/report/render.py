@@ -26,6 +26,7 @@ from leadercli.report.rows import (
     notes,
     ratio_line,
     summary_rows,
+    threshold_items,
 )
 from leadercli.report.table import blocks as table_blocks
 
@@ -107,17 +108,7 @@ def blocks(report: dict, figures: list[dict]) -> list[tuple]:
     out.append(("h2", "Method"))
     out.append(("ul", method_lines(report)))
     out.append(("h2", "Decision thresholds and selected drugs"))
-    items = []
-    for r in report["runs"]:
-        sel = r.get("selection") or {}
-        ratio = f" (×{sel['ratio']:.1f}, {sel['verdict']})" if sel.get("ratio") is not None else ""
-        items.append(
-            f"{r['name']} ({r['kind']}): threshold {r['threshold']['value']:.4g} — {r['threshold']['how']}; "
-            f"selects {sel.get('avg_selected', 0):.2f} drugs per patient against {sel.get('avg_true', 0):.2f} "
-            f"true{ratio}; {sel.get('drugs_ever_selected', 0)} of {sel.get('n_labels', 0)} drug classes "
-            "selected at least once."
-        )
-    out.append(("ul", items))
+    out.append(("ul", threshold_items(report)))
     header, rows = ddi_rows(report)
     if rows:
         out.append(("h2", "Accuracy–DDI trade-off"))

@@ -260,3 +260,18 @@ def ratio_line(report: dict) -> str | None:
         + ", ".join(f"{v:.1f}× the time of {n}" for n, v in ratio.items())
         + " per patient"
     )
+
+
+def threshold_items(report: dict) -> list[str]:
+    """One line per run: its threshold and how it was chosen, and what it selects against the true drugs."""
+    items = []
+    for r in report["runs"]:
+        sel = r.get("selection") or {}
+        ratio = f" (×{sel['ratio']:.1f}, {sel['verdict']})" if sel.get("ratio") is not None else ""
+        items.append(
+            f"{r['name']} ({r['kind']}): threshold {r['threshold']['value']:.4g} — {r['threshold']['how']}; "
+            f"selects {sel.get('avg_selected', 0):.2f} drugs per patient against {sel.get('avg_true', 0):.2f} "
+            f"true{ratio}; {sel.get('drugs_ever_selected', 0)} of {sel.get('n_labels', 0)} drug classes "
+            "selected at least once."
+        )
+    return items
