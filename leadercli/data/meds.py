@@ -37,7 +37,7 @@ import polars as pl
 from leadercli import console
 from leadercli.data.cohort import age_mimic3
 from leadercli.data.layouts import RawData, SourceLayout
-from leadercli.data.meds_events import PROFILE_CODES, Parts, check_shard, read_group, survey
+from leadercli.data.meds_events import PROFILE_CODES, Parts, check_shard, code_lookup, read_group, survey
 from leadercli.errors import InputError
 from leadercli.settings import MedsSettings
 
@@ -113,13 +113,12 @@ class MedsLayout(SourceLayout):
         version = _dataset_version(files["metadata/dataset.json"])
         with console.step("Reading MEDS codes"):
             sv, codes = survey(shards, pat)
-        parts = Parts()
+        parts, look = Parts(), code_lookup(codes)
         with console.step(f"Reading MEDS events ({len(sv.groups)} group(s) of subjects)"):
             for group in sv.groups:
-                read_group(group, codes, extra, pat, parts)
+                read_group(group, look, extra, pat, parts)
         ev = _concat(parts.small, {"subject_id": pl.Int64, "time": pl.Datetime("us"), "hadm_id": pl.Int64})
-        dx, px = _concat(parts.dx), _concat(parts.px)
-        rx, atc = _concat(parts.rx), _concat(parts.atc)
+        dx, px, rx, atc = parts.frames(look.values)
         adm, pat_frame = _admissions_and_patients(ev, set(extra))
         c = parts.counts
         _check_events(files, pat, sv.events, c, adm.height, dx.height, allow_empty_prescriptions)

@@ -6,10 +6,11 @@ Two passes over the shards, each holding one group of subjects at a time:
    by the `[meds]` patterns, `classify_codes`) and each shard's subjects. Shards that share a subject are read
    together; other shards are batched up to `GROUP_EVENTS` matched events, and a larger shard is read in
    subject ranges. A subject's events are therefore always in one group.
-2. `read_group` reads the matched events of one group, gives each timed event its visit (`assign_visits`) and
-   reduces them to per-visit frames: diagnoses and procedures (code, file order), NDC drugs (ndc, count), ATC
-   drugs, and the few admission / discharge / profile events. Memory grows with one group's events plus the
-   visit × code frames, as for the CSV layouts.
+2. `read_group` reads the matched events of one group lean (a code becomes a one-byte kind and a value id,
+   `code_lookup`), gives each timed event its visit (`assign_visits`) and reduces them to per-visit frames keyed
+   by value id: diagnoses and procedures (file order), NDC drugs (count), ATC drugs, and the few admission /
+   discharge / profile events; `Parts.frames` turns the ids into text at the end. Memory: one group's events
+   (about 35 bytes each) plus the visit × code frames, about that of the CSV layouts (benchmarks/README.md).
 
 Visits (`assign_visits`): an event that carries the visit column (`hadm_id`) keeps it. An event without one is
 given the visit whose admission → discharge window holds its time, when other events of the subject carry
@@ -34,7 +35,7 @@ from leadercli.errors import InputError
 PROFILE_CODES = ("insurance", "language", "marital_status", "race")
 SMALL_KINDS = ("admission", "discharge", "gender", "birth", *PROFILE_CODES)
 DRUG_KINDS = ("ndc", "atc")
-GROUP_EVENTS = 4_000_000  # matched events held at once (about 0.3 GiB)
+GROUP_EVENTS = 4_000_000  # matched events held at once (about 0.15 GiB, 0.5 GiB while read)
 # the code rules, in order (first match wins): kind, pattern setting, the group giving the value, version group
 RULES = (
     ("diagnoses", "diagnosis", "code", "version"),
@@ -47,6 +48,7 @@ RULES = (
     ("birth", "birth", None, None),
     *[(f, f, "value", None) for f in PROFILE_CODES],
 )
+KIND = pl.Enum([r[0] for r in RULES])  # an event's kind, one byte a row
 
 
 @dataclass
@@ -72,7 +74,26 @@ class Survey:
 
 
 @dataclass
+class Lookup:
+    codes: pl.DataFrame  # code → kind (KIND), vid: the join that tags each event
+    values: pl.Series  # vid → value (text): one id per (kind, value)
+    admission: pl.DataFrame  # code: the admission codes (their events carry the profile columns)
+
+
+def code_lookup(classified: pl.DataFrame) -> Lookup:
+    """The classified codes (`classify_codes`) as the ids the events are read with."""
+    kv = ["kind", "value"]
+    values = classified.select(kv).unique().sort(kv, nulls_last=True).with_row_index("vid")
+    codes = classified.select("code", *kv).join(values, on=kv, nulls_equal=True)
+    codes = codes.select("code", pl.col("kind").cast(KIND), "vid")
+    return Lookup(codes, values["value"], codes.filter(pl.col("kind") == "admission").select("code"))
+
+
+@dataclass
 class Parts:
+    """What the groups add up to: the small events (with text values) and per-visit frames keyed by value
+    id (`vid`) until `frames` turns them into the reader's tables."""
+
     small: list[pl.DataFrame] = field(default_factory=list)
     dx: list[pl.DataFrame] = field(default_factory=list)
     px: list[pl.DataFrame] = field(default_factory=list)
@@ -82,6 +103,23 @@ class Parts:
 
     def add(self, key: str, n: int) -> None:
         self.counts[key] = self.counts.get(key, 0) + int(n)
+
+    def frames(self, values: pl.Series) -> tuple[pl.DataFrame, ...]:
+        """Diagnoses and procedures (subject_id, hadm_id, code, seq), NDC drugs (…, ndc categorical, n) and
+        ATC drugs (…, atc3), each released from the parts as it is built."""
+
+        def text(key: str, name: str, vals: pl.Series) -> pl.DataFrame:
+            out = pl.concat(getattr(self, key), how="vertical_relaxed", rechunk=False)
+            setattr(self, key, [])
+            return out.with_columns(vals.gather(out["vid"]).alias(name)).drop("vid")
+
+        dx, px = (
+            text(k, "code", values).select("subject_id", "hadm_id", "code", pl.col("seq").cast(pl.Int64))
+            for k in ("dx", "px")
+        )
+        rx = text("rx", "ndc", values.cast(pl.Categorical)).select("subject_id", "hadm_id", "ndc", "n")
+        atc = text("atc", "atc3", values.str.slice(0, 4)).unique()
+        return dx, px, rx, atc
 
 
 # -- shards -----------------------------------------------------------------------------------------------------
@@ -169,6 +207,7 @@ def survey(shards: list[Shard], pat) -> tuple[Survey, pl.DataFrame]:
     per_shard = pl.concat(code_parts).drop_nulls("code")
     codes = per_shard.group_by("code").agg(pl.col("n").sum()).sort("code")
     classified = classify_codes(codes, pat)
+    _check_scientific(shards, per_shard, classified)
     matched = (
         per_shard.join(classified.select("code"), on="code", how="semi")
         .group_by("shard")
@@ -178,6 +217,19 @@ def survey(shards: list[Shard], pat) -> tuple[Survey, pl.DataFrame]:
     groups = _groups(shards, subjects, dict(matched.iter_rows()))
     every = subjects.select("subject_id").unique()
     return Survey(codes, groups, int(per_shard["n"].sum()), every), classified
+
+
+def _check_scientific(shards: list[Shard], per_shard: pl.DataFrame, classified: pl.DataFrame) -> None:
+    """NDCs that went through a float (6.1e+10) lost their digits: named with the first shard holding them."""
+    sci = classified.filter((pl.col("kind") == "ndc") & pl.col("value").str.contains(SCIENTIFIC))
+    if sci.height:
+        hit = per_shard.join(sci.select("code", "value"), on="code").sort("shard", "value")
+        first = hit.filter(pl.col("shard") == hit["shard"][0])
+        raise InputError(
+            f"{shards[hit['shard'][0]].name}: {int(first['n'].sum()):,} drug events carry an NDC in scientific "
+            f"notation (e.g. {first['value'][0]!r}): its digits were lost when the NDC was stored as a float",
+            "Re-export the data with the NDC as text or an integer",
+        )
 
 
 def _groups(shards: list[Shard], subjects: pl.DataFrame, matched: dict[int, int]) -> list[Group]:
@@ -265,15 +317,21 @@ def _group(c: pl.Expr, regex: str, name: str) -> pl.Expr:
 
 
 # -- pass 2 -----------------------------------------------------------------------------------------------------
-def read_group(group: Group, codes: pl.DataFrame, extra: tuple[str, ...], pat, parts: Parts) -> None:
-    """Read one group's matched events and add its per-visit frames to `parts`."""
+def read_group(group: Group, look: Lookup, extra: tuple[str, ...], pat, parts: Parts) -> None:
+    """Read one group's matched events and add its per-visit frames to `parts`. The events are held lean
+    (subject, time, visit, row, kind as one byte, value id: about 35 bytes each); the profile columns are read
+    for the admission events only, and values become text only in the small frames and in `Parts.frames`."""
     frames = [_scan(s, extra, pat.visit_column) for s in group.shards]
     lf = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
     if group.subjects is not None:
         lf = lf.filter(pl.col("subject_id").is_between(*group.subjects))
-    lf = lf.with_row_index("row").join(codes.lazy().select("code", "kind", "value", "version"), on="code")
+    lf = lf.with_row_index("row")
+    profile = [c for c in extra if c != pat.visit_column]
+    queries = [lf.drop(profile).join(look.codes.lazy(), on="code").drop("code")]
+    if profile:  # the admission events' own insurance, language, …
+        queries.append(lf.join(look.admission.lazy(), on="code", how="semi").select("row", *profile))
     try:
-        ev = lf.drop("code").collect(engine="streaming")
+        ev, *adm = pl.collect_all(queries, engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as exc:
         for s in group.shards:  # name the shard that fails on its own (the error path only)
             _collect([_scan(s, extra, pat.visit_column)], s.name)
@@ -283,78 +341,69 @@ def read_group(group: Group, codes: pl.DataFrame, extra: tuple[str, ...], pat, p
         ) from None
     if "hadm_id" not in ev.columns:
         ev = ev.with_columns(pl.lit(None, dtype=pl.Int64).alias("hadm_id"))
-    _check_ndcs(ev, group)
-    drugs = ev.filter(pl.col("kind").is_in(DRUG_KINDS))
-    parts.add("drug_events", drugs.height)
-    parts.add("drug_events_with_id", drugs["hadm_id"].is_not_null().sum())
+    kind, hadm = pl.col("kind"), pl.col("hadm_id")
+    drug = kind.is_in(list(DRUG_KINDS))
+    drugs, with_id = ev.select(drug.sum().alias("a"), (drug & hadm.is_not_null()).sum().alias("b")).row(0)
+    parts.add("drug_events", drugs)
+    parts.add("drug_events_with_id", with_id)
     ev = assign_visits(ev, parts)
-    parts.add(
-        "drug_events_in_visits",
-        ev.filter(pl.col("kind").is_in(DRUG_KINDS) & pl.col("hadm_id").is_not_null()).height,
+    parts.add("drug_events_in_visits", ev.select((drug & hadm.is_not_null()).sum()).item())
+    small = ev.filter(kind.is_in(list(SMALL_KINDS))).sort("row")
+    small = small.with_columns(look.values.gather(small["vid"]).alias("value"))
+    if adm:
+        small = small.join(adm[0], on="row", how="left", maintain_order="left")
+    parts.small.append(small.drop("row", "vid"))
+    keyed = ev.lazy().filter(hadm.is_not_null())
+    visit = ["subject_id", "hadm_id", "vid"]
+    dx, px, rx, atc = pl.collect_all(
+        [
+            *[
+                keyed.filter(kind == k).group_by(visit).agg(pl.col("row").min().alias("seq"))
+                for k in ("diagnoses", "procedures")
+            ],
+            keyed.filter(kind == "ndc").group_by(visit).agg(pl.len().cast(pl.UInt32).alias("n")),
+            keyed.filter(kind == "atc").select(visit).unique(),
+        ],
+        engine="streaming",
     )
-    keyed = ev.filter(pl.col("hadm_id").is_not_null())
-    parts.small.append(ev.filter(pl.col("kind").is_in(list(SMALL_KINDS))).drop("row"))
-    for kind, out in (("diagnoses", parts.dx), ("procedures", parts.px)):
-        out.append(
-            keyed.filter(pl.col("kind") == kind)
-            .group_by(["subject_id", "hadm_id", pl.col("value").alias("code")])
-            .agg(pl.col("row").min().cast(pl.Int64).alias("seq"))
-        )
-    parts.rx.append(
-        keyed.filter(pl.col("kind") == "ndc")
-        .group_by(["subject_id", "hadm_id", pl.col("value").alias("ndc")])
-        .agg(pl.len().cast(pl.UInt32).alias("n"))
-        .with_columns(pl.col("ndc").cast(pl.Categorical))  # 4 bytes a row; the NDC mapping joins on it
-    )
-    parts.atc.append(
-        keyed.filter(pl.col("kind") == "atc")
-        .select("subject_id", "hadm_id", pl.col("value").str.slice(0, 4).alias("atc3"))
-        .unique()
-    )
-
-
-def _check_ndcs(ev: pl.DataFrame, group: Group) -> None:
-    sci = ev.filter((pl.col("kind") == "ndc") & pl.col("value").str.contains(SCIENTIFIC))
-    if sci.height:
-        name = group.shards[0].name
-        if len(group.shards) > 1:  # name the shard that holds them
-            first = sci["subject_id"][0]
-            for s in group.shards:
-                hit = (
-                    pl.scan_parquet(s.path)
-                    .filter(pl.col("subject_id") == first)
-                    .select(pl.len())
-                    .collect()
-                    .item()
-                )
-                if hit:
-                    name = s.name
-                    break
-        raise InputError(
-            f"{name}: {sci.height:,} drug events carry an NDC in scientific notation (e.g. {sci['value'][0]!r}): "
-            "its digits were lost when the NDC was stored as a float",
-            "Re-export the data with the NDC as text or an integer",
-        )
+    parts.dx.append(dx)
+    parts.px.append(px)
+    parts.rx.append(rx)
+    parts.atc.append(atc)
 
 
 def assign_visits(ev: pl.DataFrame, parts: Parts) -> pl.DataFrame:
-    """`hadm_id` for every timed event (see the module docstring); static events keep theirs (usually none)."""
-    timed = ev.filter(pl.col("time").is_not_null())
-    keyed = timed.filter(pl.col("hadm_id").is_not_null())
-    t, kind = pl.col("time"), pl.col("kind")
-    named = keyed.group_by(["subject_id", "hadm_id"]).agg(
-        pl.coalesce(t.filter(kind == "admission").min(), t.min()).alias("start"),
-        pl.coalesce(t.filter(kind == "discharge").max(), t.max()).alias("end"),
+    """`hadm_id` for every timed event (see the module docstring); static events keep theirs (usually none).
+    Only the events without an id are joined to the windows; the rest of `ev` is not copied."""
+    t, kind, hadm = pl.col("time"), pl.col("kind"), pl.col("hadm_id")
+    loose_mask = t.is_not_null() & hadm.is_null()
+    if not ev.select(loose_mask.any()).item():
+        parts.add("events_outside_visits", 0)
+        return ev
+    timed = ev.lazy().filter(t.is_not_null())
+    named = (
+        timed.filter(hadm.is_not_null())
+        .group_by(["subject_id", "hadm_id"])
+        .agg(
+            pl.coalesce(t.filter(kind == "admission").min(), t.min()).alias("start"),
+            pl.coalesce(t.filter(kind == "discharge").max(), t.max()).alias("end"),
+        )
     )
-    unnamed = timed.join(keyed.select("subject_id").unique(), on="subject_id", how="anti")
-    windows = pl.concat([named, _windows(unnamed)], how="vertical_relaxed").with_columns(
+    with_id = timed.filter(hadm.is_not_null()).select("subject_id").unique()
+    bounds = (
+        timed.filter(kind.is_in(["admission", "discharge"]))
+        .join(with_id, on="subject_id", how="anti")
+        .select("subject_id", "time", "kind")
+    )
+    loose = ev.lazy().with_row_index("pos").filter(loose_mask).select("pos", "subject_id", "time")
+    named, bounds, loose = pl.collect_all([named, bounds, loose])
+    windows = pl.concat([named, _windows(bounds)], how="vertical_relaxed").with_columns(
         pl.when(pl.col("end") < pl.col("start")).then(pl.col("start")).otherwise(pl.col("end")).alias("end")
     )
-    loose = timed.filter(pl.col("hadm_id").is_null()).drop("hadm_id")
     placed = _place(loose, windows)
-    parts.add("events_outside_visits", placed["hadm_id"].is_null().sum())
-    out = pl.concat([ev.filter(t.is_null()), keyed, placed.select(ev.columns)], how="vertical_relaxed")
-    return out.sort("row")
+    parts.add("events_outside_visits", placed["hadm_id"].null_count())
+    placed = placed.filter(hadm.is_not_null())
+    return ev.with_columns(ev["hadm_id"].clone().scatter(placed["pos"], placed["hadm_id"]))
 
 
 def _windows(ev: pl.DataFrame) -> pl.DataFrame:
@@ -378,21 +427,22 @@ def _windows(ev: pl.DataFrame) -> pl.DataFrame:
 
 
 def _place(loose: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
-    """Each event → the visit whose window holds it (the latest start wins), else null."""
+    """Each event (pos, subject_id, time) → the visit whose window holds it (the latest start wins), else
+    null."""
     win = windows.sort("start")
     got = loose.sort("time").join_asof(
         win, left_on="time", right_on="start", by="subject_id", strategy="backward", check_sortedness=False
     )
     inside = pl.col("hadm_id").is_not_null() & (pl.col("end").is_null() | (pl.col("time") <= pl.col("end")))
-    hit = got.filter(inside).drop("start", "end")
+    hit = got.filter(inside).select("pos", "hadm_id")
     miss = got.filter(~inside).drop("hadm_id", "start", "end")
     if miss.height:  # nested or overlapping windows: an earlier, longer window may still hold the event
         pairs = miss.join(win, on="subject_id", how="inner").filter(
             (pl.col("time") >= pl.col("start"))
             & (pl.col("end").is_null() | (pl.col("time") <= pl.col("end")))
         )
-        best = pairs.sort("start").group_by("row").agg(pl.col("hadm_id").last())
-        miss = miss.join(best, on="row", how="left")
+        best = pairs.sort("start").group_by("pos").agg(pl.col("hadm_id").last())
+        miss = miss.join(best, on="pos", how="left")
     else:
         miss = miss.with_columns(pl.lit(None, dtype=pl.Int64).alias("hadm_id"))
     return pl.concat([hit, miss.select(hit.columns)], how="vertical_relaxed")
