@@ -169,6 +169,7 @@ def print_tables(report: dict) -> None:
         if title.startswith("Cost") and eff:
             threads = (eff.get("machine") or {}).get("torch_threads")
             title += f" on {eff['device']}, {threads} threads, batch {eff['batch_size']}"
+        out.print()  # the tight tables have no blank edge line
         out.print(_table(title, header, body, tight=True))
     best = (report.get("table") or {}).get("best_baseline")
     if best:

@@ -224,6 +224,8 @@ def terminal_tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]
         ]
         for r in table["rows"]
     ]
+    if all(set(row[1:]) == {"—"} for row in rows):  # a predictions file: nothing was timed or counted
+        return out
     out.append(
         ("Cost: parameters, training time, inference", ["Model", "Params", "Training", "Patients/s"], rows)
     )
