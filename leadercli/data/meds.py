@@ -118,8 +118,10 @@ class MedsLayout(SourceLayout):
             for group in sv.groups:
                 read_group(group, look, extra, pat, parts)
         ev = _concat(parts.small, {"subject_id": pl.Int64, "time": pl.Datetime("us"), "hadm_id": pl.Int64})
-        dx, px, rx, atc = parts.frames(look.values)
+        parts.small = []
         adm, pat_frame = _admissions_and_patients(ev, set(extra))
+        del ev  # the small events are released before the per-visit frames are built
+        dx, px, rx, atc = parts.frames(look.values)
         c = parts.counts
         _check_events(files, pat, sv.events, c, adm.height, dx.height, allow_empty_prescriptions)
         counts: dict[str, dict] = {
