@@ -14,6 +14,7 @@ Module map (one line each; the folder says the concern):
     offline.py        the HF offline / telemetry switches set at start-up (no network at run time)
     paths.py          output checks before any work: writable, free space, never destroy an input
     hardware.py       device, torch threads and seeds
+    config_checks.py  model-config rules (width divisible by heads, threshold order), checked by settings and models
     data/codes.py     the code rule (D9:4019, P10:0DTJ4ZZ: kind + ICD version), its one home
     data/layouts.py   the source-layout contract: SourceLayout and RawData (what reading a raw layout gives)
     data/mimic.py     the MIMIC-III / MIMIC-IV layouts: CSV tables → RawData
@@ -27,24 +28,32 @@ Module map (one line each; the folder says the concern):
     data/splits.py    seeded patient split and sample
     data/ddi.py       ATC-3 interaction pairs (TOP-40 side-effect rule)
     data/preprocess.py  `leader preprocess`: raw data → artifact folder (atomic)
-    data/newcohort.py   `leader preprocess --for-run`: new patients' raw data → prediction input folder
-    data/contract.py  the prediction-input contract (columns, types, ids) that newcohort writes and predict reads
+    data/contract.py  the prediction-input contract (columns, types, ids) that newcohort.py writes and predict reads
     data/artifact.py  the artifact contract (files, Vocab, hashes)
     data/samples.py   visits → samples (the one sample rule); data/batching.py samples → student tensors
     data/prompts.py   samples → teacher prompts (template, length fitting)
     models/           student.py, backbone.py (find, load, tokenise a HF backbone), teacher.py (LoRA + pooling
                       + head, save/load), teacher_infer.py (prompts → scores, features), features.py (feature
-                      cache), losses.py, baselines.py (+ the one popularity fit), config_checks.py, code_text.py
-                      (the title-reading code embedding), title_encoder.py (titles → sentence embeddings) —
-                      tensors in/out
+                      cache), losses.py, baselines.py (+ the one popularity fit), code_text.py
+                      (the title-reading code embedding), title_encoder.py (titles → sentence embeddings);
+                      the field's models: retain.py, gamenet.py, micron.py, logreg.py, raremed.py (field.py
+                      their shared parts, field_build.py builds them from settings and runs) — tensors in/out.
+                      CPU speed paths, each its own module with one call site: student_eval.py (the student's
+                      packed evaluation), student_train.py (its packed training forward), student_occlusion.py
+                      (occlusion set by set), torch_masks.py (torch's dropout masks drawn ahead), onednn.py,
+                      dropout.py (fast seeded masks), lora_fused.py (the teacher's fused LoRA layers)
     training/         one recipe per method: student.py, teacher.py, distill.py; loop.py holds the student
                       components both student recipes use (recipes never import each other); the teacher
                       recipe's stages: teacher_run.py (shared record), teacher_probe.py (head init, linear
                       probe), teacher_save.py (run folder); teacher_features.py (distill's feature cache);
                       distributed.py (data-parallel student training: torchrun / accelerate launch, gloo/NCCL);
-                      code_text.py (a title-reading student's title table, both student recipes)
+                      code_text.py (a title-reading student's title table, both student recipes);
+                      field_models.py (the field's models under the student's protocol); batches.py (batches
+                      and dropout masks built ahead in a background thread)
     checkpoint.py     the one resume-checkpoint format (weights, optimizer, scheduler, RNG; safetensors)
     kinds.py          the run kinds, one row each (command, input, learned, unknown codes): the one list
+    newcohort.py      `leader preprocess --for-run`: new patients' raw data → prediction input folder, read
+                      against a run's vocabulary and recorded rules (above runs.py, which it reads)
     runs.py           run folders: manifests, checks, `load_run(path)` → a Scorer for every run kind
     scorer.py         `Scorer` (TensorScorer, TeacherScorer): a loaded run and its output rules (its
                       calibrator, the unknown-code shrink), the same scores in predict, report and the API
