@@ -16,6 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from leadercli.errors import InputError
+from leadercli.offline import set_offline
+from leadercli.settings import load_settings
+
 
 class Recommender:
     """A loaded run that ranks drugs for visits frames."""
@@ -27,8 +31,6 @@ class Recommender:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None, settings=None) -> Recommender:
         """Load a run folder of any kind (`leadercli.runs.load_run`). `device`: "cpu", "cuda", … (default cpu)."""
-        from leadercli.offline import set_offline
-
         set_offline()  # as the CLI does: a teacher run's backbone is never looked up on the Hub
         import torch
 
@@ -71,9 +73,9 @@ class Recommender:
         removal lowers the drug's score most (occlusion, `leadercli.explain`; one scoring pass per code).
         A run trained with `student.code_text` reads the codes it does not know by their `titles` (embedded once
         per call; `code_titles=False`, or the `predict.code_titles` setting, maps them to UNK instead)."""
+        # polars/torch (predict): loaded on first use, so `leadercli.Recommender` imports fast
         import polars as pl
 
-        from leadercli.errors import InputError
         from leadercli.predict import PredictOptions, predict_frame
 
         frame = visits if isinstance(visits, pl.DataFrame) else _from_other(visits)
@@ -82,6 +84,7 @@ class Recommender:
         self.scorer.reset_unknown()
         if code_titles is None:
             code_titles = self.settings.predict.code_titles if self.settings is not None else True
+        # torch-heavy modules: loaded on first use
         from leadercli.explain import BATCH as EXPLAIN_BATCH
 
         opts = PredictOptions(
@@ -104,11 +107,11 @@ class Recommender:
     ):
         """Raw MIMIC tables of new patients → ranked drugs: `leader preprocess --for-run` and `predict` in one
         call. `out` keeps the prediction input folder; by default it is built in a temporary folder."""
+        # polars/torch (newcohort, predict): loaded on first use
         import polars as pl
 
         from leadercli.newcohort import build_for_run
         from leadercli.predict import INPUT_CODES, read_titles
-        from leadercli.settings import load_settings
 
         settings = self.settings or load_settings(None, overrides={"paths": {"aux": aux}})
         with tempfile.TemporaryDirectory(prefix="leader-new-") as tmp:
@@ -120,9 +123,8 @@ class Recommender:
 
 
 def _from_other(visits: Any):
+    # polars: loaded on first use
     import polars as pl
-
-    from leadercli.errors import InputError
 
     try:
         return (

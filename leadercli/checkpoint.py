@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from leadercli.errors import ArtifactError
 
@@ -45,8 +46,6 @@ def save_state(
     scheduler=None,
 ) -> None:
     """Write `params` (name → tensor), the optimizer, the scheduler, the RNG states and `state` to `path`."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -75,8 +74,6 @@ def load_state(
     scheduler=None,
 ) -> dict:
     """Restore `params` (copied in place, dtype and device kept), optimizer, scheduler and RNG from `path`."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     try:
         tensors = load_file(str(path / TENSORS))

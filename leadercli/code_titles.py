@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from leadercli import console
 from leadercli.errors import ArtifactError
+from leadercli.kinds import rebuild_hint
 from leadercli.models.code_text import CodeEmbedding
 
 FILE = "code_text.safetensors"
@@ -71,8 +72,6 @@ def write_table(path: Path, table: torch.Tensor, meta: dict[str, str]) -> None:
 
 def read_table(run_dir: Path, entry: dict, rows: int) -> torch.Tensor:
     """The run's table, checked against its manifest entry (`entry`) and its vocabulary size (`rows`)."""
-    from leadercli.kinds import rebuild_hint
-
     path = Path(run_dir) / FILE
     hint = rebuild_hint(Path(run_dir), "student")
     if not path.is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -125,8 +126,6 @@ def progress(description: str, total: float | None = None) -> Iterator[callable]
 
             yield advance
         return
-    import time
-
     t0 = time.perf_counter()
     state = {"done": 0.0, "last": t0, "status": "", "lines": 0}
 
@@ -156,8 +155,6 @@ def progress(description: str, total: float | None = None) -> Iterator[callable]
 def step(description: str) -> Iterator[None]:
     """A spinner for a step with no natural count (shown only when not quiet, and on a terminal); with
     --debug the step's wall time is logged."""
-    import time
-
     t0 = time.perf_counter()
     if _state["quiet"] or not err.is_terminal:
         yield

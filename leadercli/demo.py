@@ -21,12 +21,13 @@ FIELD = (
 
 
 def run_demo(settings: Settings, workdir: Path | None = None) -> dict:
+    # the recipes, predict and report load torch/transformers: imported at call time so demo.py stays light
     from leadercli.data.preprocess import preprocess, print_summary
     from leadercli.predict import predict_file
     from leadercli.report.build import build_report
     from leadercli.training.distill import distill
     from leadercli.training.student import train_student
-    from leadercli.training.teacher import train_teacher
+    from leadercli.training.teacher import train_teacher  # transformers/peft: the teacher recipe
 
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,17 @@ bench_explain.py` measures it and the faithfulness (top-K codes removed vs K ran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
+import torch
+
+from leadercli.data.batching import UNK_DIAG, UNK_PROC
+from leadercli.data.samples import samples_from_frame
+from leadercli.models import student_occlusion
+from leadercli.scorer import batch_unknown
 
 KINDS = ("diagnosis", "procedure", "medication")  # explain_kinds values, in the order of KEYS
 KEYS = ("diag", "proc", "med")  # the batch tensors of each kind
@@ -68,8 +75,6 @@ class Positions:
 
 def tensor_positions(batch: dict) -> Positions:
     """Every present code of a collated batch (`Encoder.encode_frame` / `collate`), patient after patient."""
-    import torch
-
     target = batch["visit_mask"].sum(1) - 1  # (B,) the target visit's slot
     parts = []
     for k, key in enumerate(KEYS):
@@ -108,11 +113,6 @@ def copy_counts(batch: dict, pos: Positions, lo: int, hi: int):
     """(n_unknown, n_codes) of copies lo:hi, each (n,): the patient's target-visit code counts (read by the
     unknown-code shrink, `scorer.batch_unknown`) without the removed code when it is a target diagnosis or
     procedure."""
-    import torch
-
-    from leadercli.data.batching import UNK_DIAG, UNK_PROC
-    from leadercli.scorer import batch_unknown
-
     n_unknown, n_codes = batch_unknown(batch)  # (B,)
     p = torch.from_numpy(pos.patient[lo:hi])
     in_target = torch.from_numpy(~pos.history[lo:hi])  # (n,) a target diagnosis or procedure
@@ -124,8 +124,6 @@ def copy_counts(batch: dict, pos: Positions, lo: int, hi: int):
 def occlude_tensors(batch: dict, pos: Positions, lo: int, hi: int) -> dict:
     """Copies lo:hi of the batch: position j's patient with its code j set to PAD; the target visit's code
     counts (`n_codes`, `n_unknown`: the unknown-code shrink reads them) follow the removal."""
-    import torch
-
     p = torch.from_numpy(pos.patient[lo:hi])
     B = batch["visit_mask"].shape[0]
     out = {k: v[p] for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == B}
@@ -143,10 +141,6 @@ def occluded_scores_tensors(scorer, batch: dict, pos: Positions, chunk: int = CH
     """(N, M) float32: the scores of every occluded copy (`occlude_tensors`), `chunk` copies at a time. The
     LEADER student re-encodes only the one set each copy changes (`models/student_occlusion.py`); other
     kinds score whole copies through `Scorer.score_batch`."""
-    import torch
-
-    from leadercli.models import student_occlusion
-
     out = np.zeros((len(pos), len(scorer.labels)), np.float32)
     model = getattr(scorer, "module", None)
     fast = student_occlusion.supports(model)
@@ -169,8 +163,6 @@ def occluded_scores_tensors(scorer, batch: dict, pos: Positions, chunk: int = CH
 
 def occlude_samples(samples: list, pos: Positions) -> list:
     """One copy of each position's sample without that code (the teacher's occlusion)."""
-    from dataclasses import replace
-
     out = []
     for b, k, v, i in zip(pos.patient, pos.kind, pos.visit, pos.slot, strict=True):
         s = samples[b]
@@ -332,10 +324,6 @@ class Explainer:
 
     def _records(self, frame, subjects: np.ndarray) -> dict:
         """The samples (windowed visits, `samples_from_frame`) of `subjects`, by subject id."""
-        import polars as pl
-
-        from leadercli.data.samples import samples_from_frame
-
         sub = frame.filter(pl.col("subject_id").is_in(np.unique(subjects).tolist()))
         got = samples_from_frame(sub, self.scorer.encoder.profile_fields, self.scorer.max_visits)
         return {s.subject_id: s for s in got}

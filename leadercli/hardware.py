@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import random
+import sys
 
 import numpy as np
 import torch
 
+from leadercli import console
 from leadercli.errors import SettingsError
 
 
@@ -57,8 +61,6 @@ def cpu_threads(
 def apply_threads(hardware, pool: bool = False, small_ops: bool = False) -> int:
     """Set torch's intra-op threads by `cpu_threads` (logged at debug level); returns the thread count.
     (`hardware.onednn` is passed to the models that use it, not set here.)"""
-    from leadercli import console
-
     n, why = cpu_threads(hardware, pool=pool, small_ops=small_ops)
     torch.set_num_threads(n)
     console.log.debug(f"torch threads: {n} ({why})")
@@ -90,10 +92,6 @@ def keep_freed_memory() -> None:
     in and zeroed by the kernel again: about 7 % of predict's CPU time, and 20 % of the teacher's frozen pass
     (19 of 98 CPU-s as system time on 2,398 patients, 2.2 with it; `benchmarks/README.md`). Memory stays
     bounded by the largest batches (+30–60 MiB peak). Numbers do not change. Nothing happens off glibc."""
-    import ctypes
-    import ctypes.util
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -369,6 +369,7 @@ def run_ddi_path(run_dir: Path, manifest: dict) -> Path:
 def run_calibrator(run_dir: Path, manifest: dict):
     """The run's `calibration.Calibrator` (its calibration.json), or None for runs saved without one (they
     score as they always did)."""
+    # numpy (via calibration): only when a run's calibrator is read; runs.py itself loads no numpy
     from leadercli.calibration import CALIBRATION_FILE, load_calibrator
 
     try:

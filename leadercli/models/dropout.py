@@ -105,6 +105,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
 
 
 def _register() -> None:
+    # transformers: only when the teacher's attention is registered
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 

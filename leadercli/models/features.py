@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from leadercli.errors import ArtifactError, ModelError
 
@@ -55,8 +57,6 @@ def save_features(
 ) -> Path:
     """Write the cache atomically (temp file + rename). `metadata` needs `backbone` and `config_hash`;
     `hidden_size`, `n`, `dtype` and `format` are filled in from the tensors."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     sids, hids = _as_int64(subject_ids), _as_int64(hadm_ids)
     feats = feats.detach().to("cpu", torch.float32)  # (N, d)
@@ -102,8 +102,6 @@ def save_features(
 
 def load_features(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, str]]:
     """(subject_ids (N,) int64, hadm_ids (N,) int64, features (N, d) float32, metadata)."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(

@@ -103,6 +103,7 @@ def use_for_lora(model: nn.Module) -> int:
     """Route every peft LoRA `Linear` of `model` through `_forward` (eligibility is checked per call).
     Returns how many layers were routed."""
     try:
+        # peft: only when a teacher's LoRA layers are swapped
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # pragma: no cover - peft is a dependency
         return 0

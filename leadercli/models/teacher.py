@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 from transformers.utils import ModelOutput
 
 from leadercli.errors import ArtifactError, ModelError
@@ -103,8 +106,6 @@ def default_lora_targets(model: nn.Module) -> list[str]:
         return [t for t in BERT_TARGETS if any(n == t or n.endswith("." + t) for n in names)]
     linear_types: tuple[type, ...] = (nn.Linear,)
     with contextlib.suppress(ImportError):
-        from transformers.pytorch_utils import Conv1D
-
         linear_types = (nn.Linear, Conv1D)
     found = [
         n
@@ -221,6 +222,7 @@ def build_teacher(
     by peft; LoRA A/B and the head train. Gradient checkpointing (non-reentrant) also makes the input
     embeddings require grad, as the reference did. `fast_dropout`: masks from `models.dropout` on CPU;
     `onednn` (`hardware.onednn`): frozen linears and LoRA layers through oneDNN on CPU."""
+    # peft: only when a LoRA teacher is built
     from peft import LoraConfig, TaskType, get_peft_model
 
     path = resolve_backbone(backbone_path)
@@ -277,8 +279,6 @@ def save_teacher(model: nn.Module, out_dir: str | os.PathLike) -> None:
     """`out_dir/adapter/` (PEFT adapter: adapter_config.json + adapter_model.safetensors) and
     `out_dir/head.safetensors` (fp32: "head.weight" (M, d), "head.bias" (M,) when the head has one,
     "feat_mean" / "feat_scale" (d,)); the head file is written atomically."""
-    from safetensors.torch import save_file
-
     teacher = unwrap(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -325,9 +325,8 @@ def load_teacher(
 
     Raises ArtifactError when files are missing and
     ModelError when the head does not fit (n_labels, hidden size of the backbone)."""
+    # peft: only when a LoRA teacher is loaded
     from peft import PeftModel
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     run = Path(run_dir)
     adapter, head_file = run / ADAPTER_DIR, run / HEAD_FILE

@@ -14,10 +14,12 @@ from pathlib import Path
 from leadercli import console
 from leadercli.errors import InputError, SettingsError
 from leadercli.explain import BATCH as EXPLAIN_BATCH
+from leadercli.hardware import apply_threads
 from leadercli.predict import output as out
 from leadercli.predict.input import PredictInput, read_input
 from leadercli.predict.ranking import Counts, PredictOptions
 from leadercli.predict.streaming import predict_stream
+from leadercli.runs import load_run, write_json
 
 
 @dataclass
@@ -49,9 +51,6 @@ def predict_file(
 ) -> PredictSummary:
     """`leader predict INPUT -o OUTPUT`: the whole command, output written atomically with its sidecar;
     `explain` > 0 adds the codes that most raised each drug's score (`leadercli.explain`)."""
-    from leadercli.hardware import apply_threads
-    from leadercli.runs import load_run
-
     cfg = settings.predict
     input_path, output = Path(input_path), Path(output)
     out.check_output(output, input_path, cfg.top_k)
@@ -100,8 +99,6 @@ def _write(
 ) -> tuple[Counts, dict]:
     """Score the input into a temporary file, then rename it into place and write the sidecar; on any error
     the temporary file is removed and nothing is left."""
-    from leadercli.runs import write_json
-
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.temporary(output)
     writer = None

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from leadercli.data import codes, contract
+from leadercli.data.tables import DATETIME_FORMATS, read_header
 from leadercli.errors import InputError
 
 
@@ -95,8 +97,6 @@ def read_input(path: Path) -> PredictInput:
             raise InputError(f"{path} has no rows", "Pass a file with at least one visit")
         return PredictInput(path, "parquet", n, list(pf.schema_arrow.names), manifest, titles)
     if suffixes[-1:] == [".csv"] or suffixes[-2:] == [".csv", ".gz"]:
-        from leadercli.data.tables import read_header
-
         header = [h.strip() for h in read_header(path)]
         _check_csv_header(path, header)
         return PredictInput(path, "csv", None, header, manifest, titles)
@@ -177,10 +177,6 @@ def _check_csv_header(path: Path, header: list[str]) -> None:
 def _csv_batches(path: Path, columns: list[str], rows: int) -> Iterator[pl.DataFrame]:
     """CSV → frames of about `rows` rows with the parquet schema: ids and visit_no as integers, list columns
     split on `;`, admittime parsed; a value of the wrong type is an InputError naming the column."""
-    import pyarrow.csv as pacsv
-
-    from leadercli.data.tables import read_header
-
     header = [h.strip() for h in read_header(path)]
     try:
         reader = pacsv.open_csv(
@@ -240,8 +236,6 @@ def _typed_csv_frame(path: Path, df: pl.DataFrame) -> pl.DataFrame:
                 .alias(col)
             )
         elif col == "admittime":
-            from leadercli.data.tables import DATETIME_FORMATS
-
             parsed = pl.coalesce(
                 [c.str.to_datetime(f, time_unit="us", strict=False) for f in DATETIME_FORMATS]
             )

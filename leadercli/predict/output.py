@@ -15,15 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from leadercli import __version__, console
+from leadercli import __version__, console, paths
 from leadercli.data import contract
 from leadercli.data.artifact import DDI, PATIENTS, VISITS
 from leadercli.errors import InputError
 from leadercli.explain import FIELDS
 from leadercli.predict.input import PredictInput
 from leadercli.predict.ranking import Counts, PredictOptions, out_schema
+from leadercli.runs import now
 
 # files of leadercli folders (artifact, run, prediction input) that an output must never replace
 OWN_FILES = (VISITS, PATIENTS, DDI, contract.CODES)
@@ -32,8 +35,6 @@ OWN_FILES = (VISITS, PATIENTS, DDI, contract.CODES)
 def check_output(output: Path, input_path: Path, top_k: int = 20) -> None:
     """Refuse an output that would replace the input or a file of a leadercli folder, that cannot be written
     or that would not fit on the disk (`estimate_output_bytes`), before any work is done."""
-    from leadercli import paths
-
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise InputError(f"output {output} must end in .csv or .parquet", "Choose e.g. -o recs.csv")
     src = Path(input_path)
@@ -108,8 +109,6 @@ def open_writer(path: Path, suffix: str, explain: int = 0):
     schema = out_schema(explain)
     if suffix == ".parquet":
         return pq.ParquetWriter(path, schema)
-    import pyarrow.csv as pacsv
-
     # 64k rows converted at a time (the default 1,024 costs about 15 % more CPU, same bytes)
     options = pacsv.WriteOptions(batch_size=1 << 16)
     if not explain:
@@ -120,8 +119,6 @@ def open_writer(path: Path, suffix: str, explain: int = 0):
 def csv_table(table: pa.Table) -> pa.Table:
     """List columns → text, entries joined by `;` (codes never hold one; a `;` in a title becomes `,`), numbers
     with 4 decimals: what a spreadsheet, pandas and polars read as plain text columns."""
-    import pyarrow.compute as pc
-
     cols = {}
     for name, col in zip(table.column_names, table.columns, strict=True):
         if pa.types.is_list(col.type):
@@ -163,8 +160,6 @@ def sha256(path: Path, stop: threading.Event) -> str:
 
 def sidecar(scorer, src: PredictInput, opts: PredictOptions, counts: Counts, sha: str, output: Path) -> dict:
     """The content of `<output>.meta.json`: what was run on what, and the counts (never patient rows)."""
-    from leadercli.runs import now
-
     threshold = opts.threshold if opts.threshold is not None else scorer.threshold
     return {
         "format": 1,

@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from leadercli.explain import FIELDS, arrow_columns
+from leadercli.selection import limit_ddi
 
 OUT_SCHEMA = pa.schema(
     [
@@ -81,8 +82,6 @@ class Rows:
         self, probs: torch.Tensor, batch: dict[str, torch.Tensor], explain=None
     ) -> tuple[dict[str, np.ndarray], np.ndarray, Counts]:
         """`explain(row_patient, row_drug)` → the explanation columns of the rows ((R, K) arrays)."""
-        from leadercli.selection import limit_ddi
-
         B, M = probs.shape
         sel = probs >= self.threshold  # (B, M)
         if self.adj is not None:

@@ -27,11 +27,15 @@ import torch
 
 from leadercli import code_titles
 from leadercli.data import contract
+from leadercli.data.artifact import CodeList, Vocab
 from leadercli.data.batching import Encoder
+from leadercli.data.registry import LAYOUTS
+from leadercli.data.samples import samples_from_frame
 from leadercli.errors import InputError
 from leadercli.explain import Explainer
 from leadercli.predict.input import PredictInput, check_frame, prefix_raw
 from leadercli.predict.ranking import Counts, PredictOptions, Rows, out_schema
+from leadercli.selection import ddi_matrix
 
 T = TypeVar("T")
 
@@ -72,8 +76,6 @@ def predict_frame(scorer, frame: pl.DataFrame, opts: PredictOptions, titles=None
 
 def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
     """(input rows, frame of whole subjects) → (output table, input rows, counts), chunk by chunk in order."""
-    from leadercli.selection import ddi_matrix
-
     encoder = scorer.encoder
     threshold = opts.threshold if opts.threshold is not None else scorer.threshold
     top_k = min(opts.top_k, encoder.n_labels)
@@ -129,8 +131,6 @@ def score_chunks(scorer, chunks, src: PredictInput, opts: PredictOptions):
 
 def _score_samples(scorer, encoded, src: PredictInput, rows_fn: Rows, explainer: Explainer | None = None):
     """A run that scores samples, not tensors (the teacher, through its prompts): chunk by chunk, in turn."""
-    from leadercli.data.samples import samples_from_frame
-
     vocab = _titled_vocab(scorer.encoder.vocab, src.titles)
     for nrows, df, batches in encoded:
         if not batches:
@@ -154,8 +154,6 @@ def _score_samples(scorer, encoded, src: PredictInput, rows_fn: Rows, explainer:
 
 def _default_icd_version(manifest: dict) -> int | None:
     """The ICD version of raw (unprefixed) codes for a run's layout (MIMIC-III: 9; None = needs icd_version)."""
-    from leadercli.data.registry import LAYOUTS
-
     layout = LAYOUTS.get((manifest.get("artifact") or {}).get("source"))
     return layout.default_icd_version if layout is not None else None
 
@@ -164,8 +162,6 @@ def _titled_vocab(vocab, titles: dict[str, dict[str, str]] | None):
     """The run's vocab, extended with the titles of codes it does not know (for the teacher's prompts)."""
     if not titles:
         return vocab
-    from leadercli.data.artifact import CodeList, Vocab
-
     lists = {}
     for kind in ("diagnoses", "procedures", "medications"):
         cl = getattr(vocab, kind)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leadercli import calibration, kinds, metrics
+from leadercli import __version__, calibration, kinds, metrics, runs
 from leadercli.report.table import table_block
 
 GROUPS = ("overall", "single", "multi")
@@ -282,8 +282,6 @@ def assemble(
     """A whole report: `header`, where the scores came from ("runs" / "predictions"), the drugs block (training
     frequencies `frequency`), the scored entries, their comparison and the paper's table; `efficiency` is the
     caller's."""
-    from leadercli import __version__, runs
-
     report = header(__version__, runs.now(), artifact_info, y_true, n_visits, ddi, settings)
     report["source"] = source
     report["drugs"] = drugs_block(artifact.labels, artifact.vocab.medications.titles, frequency, y_true)

@@ -14,6 +14,9 @@ import hmac
 import secrets
 
 import numpy as np
+import torch
+
+from leadercli.explain import Explainer
 
 PATIENTS = 5  # test patients shown
 TOP_DRUGS = 3  # drugs shown per patient
@@ -31,10 +34,6 @@ def explain_patients(
 ) -> dict:
     """`n` test samples drawn with `seed` → {"run", "k", "patients": [{"id", "n_visits", "drugs": [...]}]}; each
     drug: atc3, name, score, given (in the true set), codes [{code, kind, title, visit, contribution}]."""
-    import torch
-
-    from leadercli.explain import Explainer
-
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(samples), size=min(n, len(samples)), replace=False))
     chosen = [samples[i] for i in pick]

@@ -31,6 +31,7 @@ def _figure(width: float, height: float):
 
 
 def _colors(n: int) -> list:
+    # matplotlib: only when plots are drawn
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
@@ -163,6 +164,7 @@ def plot_per_drug_f1(report: dict):
     idx, freq, split, left_out = per_drug_points(report)
     cols = min(len(runs), 3)
     rows = -(-len(runs) // cols)
+    # matplotlib: only when plots are drawn
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig = _figure(max(5.5, 4.2 * cols), 3.6 * rows)

@@ -24,13 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from leadercli import kinds, runs
 from leadercli.data.artifact import Artifact
 from leadercli.data.batching import batches
 from leadercli.data.samples import load_samples
 from leadercli.errors import ArtifactError
+from leadercli.hardware import resolve_device
 from leadercli.report import evaluate, table, timing
+from leadercli.report.explained import explain_patients
 from leadercli.report.floor import Floor, fit_floor
 
 SETTINGS_ARTIFACT = "settings (--data, paths.artifact or <paths.data>/<data.source>)"
@@ -200,8 +203,6 @@ def score_run(scorer, samples: list, rcfg) -> Scored:
 def score_runs(settings, run_dirs: list[Path], log: Log | None = None) -> dict:
     """Evaluate runs (and the popularity floor) on the test split; returns the report dict (not yet JSON-safe:
     numpy arrays inside; `write.jsonable` converts)."""
-    from leadercli.hardware import resolve_device
-
     log = log or quiet
     dirs = resolve_run_dirs(settings, run_dirs)
     manifests = [runs.read_manifest(d) for d in dirs]
@@ -259,8 +260,6 @@ def score_runs(settings, run_dirs: list[Path], log: Log | None = None) -> dict:
 def _explained(entries: list[dict], test: EvalSplit, settings, device, log: Log) -> dict | None:
     """Sample explanations (`report/explained.py`) from the learned run with the best overall PRAUC; None
     when no learned run is compared."""
-    from leadercli.report.explained import explain_patients
-
     learned = [e for e in entries if e["kind"] in kinds.LEARNED and e["run_dir"]]
     if not learned:
         return None
@@ -288,8 +287,6 @@ def _test_split(artifact: Artifact, settings) -> EvalSplit:
 def _score_job(name, d, m, th, floor: Floor, test: EvalSplit, settings, device, log: Log):
     """One run (or the fitted floor when `d` is None) scored and timed → (its report entry, its bootstrap
     replicates)."""
-    import torch
-
     if d is None:
         scorer, kind, mv = floor.scorer, "popularity", settings.samples.max_visits
         log(f"scoring {name} (popularity fitted on the training split) and timing it")

@@ -17,6 +17,8 @@ import numpy as np
 
 from leadercli import runs
 from leadercli.errors import SettingsError
+from leadercli.modes import fix_dir
+from leadercli.report import plots, render
 
 REPORT_FILES = ("metrics.json", "report.md", "report.html")
 
@@ -54,15 +56,11 @@ def check_out_dir(out: Path) -> None:
 
 def write_report_folder(report: dict, out: Path) -> dict:
     """Write the report (JSON-safe copy returned) to `out`, replacing an old report only when complete."""
-    from leadercli.report import plots, render
-
     report = jsonable(report)
     out = Path(out)
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    from leadercli.modes import fix_dir
-
     fix_dir(tmp)  # mkdtemp makes 0700: give it the umask's mode
     try:
         figures = plots.write_plots(report, tmp)

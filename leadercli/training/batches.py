@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from leadercli.data.batching import Encoded
+from leadercli.models.torch_masks import TorchStream
 
 Batch = dict[str, torch.Tensor]
 # (batch, TorchStream) → the masks the model's dropout modules take in the step, in order; it may add keys to
@@ -39,8 +40,6 @@ class EpochBatches:
         ahead: Ahead | None = None,
         shard: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        from leadercli.models.torch_masks import TorchStream
-
         self._stream = TorchStream(torch.get_rng_state()) if ahead is not None else None
         self._args = (encoded, batch_size, collate, order, ahead)
         self._shard = shard  # data-parallel: this process's rows of each global batch (`distributed.shard`)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from leadercli import code_titles, console, runs
 from leadercli.errors import SettingsError
@@ -35,6 +36,7 @@ def encoder_source(setting: str, teacher_dir: Path) -> str | None:
 
 def _identity(source: str | None) -> dict:
     """The encoder's name and hashes, read from its files without loading it."""
+    # transformers (backbone, title encoder): only when a backbone is resolved
     from leadercli.models.backbone import DEFAULT_PACKAGE, backbone_id, resolve_backbone
     from leadercli.models.title_encoder import weights_hash
 
@@ -53,8 +55,6 @@ def _reused(path: Path, vocab_hash: str, ident: dict) -> tuple[torch.Tensor, dic
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         entry = json.loads(meta.get("entry", "{}"))

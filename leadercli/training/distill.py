@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from leadercli import console, runs
 from leadercli.calibration import manifest_entry
+from leadercli.data.registry import get_layout
 from leadercli.errors import ArtifactError
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.models import student_train
@@ -37,8 +38,6 @@ from leadercli.training.loop import build_student, evaluate_run, fit, save_run, 
 
 def loss_weights(settings: Settings, source: str) -> tuple[float, float]:
     """(alpha, beta): the settings', else the reference scripts' weights for the artifact's layout."""
-    from leadercli.data.registry import get_layout
-
     a, b = get_layout(source).distill_weights
     d = settings.distill
     return (d.alpha if d.alpha is not None else a, d.beta if d.beta is not None else b)
@@ -139,6 +138,7 @@ def distill(settings: Settings, resume: bool = False) -> Path:
 def _teacher_features(settings: Settings, dist, teacher_dir: Path, artifact, train: list):
     """The teacher's cached features of the training patients (computed first when missing or stale; the main
     process computes, the others then read) and the teacher run's manifest."""
+    # transformers (teacher model): only when the teacher's features must be computed
     from leadercli.training.teacher_features import ensure_features
 
     with distributed.main_first(dist):

@@ -39,13 +39,16 @@ sees (each reads the checkpoint on `--resume`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 
+from leadercli import console
 from leadercli.errors import SettingsError
 from leadercli.launcher import Launch, launch_env
 
@@ -72,8 +75,6 @@ class Dist:
 
 def current(device: torch.device | None = None) -> Dist:
     """The process group `start` joined, or a 1-process Dist (what `fit` calls; it needs no argument)."""
-    import torch.distributed as tdist
-
     dev = device if device is not None else torch.device("cpu")
     if not (tdist.is_available() and tdist.is_initialized()):
         return Dist(0, 1, None, dev)
@@ -85,8 +86,6 @@ def start(device: torch.device, launch: Launch | None = None) -> tuple[Dist, tor
 
     gloo on CPU, NCCL on CUDA with one GPU per process (cuda:LOCAL_RANK). Every process but the main one is
     muted (no logs, progress or results; its errors still print, prefixed with its rank)."""
-    import torch.distributed as tdist
-
     launch = launch or launch_env()
     if launch.world == 1:
         return Dist(0, 1, None, device), device
@@ -122,15 +121,11 @@ def start(device: torch.device, launch: Launch | None = None) -> tuple[Dist, tor
 
 def shutdown() -> None:
     """Leave the process group, if one was joined (the CLI calls it when a command ends, however it ends)."""
-    import torch.distributed as tdist
-
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
 
 
 def _mute_followers(launch: Launch) -> None:
-    from leadercli import console
-
     console.set_rank(launch.rank, launch.world)
 
 
@@ -152,8 +147,6 @@ def join(device: torch.device, trains: bool = True, name: str = "") -> tuple[Dis
         return start(device, launch)
     if follower_exits(launch):
         return None, device
-    from leadercli import console
-
     console.info(
         f"{name} has nothing to train: it runs on the main process alone "
         f"(the other {launch.world - 1} process(es) exit)"
@@ -192,8 +185,6 @@ def sync_grads(
     reduced the same way and returned. One all-reduce."""
     if not dist.active:
         return list(terms)
-    import torch.distributed as tdist
-
     dev = dist.device
     parts = [
         (p.grad.detach().reshape(-1) * weight) if p.grad is not None else torch.zeros(p.numel(), device=dev)
@@ -231,8 +222,6 @@ def broadcast_module(module: torch.nn.Module, dist: Dist) -> None:
     """The main process's parameters and buffers on every process."""
     if not dist.active:
         return
-    import torch.distributed as tdist
-
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             tdist.broadcast(t.data, src=0)
@@ -242,8 +231,6 @@ def agree(flag: bool, dist: Dist) -> bool:
     """The main process's decision (e.g. early stop) on every process; the others wait for it here."""
     if not dist.active:
         return flag
-    import torch.distributed as tdist
-
     t = torch.tensor([int(flag)], device=dist.device)
     tdist.broadcast(t, src=0)
     return bool(t.item())
@@ -254,10 +241,6 @@ def share_fields(obj, dist: Dist) -> None:
     (the training counters: epoch, best, patience, so the early-stop decision is the main process's)."""
     if not dist.active:
         return
-    import dataclasses
-
-    import torch.distributed as tdist
-
     names = [f.name for f in dataclasses.fields(obj)]
     t = torch.tensor([float(getattr(obj, n)) for n in names], dtype=torch.float64, device=dist.device)
     tdist.broadcast(t, src=0)
@@ -279,8 +262,6 @@ def main_first(dist: Dist) -> Iterator[None]:
 def barrier(dist: Dist) -> None:
     """Every process waits here for every other (e.g. until the main process has prepared the run folder)."""
     if dist.active:
-        import torch.distributed as tdist
-
         tdist.all_reduce(torch.zeros(1, device=dist.device))
 
 
@@ -289,8 +270,6 @@ def all_done(dist: Dist) -> None:
     failed during training fails the command first (its peers' collectives raise)."""
     if not dist.active:
         return
-    import torch.distributed as tdist
-
     t = torch.ones(1, device=dist.device)
     tdist.all_reduce(t)
     if int(t.item()) != dist.world:  # cannot happen with a healthy group; a guard, not a code path

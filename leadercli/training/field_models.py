@@ -20,6 +20,7 @@ from leadercli import console, runs
 from leadercli.data.batching import batches
 from leadercli.errors import SettingsError
 from leadercli.models.field_build import build
+from leadercli.models.raremed import pretrain
 from leadercli.settings import Settings
 from leadercli.training import distributed
 from leadercli.training.loop import FitResult, fit
@@ -50,8 +51,6 @@ def train_field(
     }
     resuming = resume and ckpt_io.exists(out / ckpt_io.CHECKPOINT_DIR / "last")
     if kind == "raremed" and section.pretrain_epochs and not resuming:
-        from leadercli.models.raremed import pretrain
-
         train = splits["train"]
 
         def epoch_batches(i: int):

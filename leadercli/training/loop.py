@@ -27,12 +27,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from leadercli import checkpoint as ckpt_io
-from leadercli import console, runs
+from leadercli import console, metrics, runs
+from leadercli.calibration import calibrate_splits, write_for_run
+from leadercli.card import write_card
 from leadercli.data.artifact import Artifact
 from leadercli.data.batching import Encoded, Encoder, batches
 from leadercli.data.samples import load_samples
+from leadercli.errors import ArtifactError
+from leadercli.metrics import choose_threshold
+from leadercli.models import torch_masks
 from leadercli.models.field import make_optimizer
+from leadercli.models.student import StudentConfig, StudentModel
 from leadercli.models.torch_masks import MaskTape
+from leadercli.modes import fix_tree
 from leadercli.settings import Settings
 from leadercli.training import distributed
 from leadercli.training.batches import Ahead, EpochBatches
@@ -177,8 +184,6 @@ def _resume(
 
 def _tape_masks(holder: torch.nn.Module, device: torch.device) -> MaskTape | None:
     """Route the dropout modules through a mask tape when torch's CPU masks can be drawn ahead, else None."""
-    from leadercli.models import torch_masks
-
     if device.type != "cpu" or not torch_masks.available():
         return None
     tape = torch_masks.MaskTape()
@@ -259,8 +264,6 @@ def _end_epoch(
     """Validation PRAUC, the best weights, the log line and the checkpoint after one epoch; updates `progress`
     and `record` (the main process's job once training is data-parallel). `record["seconds"]`: the epoch's wall
     time since `t0` (training pass and validation, the checkpoint not included)."""
-    from leadercli import metrics
-
     model = holder["model"]
     s = score(model, val, encoder, cfg.eval_batch_size, device)
     val_prauc = float(metrics.prauc(s["labels"], s["probs"]).mean()) if len(val) else 0.0
@@ -307,10 +310,6 @@ def evaluate_run(
 ) -> dict:
     """Calibrator fitted on validation (`calibration`: the `calibration.method` setting; the scores below are
     then calibrated), threshold on validation (unless fixed), then validation and test metrics per group."""
-    from leadercli import metrics
-    from leadercli.calibration import calibrate_splits
-    from leadercli.metrics import choose_threshold
-
     v = score(model, val, encoder, batch_size, device)
     t = score(model, test, encoder, batch_size, device)
     cal = calibrate_splits(calibration, {"val": v, "test": t})
@@ -361,8 +360,6 @@ def setup_data(settings: Settings):
         f"{encoder.n_labels} drugs, {encoder.vocab_size} code ids"
     )
     if not splits["train"]:
-        from leadercli.errors import ArtifactError
-
         raise ArtifactError(
             f"artifact {artifact.path} has no training patients", "Re-run `leader preprocess` with more data"
         )
@@ -372,8 +369,6 @@ def setup_data(settings: Settings):
 def build_student(encoder: Encoder, cfg, onednn: bool = True, text: torch.Tensor | None = None):
     """The student of `cfg` (StudentSettings) for `encoder`'s vocabularies; `onednn`: `hardware.onednn`;
     `text`: the title table (V, D) of a title-reading student (`training/code_text.py`), None = ids only."""
-    from leadercli.models.student import StudentConfig, StudentModel
-
     config = StudentConfig(
         vocab_size=encoder.vocab_size,
         n_labels=encoder.n_labels,
@@ -408,9 +403,6 @@ def save_run(out: Path, model, config, artifact: Artifact, manifest: dict, setti
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    from leadercli.calibration import write_for_run
-    from leadercli.card import write_card
-    from leadercli.modes import fix_tree
 
     write_for_run(out, manifest)  # calibration.json when the manifest records a calibrator
     write_card(out, manifest)  # README.md model card with Hub metadata

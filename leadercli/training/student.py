@@ -16,6 +16,7 @@ from leadercli.calibration import manifest_entry
 from leadercli.hardware import resolve_device, set_seed
 from leadercli.kinds import BASELINES, FIELD_MODELS
 from leadercli.models import student_train
+from leadercli.models.baselines import PopularityModel, PreviousVisitModel, fit_popularity
 from leadercli.settings import Settings
 from leadercli.training import distributed
 from leadercli.training.code_text import title_table
@@ -43,8 +44,6 @@ def train_student(settings: Settings, resume: bool = False) -> Path:
 
     fitted = None
     if cfg.model in BASELINES:
-        from leadercli.models.baselines import PopularityModel, PreviousVisitModel, fit_popularity
-
         t0 = time.perf_counter()
         freq = fit_popularity([e.labels for e in splits["train"]], encoder.n_labels)
         manifest["training"] = {"seconds": time.perf_counter() - t0}  # counting the training drugs
