@@ -178,15 +178,17 @@ def occlude_samples(samples: list, pos: Positions) -> list:
 def top_codes(
     base: np.ndarray, occluded: np.ndarray, pos: Positions, n_patients: int, row_patient, row_drug, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For output rows (patient `row_patient`, drug `row_drug`), each (R,): the positions (R, k) of the k codes
-    whose removal lowers the drug's score most (−1 where fewer codes lower it) and their contributions (R, k).
+    """For output rows (patient `row_patient`, drug `row_drug`), each (R,): the positions (R, w) of the k codes
+    whose removal lowers the drug's score most (−1 where fewer codes lower it) and their contributions (R, w);
+    w = min(k, the most codes of one patient), so batches may differ in width (`pad_width`).
 
     `base` (B, M): the patients' scores; `occluded` (N, M): the copies' scores."""
     R = len(row_patient)
-    sel = np.full((R, k), -1, np.int64)
-    val = np.zeros((R, k), np.float32)
     counts = np.bincount(pos.patient, minlength=n_patients)  # (B,)
     P = int(counts.max(initial=0))
+    # no wider than the most codes a patient has: `--explain 10000` must not allocate (R, 10000) arrays
+    sel = np.full((R, min(k, P)), -1, np.int64)
+    val = np.zeros((R, min(k, P)), np.float32)
     if P == 0 or R == 0 or k == 0:
         return sel, val
     start = np.cumsum(counts) - counts
@@ -274,6 +276,18 @@ def arrow_columns(cols: dict[str, np.ndarray]) -> dict[str, pa.Array]:
         values = cols[f.name][ok]
         arr = pa.array(values, f.type.value_type) if len(values) else pa.array([], f.type.value_type)
         out[f.name] = pa.ListArray.from_arrays(offsets, arr)
+    return out
+
+
+def pad_width(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """(R_i, w_i) explanation columns of several batches → all as wide as the widest (None / NaN added)."""
+    w = max(p.shape[1] for p in parts)
+    out = []
+    for p in parts:
+        if p.shape[1] < w:
+            fill = np.nan if p.dtype.kind == "f" else None
+            p = np.concatenate([p, np.full((p.shape[0], w - p.shape[1]), fill, p.dtype)], axis=1)
+        out.append(p)
     return out
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from leadercli.cli.main import app
 from leadercli.data.artifact import CodeList, Vocab
 from leadercli.data.batching import Encoder
-from leadercli.explain import Explainer
+from leadercli.explain import Explainer, Positions, pad_width, top_codes
 from leadercli.predict import PredictOptions, predict_frame
 from leadercli.scorer import Scorer, TensorScorer
 
@@ -280,3 +280,25 @@ def test_student_set_by_set_copies_equal_whole_copies(trained):
         fast = explain.occluded_scores_tensors(scorer, batch, pos, chunk=7)
         whole = scorer.score_batch(explain.occlude_tensors(batch, pos, 0, len(pos))).numpy()
         np.testing.assert_allclose(fast, whole, atol=1e-6)
+
+
+def test_a_huge_k_lists_every_lowering_code_without_huge_arrays():
+    """`--explain 10000` (every code) sizes its arrays by the codes a patient has, not by K; batches of
+    different widths are joined (padded) and the lists equal those of a K just above the codes present."""
+    scorer = _known_model()
+    opts = PredictOptions(top_k=2, explain=10_000)
+    z = np.zeros(3, np.int64)
+    pos = Positions(np.array([0, 0, 1]), z, z, np.array([0, 1, 0]), np.zeros(3, bool), ids=z)
+    occ = np.array([[0.1, 0.5], [0.4, 0.5], [0.0, 0.0]], np.float32)  # copies' scores; base 0.5
+    sel, val = top_codes(
+        np.full((2, 2), 0.5, np.float32), occ, pos, 2, np.array([0, 1]), np.zeros(2, int), 10_000
+    )
+    assert sel.shape == val.shape == (2, 2)  # two codes at most per patient, not 10,000
+    assert sel.tolist() == [[0, 1], [2, -1]] and val[0].tolist() == pytest.approx([0.4, 0.1])
+    big = predict_frame(scorer, _visits(), opts)
+    small = predict_frame(scorer, _visits(), PredictOptions(top_k=2, explain=8))
+    assert big.equals(small)
+    assert _rows(big, 1, "N01")["explain_codes"] == ["D9:A", "P9:X"]
+    widths = pad_width([np.full((1, 1), None, object), np.full((2, 3), "x", object)])
+    assert [w.shape for w in widths] == [(1, 3), (2, 3)] and widths[0][0, 1] is None
+    assert np.isnan(pad_width([np.zeros((1, 1), np.float32), np.zeros((1, 2), np.float32)])[0][0, 1])

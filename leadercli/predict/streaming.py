@@ -32,7 +32,7 @@ from leadercli.data.batching import Encoder
 from leadercli.data.registry import LAYOUTS
 from leadercli.data.samples import samples_from_frame
 from leadercli.errors import InputError
-from leadercli.explain import Explainer
+from leadercli.explain import Explainer, pad_width
 from leadercli.predict.input import PredictInput, check_frame, prefix_raw
 from leadercli.predict.ranking import Counts, PredictOptions, Rows, out_schema
 from leadercli.selection import ddi_matrix
@@ -180,8 +180,13 @@ def ordered(rows_fn: Rows, results: list[tuple[dict[str, np.ndarray], np.ndarray
     for c in cs:
         counts.add(c)
     order = np.argsort(np.concatenate(samples), kind="stable")  # rows of a patient keep their rank order
-    cols = {name: np.concatenate([p[name] for p in parts])[order] for name in parts[0]}
+    cols = {name: _concat([p[name] for p in parts])[order] for name in parts[0]}
     return rows_fn.table(cols), counts
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    """One column of several batches; 2-D explanation columns may differ in width (`explain.pad_width`)."""
+    return np.concatenate(pad_width(parts) if parts[0].ndim == 2 else parts)
 
 
 def subject_chunks(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.DataFrame]]:

@@ -57,7 +57,7 @@ def explain_patients(
                     "visit": cols["explain_visits"][r, c],
                     "contribution": float(cols["explain_contributions"][r, c]),
                 }
-                for c in range(k)
+                for c in range(cols["explain_codes"].shape[1])
                 if cols["explain_codes"][r, c] is not None
             ]
             drugs.append(
