@@ -3,8 +3,9 @@ student, arXiv 2402.02803; the model is `models/student.py`, its eval path `mode
 
 A copy is one patient with one code removed. Only that code's set — one (visit, kind) of the patient — differs
 from the patient's own record, so the set vectors of the record are computed once per batch and each copy
-re-encodes just its one set (the record's set without the code); the visit encoder and the head then run per
-copy, as in `StudentModel.forward`. For a patient with V visits of about 20 codes each this saves about V of
+re-encodes just its one set (the record's set without the code); the visit encoder then runs per copy on
+that set's stream only (it reads the three streams separately; the other two are the record's), and the head
+per copy, as in `StudentModel.forward`. For a patient with V visits of about 20 codes each this saves about V of
 every V + 1 set encodings against scoring whole copies; the logits are those of the whole copies (to float
 rounding, `tests/test_explain.py`).
 """
@@ -24,10 +25,19 @@ def supports(module) -> bool:
     return isinstance(module, StudentModel)
 
 
+def _recency(model: StudentModel, vmask: torch.Tensor) -> torch.Tensor | float:
+    """The visit-recency term added to every stream (N, V, d), as `StudentModel.forward`; 0 without one."""
+    if model.recency is None:
+        return 0.0
+    pos = torch.arange(vmask.shape[1], device=vmask.device)  # (V,)
+    back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, model.config.recency - 1)  # (N, V)
+    return model.recency(back) * vmask.unsqueeze(-1)  # (N, V, d)
+
+
 @torch.inference_mode()
 def record_sets(model: StudentModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """The record's set vectors: diagnoses (B, V, d), procedures (B, V, d), history drugs (B, V-1, d), and
-    the profile vector (B, d)."""
+    """The record's set vectors: diagnoses (B, V, d), procedures (B, V, d), history drugs (B, V-1, d), the
+    profile vector (B, d), and the visit encoder's output of each stream (B, 3, d)."""
     vmask = batch["visit_mask"].bool()  # (B, V)
     diag = student_eval.encode_sets(model, batch["diag"], model.diag_enc, model.onednn)  # (B, V, d)
     proc = student_eval.encode_sets(model, batch["proc"], model.proc_enc, model.onednn)  # (B, V, d)
@@ -36,7 +46,10 @@ def record_sets(model: StudentModel, batch: dict[str, torch.Tensor]) -> tuple[to
     pe = model.profile_enc  # as student_eval.forward
     parts = [emb(batch["profile"][:, i]) for i, emb in enumerate(pe.embeds)]  # F × (B, d)
     prof = eval_linear(torch.cat(parts, dim=-1), pe.proj.weight, pe.proj.bias, onednn=model.onednn)  # (B, d)
-    return diag, proc, med, prof
+    r = _recency(model, vmask)
+    streams = torch.stack([diag + r, proc + r, torch.cat([prof.unsqueeze(1), med], dim=1) + r], dim=1)
+    u = student_eval.encode_visits(model, streams, vmask, model.onednn)  # (B, 3d)
+    return diag, proc, med, prof, u.view(len(u), 3, -1)
 
 
 @torch.inference_mode()
@@ -50,29 +63,27 @@ def occluded_logits(
     slot: torch.Tensor,
 ) -> torch.Tensor:
     """Logits (N, M) of N copies: copy j is patient[j] (its `record_sets` `sets`) without the code at
-    (visit[j], slot[j]) of kind[j] (0 diagnoses, 1 procedures, 2 history drugs)."""
-    diag, proc, med, prof = sets
-    streams = [
-        diag[patient].clone(),
-        proc[patient].clone(),
-        med[patient].clone(),
-    ]  # (N, V, d) ×2, (N, V-1, d)
+    (visit[j], slot[j]) of kind[j] (0 diagnoses, 1 procedures, 2 history drugs). The visit encoder reads each
+    stream on its own, so a copy re-runs it on the one stream its code is in; the other two streams' outputs
+    are the record's."""
+    diag, proc, med, prof, u_rec = sets
+    u = u_rec[patient].clone()  # (N, 3, d)
+    vmask = batch["visit_mask"].bool()
     keys, encoders = ("diag", "proc", "med"), (model.diag_enc, model.proc_enc, model.med_enc)
-    for k in range(3):
+    for k, stream in enumerate((diag, proc, med)):
         rows = (kind == k).nonzero().squeeze(1)  # (n,)
         if not rows.numel():
             continue
-        ids = batch[keys[k]][patient[rows], visit[rows]].clone()  # (n, S) the sets the codes are in
-        ids[torch.arange(len(rows)), slot[rows]] = 0
-        streams[k][rows, visit[rows]] = student_eval.encode_sets(model, ids, encoders[k], model.onednn)
-    vmask = batch["visit_mask"].bool()[patient]  # (N, V)
-    d_v, p_v = streams[0], streams[1]
-    m_v = torch.cat([prof[patient].unsqueeze(1), streams[2]], dim=1)  # (N, V, d) profile first, as forward
-    if model.recency is not None:  # as StudentModel.forward
-        pos = torch.arange(vmask.shape[1], device=vmask.device)  # (V,)
-        back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, model.config.recency - 1)  # (N, V)
-        r = model.recency(back) * vmask.unsqueeze(-1)  # (N, V, d)
-        d_v, p_v, m_v = d_v + r, p_v + r, m_v + r
-    u = student_eval.encode_visits(model, torch.stack([d_v, p_v, m_v], dim=1), vmask, model.onednn)  # (N, 3d)
+        p, v, n = patient[rows], visit[rows], len(rows)
+        ids = batch[keys[k]][p, v].clone()  # (n, S) the sets the codes are in
+        ids[torch.arange(n), slot[rows]] = 0
+        x = stream[p].clone()  # (n, V, d), history drugs (n, V-1, d)
+        x[torch.arange(n), v] = student_eval.encode_sets(model, ids, encoders[k], model.onednn)
+        if k == 2:  # the profile first, as forward
+            x = torch.cat([prof[p].unsqueeze(1), x], dim=1)  # (n, V, d)
+        vm = vmask[p]  # (n, V)
+        x = x + _recency(model, vm)
+        u[rows, k] = student_eval.encode_visits(model, x.unsqueeze(1), vm, model.onednn)  # (n, d)
+    u = u.view(len(u), -1)  # (N, 3d), streams in order
     z = eval_linear(F.relu(u), model.fc1.weight, model.fc1.bias, onednn=model.onednn)  # (N, head_hidden)
     return eval_linear(F.relu(z), model.fc2.weight, model.fc2.bias, onednn=model.onednn)  # (N, M)
