@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from leadercli.data import contract
 from leadercli.errors import SettingsError
 from leadercli.kinds import KINDS
 
@@ -52,7 +53,7 @@ def run_folder(
 
 
 def predict_args(input_path: Path, output: Path) -> None:
-    if output.suffix.lower() not in (".csv", ".parquet"):
+    if output.suffix.lower() not in contract.OUTPUT_SUFFIXES:
         raise SettingsError(f"output {output} must end in .csv or .parquet", "Choose e.g. -o recs.csv")
     if not input_path.exists():
         raise SettingsError(

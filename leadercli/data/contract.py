@@ -42,4 +42,5 @@ OPTIONAL = {"medications": "list of strings", "icd_version": "integer", "visit_n
 ORDER_COLUMNS = ("admittime", "visit_no")  # at least one of them orders a subject's visits
 LIST_COLUMNS = CODE_KINDS  # list[str] columns; `;`-separated codes in a CSV
 LIST_SEPARATOR = ";"
+OUTPUT_SUFFIXES = (".csv", ".parquet")  # what `leader predict -o` writes
 INTEGER_COLUMNS = tuple(c for c, kind in {**REQUIRED, **OPTIONAL}.items() if kind == "integer")

@@ -35,7 +35,7 @@ OWN_FILES = (VISITS, PATIENTS, DDI, contract.CODES)
 def check_output(output: Path, input_path: Path, top_k: int = 20) -> None:
     """Refuse an output that would replace the input or a file of a leadercli folder, that cannot be written
     or that would not fit on the disk (`estimate_output_bytes`), before any work is done."""
-    if output.suffix.lower() not in (".csv", ".parquet"):
+    if output.suffix.lower() not in contract.OUTPUT_SUFFIXES:
         raise InputError(f"output {output} must end in .csv or .parquet", "Choose e.g. -o recs.csv")
     src = Path(input_path)
     candidates = [src, src / contract.VISITS] if src.is_dir() else [src]
