@@ -69,8 +69,8 @@ def predict(
             "score (occlusion: the score drop when the code is removed), with their kind, title and "
             "contribution: columns explain_codes, explain_kinds, explain_titles, explain_visits, "
             "explain_contributions (lists in parquet, `;`-joined in CSV). Cost: one extra scoring of each "
-            "code's set per code of the record (about 20 for a MIMIC-IV admission): for the student about 6x "
-            "the CPU time and 1.5x the memory of plain predict (10k patients, busy 2-core machine; "
+            "code's set per code of the record (about 20 for a MIMIC-IV admission): for the student about 11x "
+            "the CPU time of plain predict and no more memory (100k patients on 2 cores: 240 vs 21 CPU-s; "
             "benchmarks/bench_explain.py); a teacher scores one prompt per code (slow on a CPU). 0 = none.",
         ),
     ] = 0,
