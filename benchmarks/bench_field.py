@@ -181,6 +181,8 @@ def report(work: Path, cfg: list[str], seed: int, models: list[str], teacher: Pa
     runs += [teacher] if teacher is not None else []
     runs += [work / "runs" / "popularity"] if "popularity" in models else []
     out = work / "reports" / f"s{seed}"
+    if (out / "metrics.json").is_file():  # kept, as runs with a manifest are (delete it to redo the report)
+        return json.loads((out / "metrics.json").read_text())
     say(f"report of seed {seed}")
     r = timed(
         [*leader_command(), "report", *map(str, runs), *cfg, "-o", str(out), "-q"],
