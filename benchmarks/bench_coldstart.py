@@ -262,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
     times |= train_missing(runs, cfg, args)  # --reuse: only the runs that are missing are trained
-    if fresh:  # the real population, prepared against the student run's vocabulary
+    # the real population, prepared against the student run's vocabulary (also when a --reuse call for another
+    # seed comes before the first call has written it)
+    if fresh or not (new / "visits.parquet").is_file():
         shutil.rmtree(new, ignore_errors=True)
         raw_held = str(held_root / "mimic-iv-demo")
         cmd = ("preprocess", *cfg, "--for-run", str(runs["student"]), "--raw", raw_held, "--out", str(new))
