@@ -231,6 +231,15 @@ class StudentModel(nn.Module):
         """One medication set per sample (B, S) → (B, d) with the medication set encoder (alignment)."""
         return self.encode_sets(ids, self.med_enc)
 
+    def recency_term(self, vmask: torch.Tensor) -> torch.Tensor | None:
+        """The visit-recency term added to each visit stream (B, V, d), zero on padding visits; None without the
+        embedding. Visits are left-aligned: real position t is n − 1 − t visits back from the target."""
+        if self.recency is None:
+            return None
+        pos = torch.arange(vmask.shape[1], device=vmask.device)  # (V,)
+        back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, self.config.recency - 1)  # (B, V)
+        return self.recency(back) * vmask.unsqueeze(-1)  # (B, V, d)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> StudentOutput:
         # the speed paths (CPU), each one call: packed by the batch thread (training), packed here (eval)
         if self.training and student_train.PACKED in batch:
@@ -246,10 +255,8 @@ class StudentModel(nn.Module):
         prof = self.profile_enc(batch["profile"])  # (B, d)
         # position 0 = profile pseudo-visit, position t = meds of visit t-1
         med_v = torch.cat([prof.unsqueeze(1), med_v], dim=1)  # (B, V, d)
-        if self.recency is not None:  # visits are left-aligned: real position t is n − 1 − t visits back
-            pos = torch.arange(vmask.shape[1], device=vmask.device)  # (V,)
-            back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, self.config.recency - 1)  # (B, V)
-            r = self.recency(back) * vmask.unsqueeze(-1)  # (B, V, d), zero on padding visits
+        r = self.recency_term(vmask)
+        if r is not None:
             diag_v, proc_v, med_v = diag_v + r, proc_v + r, med_v + r
         pooled = [masked_mean(self.visit_enc(s, vmask), vmask) for s in (diag_v, proc_v, med_v)]  # 3 × (B, d)
         u = torch.cat(pooled, dim=-1)  # (B, 3d)

@@ -246,7 +246,6 @@ def encode_visits(model, streams: torch.Tensor, vmask: torch.Tensor, onednn: boo
 def forward(model, batch: dict[str, torch.Tensor], onednn: bool = True) -> tuple[torch.Tensor, ...]:
     """`StudentModel.forward` in eval mode → (logits (B, M), z (B, h), profile (B, d)), the fields of
     `StudentOutput`."""
-    c = model.config
     vmask = batch["visit_mask"].bool()  # (B, V)
     diag_v = encode_sets(model, batch["diag"], model.diag_enc, onednn)  # (B, V, d)
     proc_v = encode_sets(model, batch["proc"], model.proc_enc, onednn)  # (B, V, d)
@@ -256,10 +255,8 @@ def forward(model, batch: dict[str, torch.Tensor], onednn: bool = True) -> tuple
     parts = [emb(batch["profile"][:, i]) for i, emb in enumerate(pe.embeds)]  # F × (B, d)
     prof = eval_linear(torch.cat(parts, dim=-1), pe.proj.weight, pe.proj.bias, onednn=onednn)  # (B, d)
     med_v = torch.cat([prof.unsqueeze(1), med_v], dim=1)  # (B, V, d)
-    if model.recency is not None:  # as StudentModel.forward
-        pos = torch.arange(vmask.shape[1], device=vmask.device)  # (V,)
-        back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, c.recency - 1)  # (B, V)
-        r = model.recency(back) * vmask.unsqueeze(-1)  # (B, V, d)
+    r = model.recency_term(vmask)  # as StudentModel.forward
+    if r is not None:
         diag_v, proc_v, med_v = diag_v + r, proc_v + r, med_v + r
     u = encode_visits(model, torch.stack([diag_v, proc_v, med_v], dim=1), vmask, onednn)  # (B, 3d)
     z = eval_linear(F.relu(u), model.fc1.weight, model.fc1.bias, onednn=onednn)  # (B, head_hidden)

@@ -25,15 +25,6 @@ def supports(module) -> bool:
     return isinstance(module, StudentModel)
 
 
-def _recency(model: StudentModel, vmask: torch.Tensor) -> torch.Tensor | float:
-    """The visit-recency term added to every stream (N, V, d), as `StudentModel.forward`; 0 without one."""
-    if model.recency is None:
-        return 0.0
-    pos = torch.arange(vmask.shape[1], device=vmask.device)  # (V,)
-    back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, model.config.recency - 1)  # (N, V)
-    return model.recency(back) * vmask.unsqueeze(-1)  # (N, V, d)
-
-
 @torch.inference_mode()
 def record_sets(model: StudentModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """The record's set vectors: diagnoses (B, V, d), procedures (B, V, d), history drugs (B, V-1, d), the
@@ -46,8 +37,10 @@ def record_sets(model: StudentModel, batch: dict[str, torch.Tensor]) -> tuple[to
     pe = model.profile_enc  # as student_eval.forward
     parts = [emb(batch["profile"][:, i]) for i, emb in enumerate(pe.embeds)]  # F × (B, d)
     prof = eval_linear(torch.cat(parts, dim=-1), pe.proj.weight, pe.proj.bias, onednn=model.onednn)  # (B, d)
-    r = _recency(model, vmask)
-    streams = torch.stack([diag + r, proc + r, torch.cat([prof.unsqueeze(1), med], dim=1) + r], dim=1)
+    streams = torch.stack([diag, proc, torch.cat([prof.unsqueeze(1), med], dim=1)], dim=1)  # (B, 3, V, d)
+    r = model.recency_term(vmask)  # as StudentModel.forward
+    if r is not None:
+        streams = streams + r.unsqueeze(1)
     u = student_eval.encode_visits(model, streams, vmask, model.onednn)  # (B, 3d)
     return diag, proc, med, prof, u.view(len(u), 3, -1)
 
@@ -82,7 +75,9 @@ def occluded_logits(
         if k == 2:  # the profile first, as forward
             x = torch.cat([prof[p].unsqueeze(1), x], dim=1)  # (n, V, d)
         vm = vmask[p]  # (n, V)
-        x = x + _recency(model, vm)
+        r = model.recency_term(vm)
+        if r is not None:
+            x = x + r
         u[rows, k] = student_eval.encode_visits(model, x.unsqueeze(1), vm, model.onednn)  # (n, d)
     u = u.view(len(u), -1)  # (N, 3d), streams in order
     z = eval_linear(F.relu(u), model.fc1.weight, model.fc1.bias, onednn=model.onednn)  # (N, head_hidden)

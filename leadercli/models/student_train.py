@@ -175,10 +175,8 @@ def forward(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
     diag_v, proc_v, med_v = streams
     prof = model.profile_enc(batch["profile"])  # (B, d)
     med_v = torch.cat([prof.unsqueeze(1), med_v], dim=1)  # (B, V, d)
-    if model.recency is not None:  # as StudentModel.forward
-        pos = torch.arange(V, device=vmask.device)  # (V,)
-        back = (vmask.sum(1, keepdim=True) - 1 - pos).clamp(0, c.recency - 1)  # (B, V)
-        r = model.recency(back) * vmask.unsqueeze(-1)  # (B, V, d)
+    r = model.recency_term(vmask)  # as StudentModel.forward
+    if r is not None:
         diag_v, proc_v, med_v = diag_v + r, proc_v + r, med_v + r
     x = torch.stack([diag_v, proc_v, med_v]).view(3 * B * V, c.hidden)[batch[PACKED]]  # (3n, d)
     u = _means(model.visit_enc, x, batch, "visit", neg_inf, streams=3).view(3, B, c.hidden)  # (3, B, d)
