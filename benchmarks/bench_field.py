@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import tomllib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -80,15 +81,15 @@ ff = 32
 max_steps = 2
 batch_size = 4
 """
+# the same tiny models as --set options (bench_coldstart.py writes its own config): every TINY value but the
+# student's batch size and the teacher
 TINY_SETS = [
-    "student.hidden=16",
-    "student.heads=2",
-    "student.ff=32",
-    "student.head_hidden=32",
-    "retain.emb_dim=16",
+    f"{section}.{key}={value}"
+    for section, values in tomllib.loads(TINY).items()
+    if section != "teacher"
+    for key, value in values.items()
+    if (section, key) != ("student", "batch_size")
 ]
-TINY_SETS += ["retain.alpha_hidden=16", "retain.beta_hidden=16", "gamenet.emb_dim=16", "micron.emb_dim=16"]
-TINY_SETS += ["raremed.emb_dim=16", "raremed.layers=1", "raremed.heads=2", "raremed.ff=32"]
 
 
 def say(msg: str) -> None:
