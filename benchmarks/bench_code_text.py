@@ -14,15 +14,16 @@ Variants, each trained per seed (`student.seed`), scored on every population:
 
 Populations:
 - `coldstart` (as benchmarks/bench_coldstart.py): a synthetic training population resampled from 60 % of the
-  MIMIC-IV demo's subjects; in distribution = its test split; cold start = the other 40 %, real admissions,
-  prepared with `leader preprocess --for-run` (which now refuses the MIMIC-III demo for a MIMIC-IV run);
+  MIMIC-IV demo's subjects (`--layout mimic3`: of the MIMIC-III demo's, ICD-9 and NDC, a MIMIC-III run); in
+  distribution = its test split; cold start = the other 40 %, real admissions, prepared with
+  `leader preprocess --for-run` (which refuses a demo of the other source: each population needs its own run);
 - `a21k`: the ~21k set (an artifact folder, read only: /work/bench/a21k/data); in distribution = its test split;
   also the whole MIMIC-IV demo prepared against it: real records, but the 21k set was resampled from them, so
   not a cold start.
 
 Metrics: PRAUC, Jaccard, F1 per group (overall / single-visit / multi-visit), the run's own threshold, the
 predict defaults for the output rules (`predict.unknown_shrink` λ = 3; `--shrink 0` scores the raw model);
-mean ± std over the seeds. Also the training time of each run and the predict time of the in-distribution test
+mean ± sample std (ddof 1) over the seeds. Also the training time of each run and the predict time of the in-distribution test
 split (cost: issue 25 item 4).
 
 How to run (CPU-sized; one seed of `coldstart` with 2000 patients is about 10 minutes on 2 idle cores):
@@ -30,6 +31,8 @@ How to run (CPU-sized; one seed of `coldstart` with 2000 patients is about 10 mi
     python benchmarks/bench_code_text.py coldstart --patients 2000 --seeds 42
     python benchmarks/bench_code_text.py coldstart --patients 4000 --seeds 42,2,3 --distilled -q \\
         --json benchmarks/results/code_text_coldstart.json
+    python benchmarks/bench_code_text.py coldstart --layout mimic3 --patients 4000 --seeds 42,2,3 --distilled -q \\
+        --work benchmarks/out/code_text_coldstart3 --json benchmarks/results/code_text_coldstart_mimic3.json
     python benchmarks/bench_code_text.py a21k --seeds 42,2,3 -q --json benchmarks/results/code_text_21k.json
 """
 
@@ -49,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_coldstart import _labels, _leader, evaluate, split_demo  # noqa: E402
+from bench_coldstart import DEMO_NAME, _labels, _leader, evaluate, split_demo  # noqa: E402
 from common import machine, markdown_table  # noqa: E402
 
 A21K = Path("/work/bench/a21k/data")
@@ -69,6 +72,13 @@ VARIANTS = {
     "distilled+titles": ("distill", ["student.code_text=both"]),
 }
 READS_TITLES = {"student+titles", "titles only", "student+titles (teacher enc.)", "distilled+titles"}
+
+
+def mean_std(vals: list[float]) -> str:
+    """mean ± sample std over seeds (one value: no ±; none: empty)."""
+    if len(vals) < 2:
+        return f"{vals[0]:.4f}" if vals else ""
+    return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}"
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -143,7 +153,7 @@ def grouped(Y: np.ndarray, P: np.ndarray, nv: np.ndarray, threshold: float) -> d
     return {g: evaluate(Y[m], P[m], threshold) for g, m in masks.items() if m.any()}
 
 
-def populations(mode: str, work: Path, cfg: list[str], runs: dict, first: Path) -> dict:
+def populations(mode: str, work: Path, cfg: list[str], runs: dict, first: Path, layout: str) -> dict:
     """name → (visits, titles or None) of the populations of `mode`."""
     from leadercli.data.artifact import Artifact
     from leadercli.predict import INPUT_CODES, read_titles
@@ -158,7 +168,9 @@ def populations(mode: str, work: Path, cfg: list[str], runs: dict, first: Path) 
     }
     # `preprocess --for-run` refuses another source than the run's (the MIMIC-III demo for a MIMIC-IV run)
     if mode == "coldstart":
-        cold = [("cold start: held-out MIMIC-IV demo", work / "demo-held" / "mimic-iv-demo", [], "new-m4")]
+        folder = "mimic-iv-demo" if layout == "mimic4" else "mimic-iii-demo"
+        new = "new-m4" if layout == "mimic4" else "new-m3"
+        cold = [(f"cold start: held-out {DEMO_NAME[layout]}", work / "demo-held" / folder, [], new)]
     else:  # the 21k set was resampled from the whole demo: its real records, but not held out
         cold = [("real MIMIC-IV demo admissions (the generator's source)", M4, [], "new-m4")]
     for name, raw, extra, folder in cold:
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="42", help="student.seed values, e.g. 42,2,3")
     ap.add_argument("--patients", type=int, default=4000, help="coldstart: synthetic training patients")
     ap.add_argument("--seed", type=int, default=11, help="coldstart: the demo split and generator seed")
+    ap.add_argument("--layout", choices=["mimic4", "mimic3"], default="mimic4", help="coldstart: which demo")
     ap.add_argument("--student-epochs", type=int, default=None, help="default 30 (coldstart), 10 (a21k)")
     ap.add_argument("--distilled", action="store_true", help="also the distilled versions (trains a teacher)")
     ap.add_argument("--titles-only", action="store_true", help="also the text-only ablation (code_text=text)")
@@ -212,20 +225,21 @@ def main(argv: list[str] | None = None) -> int:
         from generate import generate_raw
 
         say("splitting the demo, generating the training population, preprocessing", args.quiet)
-        train_root, _, _ = split_demo(work, args.seed, 0.6)
+        train_root, _, _ = split_demo(work, args.seed, 0.6, args.layout)
         shutil.rmtree(work / "raw", ignore_errors=True)
-        generate_raw("mimic4", args.patients, work / "raw", seed=args.seed, demo_root=train_root)
+        generate_raw(args.layout, args.patients, work / "raw", seed=args.seed, demo_root=train_root)
     epochs = args.student_epochs or (30 if args.mode == "coldstart" else 10)
     artifact = A21K if args.mode == "a21k" else work / "artifact"
+    source = args.layout if args.mode == "coldstart" else "mimic4"  # the 21k set is MIMIC-IV
     (work / "leader.toml").write_text(
-        f'[data]\nsource = "mimic4"\n[paths]\nartifact = "{artifact}"\n[hardware]\ndevice = "cpu"\n'
+        f'[data]\nsource = "{source}"\n[paths]\nartifact = "{artifact}"\n[hardware]\ndevice = "cpu"\n'
         f"[student]\nepochs = {epochs}\nbatch_size = 64\npatience = {5 if args.mode == 'a21k' else 10}\n"
         "[teacher]\nbatch_size = 16\nmax_length = 128\neval_batch_size = 64\n"
     )
     if args.mode == "coldstart" and not (work / "artifact" / "manifest.json").is_file():
         _leader("preprocess", *cfg, "--raw", str(work / "raw"), "--out", str(artifact), log=work / "pp.log")
     runs = train_runs(work, cfg, seeds, variants, args.quiet)
-    pops = populations(args.mode, work, cfg, runs, runs[("student", seeds[0])])
+    pops = populations(args.mode, work, cfg, runs, runs[("student", seeds[0])], args.layout)
     from leadercli.data.artifact import Artifact
     from leadercli.runs import load_run
 
@@ -257,10 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         row = [pop, label, len(ms)]
         for g in GROUPS:
             vals = [m[g]["prauc"] for m in ms if g in m]
-            row.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if vals else "")
+            row.append(mean_std(vals))
         for k in ("jaccard", "f1"):
-            vals = [m["overall"][k] for m in ms]
-            row.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}")
+            row.append(mean_std([m["overall"][k] for m in ms]))
         rows.append(row)
         results.setdefault("scores", {}).setdefault(pop, {})[label] = ms
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)

@@ -10,8 +10,9 @@ is scored on both the synthetic test split (in distribution) and the cold-start 
 the floor. `--shrink` also scores, for every learned run, the option of shrinking each score towards the
 training prior in proportion to the share of unknown codes in the target visit:
 p' = (1 − λ·u)·p + λ·u·prior, u = unknown / all codes of the target visit (`predict.unknown_shrink`, default 3).
-The MIMIC-III demo is no longer scored against these MIMIC-IV runs: `preprocess --for-run` refuses a source with
-other codes and profile fields (it would read every new patient against the wrong vocabulary).
+`--layout mimic3` builds the same two populations from the MIMIC-III demo (ICD-9 codes, NDC drugs; 100 subjects,
+so about 40 held out): a MIMIC-III run is needed for it, since `preprocess --for-run` refuses a source with other
+codes and profile fields than the run's (it would read every new patient against the wrong vocabulary).
 
 `--student-seed S` trains the learned runs with `student.seed = S` (the one seed of `train student`, the field's
 models included, and of `distill`) into runs/s<S>/; with --reuse the populations of an earlier call are kept, so
@@ -43,15 +44,23 @@ sys.path.insert(0, str(HERE))
 
 from common import leader_command, machine, markdown_table  # noqa: E402
 
-DEMO = REPO / "sample_data" / "mimic-iv-demo" / "hosp"
 METRICS = ("prauc", "jaccard", "f1")
+DEMO_NAME = {"mimic4": "MIMIC-IV demo", "mimic3": "MIMIC-III demo"}
 FIELD = "retain,gamenet,micron,logreg,raremed"  # the field's models (`leader train student --model NAME`)
 BASELINES = ("popularity", "previous")  # no learned weights: no seed, no shrink
 
 
-def split_demo(work: Path, seed: int, train_share: float) -> tuple[Path, Path, list[int]]:
-    """Two copies of the demo's hosp/ tables: the training part (generator source) and the held-out part."""
-    adm = pl.read_csv(DEMO / "admissions.csv.gz", infer_schema=False)
+def split_demo(
+    work: Path, seed: int, train_share: float, layout: str = "mimic4"
+) -> tuple[Path, Path, list[int]]:
+    """Two copies of a demo's tables (`layout`: mimic4 = the MIMIC-IV demo's hosp/, mimic3 = the MIMIC-III
+    demo), each under <root>/<the demo's folder>: the training part (generator source) and the held-out part."""
+    from generate import LAYOUTS
+
+    demo = LAYOUTS[layout].demo  # mimic-iv-demo/hosp or mimic-iii-demo
+    src = REPO / "sample_data" / demo
+    adm_file = next(f for f in src.iterdir() if f.name.lower().startswith("admissions.csv"))
+    adm = pl.read_csv(adm_file, infer_schema=False)
     subjects = np.array(sorted({int(s) for s in adm["subject_id"].to_list()}))
     rng = np.random.default_rng(seed)
     perm = subjects[rng.permutation(len(subjects))]
@@ -60,14 +69,16 @@ def split_demo(work: Path, seed: int, train_share: float) -> tuple[Path, Path, l
     roots = {}
     for name, ids in parts.items():
         root = work / f"demo-{name}"
-        hosp = root / "mimic-iv-demo" / "hosp"
+        tables = root / demo
         shutil.rmtree(root, ignore_errors=True)
-        hosp.mkdir(parents=True)
-        for f in DEMO.iterdir():
+        tables.mkdir(parents=True)
+        for f in src.iterdir():
+            if ".csv" not in f.name:  # LICENSE.txt, SHA256SUMS.txt: no table (and the sums would not match)
+                continue
             df = pl.read_csv(f, infer_schema=False)
             if "subject_id" in df.columns:
                 df = df.filter(pl.col("subject_id").cast(pl.Int64).is_in(sorted(ids)))
-            df.write_csv(hosp / f.name.removesuffix(".gz"))
+            df.write_csv(tables / f.name.removesuffix(".gz"))
         roots[name] = root
     return roots["train"], roots["held"], sorted(parts["held"])
 
@@ -204,6 +215,7 @@ def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=HERE / "out" / "coldstart")
     ap.add_argument("--patients", type=int, default=4000)
+    ap.add_argument("--layout", choices=["mimic4", "mimic3"], default="mimic4", help="which demo to split")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--train-share", type=float, default=0.6)
     ap.add_argument("--student-epochs", type=int, default=30)
@@ -246,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     times: dict = {}
     fresh = not (args.reuse and (work / "artifact" / "manifest.json").is_file())
     if fresh:
-        train_root, held_root, _ = split_demo(work, args.seed, args.train_share)
+        train_root, held_root, _ = split_demo(work, args.seed, args.train_share, args.layout)
         raw = work / "raw"
         shutil.rmtree(raw, ignore_errors=True)
-        generate_raw("mimic4", args.patients, raw, seed=args.seed, demo_root=train_root)
+        generate_raw(args.layout, args.patients, raw, seed=args.seed, demo_root=train_root)
         (work / "leader.toml").write_text(
-            f'[data]\nsource = "mimic4"\n[paths]\nartifact = "{work / "artifact"}"\n'
+            f'[data]\nsource = "{args.layout}"\n[paths]\nartifact = "{work / "artifact"}"\n'
             f"[student]\nepochs = {args.student_epochs}\nbatch_size = 64\npatience = {args.patience}\n"
         )
         shutil.rmtree(work / "artifact", ignore_errors=True)
@@ -266,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     # seed comes before the first call has written it)
     if fresh or not (new / "visits.parquet").is_file():
         shutil.rmtree(new, ignore_errors=True)
-        raw_held = str(held_root / "mimic-iv-demo")
+        raw_held = str(held_root / ("mimic-iv-demo" if args.layout == "mimic4" else "mimic-iii-demo"))
         cmd = ("preprocess", *cfg, "--for-run", str(runs["student"]), "--raw", raw_held, "--out", str(new))
         _leader(*cmd, "-q", log=work / "forrun.log")
     from leadercli.data.artifact import Artifact
@@ -284,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     populations = {
         "in distribution (synthetic test split)": (test_visits, None),
-        "cold start (held-out MIMIC-IV demo admissions)": (cold_visits, titles),
+        f"cold start (held-out {DEMO_NAME[args.layout]} admissions)": (cold_visits, titles),
     }
     lambdas = [float(x) for x in args.shrink.split(",") if x != ""]
     table = score_populations(populations, runs, art, lambdas, results)

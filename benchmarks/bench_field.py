@@ -16,6 +16,11 @@ their own: `[retain]`, `[gamenet]`, `[micron]`, `[logreg]`, `[raremed]` hold non
 - the table: mean ± std over the seeds of PRAUC, Jaccard, F1, DDI rate and #drugs for overall, single-visit and
   multi-visit patients, Δ PRAUC to the best baseline, parameters, training time (the manifests) and inference
   patients/s (the reports) → stdout, <work>/field.md and <work>/field.json;
+- with --lr-scales (e.g. 1,8), the one small learning-rate grid every model gets, LEADER's included: each model
+  also trains at its default rate (`[<model>] lr`; `student.lr` for the student and `leader distill`) times each
+  scale into runs/s<S>/<model>-lrx<scale>, and for each seed the run with the best validation PRAUC
+  (`best_val_prauc` of its manifest) is the one reported; the grid, each run's validation PRAUC and the chosen
+  scale go to field.md / field.json (the chosen run's own rate is in its manifest's settings);
 - with --coldstart, the cold-start population of `bench_coldstart.py` (a synthetic training population resampled
   from 60 % of the MIMIC-IV demo's subjects; the other 40 %, real admissions, held out), one call per seed
   (`--student-seed S`, the same models and budget) → PRAUC, Jaccard, F1 mean ± std in distribution and cold
@@ -26,6 +31,7 @@ How to run:
     python benchmarks/bench_field.py --dry-run                 # tiny data and models, 2 seeds: about a minute
     python benchmarks/bench_field.py --teacher train --coldstart   # the ~21k set, 3 seeds: hours on 2 cores
     python benchmarks/bench_field.py --models student,retain,gamenet --seeds 42 --epochs 5
+    python benchmarks/bench_field.py --teacher runs/teacher --lr-scales 1,8   # the same lr grid for every model
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from leadercli import kinds  # noqa: E402
 A21K = Path("/work/bench/a21k/data")
 MODELS = ("student", "distilled", "retain", "gamenet", "micron", "logreg", "raremed", "popularity")
 FIELD = ("retain", "gamenet", "micron", "logreg", "raremed")
+LR_SECTION = {m: "student" if m in ("student", "distilled") else m for m in MODELS if m != "popularity"}
 GROUPS = {"overall": "Overall", "single": "Single-visit patients", "multi": "Multi-visit patients"}
 METRICS = (("prauc", "PRAUC", 4), ("jaccard", "Jaccard", 4), ("f1", "F1", 4), ("ddi_rate", "DDI rate", 4))
 METRICS += (("avg_drugs", "#drugs", 2),)
@@ -119,6 +126,20 @@ def write_config(work: Path, data: Path, args, dry: bool) -> list[str]:
     return ["--config", str(work / "leader.toml")]
 
 
+def default_lr(model: str) -> float:
+    """The model's default learning rate (`[<section>] lr` of the settings schema)."""
+    from leadercli.settings import Settings
+
+    return Settings.model_fields[LR_SECTION[model]].annotation.model_fields["lr"].default
+
+
+def run_dir(work: Path, seed: int, model: str, scale: float = 1.0) -> Path:
+    """runs/popularity, runs/s<S>/<model>, or runs/s<S>/<model>-lrx<scale> for a grid point other than 1."""
+    if model == "popularity":
+        return work / "runs" / "popularity"
+    return work / "runs" / f"s{seed}" / (model if scale == 1 else f"{model}-lrx{scale:g}")
+
+
 def jobs_for(
     work: Path, cfg: list[str], seeds: list[int], models: list[str], teacher: Path | None, args
 ) -> list:
@@ -128,18 +149,38 @@ def jobs_for(
         for m in models:
             if m == "popularity" and seed != seeds[0]:
                 continue
-            run = work / "runs" / ("popularity" if m == "popularity" else f"s{seed}/{m}")
-            if (run / "manifest.json").is_file():
+            for scale in [1.0] if m == "popularity" else args.scales:
+                run = run_dir(work, seed, m, scale)
+                if (run / "manifest.json").is_file():
+                    continue
+                seed_set = [] if m == "popularity" else ["--set", f"student.seed={seed}"]
+                if scale != 1:
+                    seed_set += ["--set", f"{LR_SECTION[m]}.lr={default_lr(m) * scale:g}"]
+                if m == "distilled":
+                    cmd = ["distill", "--teacher", str(teacher)]
+                else:
+                    cmd = ["train", "student", "--model", m]
+                if m == "raremed":
+                    cmd += ["--set", f"raremed.pretrain_epochs={args.raremed_pretrain}"]
+                name = m if m == "popularity" else f"{m}{'' if scale == 1 else f'-lrx{scale:g}'} s{seed}"
+                out.append((name, [*leader_command(), *cmd, *cfg, *seed_set, "--out", str(run), "-q"], run))
+    return out
+
+
+def choose(work: Path, seeds: list[int], models: list[str], scales: list[float]) -> dict:
+    """{seed: {model: {"scale": chosen, "val": {scale: best validation PRAUC}, "run": path}}}: per seed and model,
+    the grid point with the best validation PRAUC (ties: the smaller scale)."""
+    out: dict = {}
+    for seed in seeds:
+        for m in models:
+            if m == "popularity":
                 continue
-            seed_set = [] if m == "popularity" else ["--set", f"student.seed={seed}"]
-            if m == "distilled":
-                cmd = ["distill", "--teacher", str(teacher)]
-            else:
-                cmd = ["train", "student", "--model", m]
-            if m == "raremed":
-                cmd += ["--set", f"raremed.pretrain_epochs={args.raremed_pretrain}"]
-            name = m if m == "popularity" else f"{m} s{seed}"
-            out.append((name, [*leader_command(), *cmd, *cfg, *seed_set, "--out", str(run), "-q"], run))
+            val = {}
+            for scale in scales:
+                manifest = json.loads((run_dir(work, seed, m, scale) / "manifest.json").read_text())
+                val[scale] = manifest["best_val_prauc"]
+            best = max(scales, key=lambda x: (val[x], -x))
+            out.setdefault(seed, {})[m] = {"scale": best, "val": val, "run": run_dir(work, seed, m, best)}
     return out
 
 
@@ -176,23 +217,41 @@ def teacher_run(work: Path, cfg: list[str], choice: str | None, times: dict) -> 
     return run
 
 
-def report(work: Path, cfg: list[str], seed: int, models: list[str], teacher: Path | None) -> dict:
-    """`leader report` over one seed's runs (one thread) → its metrics.json."""
-    runs = [work / "runs" / f"s{seed}" / m for m in models if m != "popularity"]
-    runs += [teacher] if teacher is not None else []
-    runs += [work / "runs" / "popularity"] if "popularity" in models else []
-    out = work / "reports" / f"s{seed}"
+def report(work: Path, cfg: list[str], seed: int, runs: list[Path], name: str) -> dict:
+    """`leader report` over one seed's runs (one thread) → its metrics.json (kept when it exists)."""
+    out = work / "reports" / name
     if (out / "metrics.json").is_file():  # kept, as runs with a manifest are (delete it to redo the report)
         return json.loads((out / "metrics.json").read_text())
     say(f"report of seed {seed}")
     r = timed(
         [*leader_command(), "report", *map(str, runs), *cfg, "-o", str(out), "-q"],
         env(1),
-        work / "logs" / f"report_s{seed}.log",
+        work / "logs" / f"report_{name}.log",
     )
     if r["rc"] != 0:
-        raise SystemExit(f"error: leader report failed; see {work / 'logs' / f'report_s{seed}.log'}")
+        raise SystemExit(f"error: leader report failed; see {work / 'logs' / f'report_{name}.log'}")
     return json.loads((out / "metrics.json").read_text())
+
+
+def seed_runs(work: Path, seed: int, models: list[str], teacher: Path | None, chosen: dict) -> list[Path]:
+    """The runs one seed's report compares: the chosen grid point of every model, the teacher, popularity."""
+    runs = [chosen[seed][m]["run"] for m in models if m != "popularity"]
+    runs += [teacher] if teacher is not None else []
+    return runs + ([work / "runs" / "popularity"] if "popularity" in models else [])
+
+
+def grid_table(chosen: dict, models: list[str], scales: list[float]) -> str:
+    """Validation PRAUC per grid point (mean ± std over seeds) and the scale chosen per seed."""
+    rows = []
+    for m in models:
+        if m == "popularity":
+            continue
+        per = [chosen[s][m] for s in chosen]
+        cells = [pm([p["val"][x] for p in per], 4) for x in scales]
+        picked = ", ".join(f"×{p['scale']:g}" for p in per)
+        rows.append([m, f"{default_lr(m):g}", *cells, picked])
+    heads = ["model", "default lr", *[f"val PRAUC lr ×{x:g}" for x in scales], "chosen (per seed)"]
+    return markdown_table(heads, rows)
 
 
 def pm(values: list, digits: int) -> str:
@@ -313,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--raremed-pretrain", type=int, default=None, help="raremed.pretrain_epochs (CPU budget; default 2)"
     )
+    ap.add_argument(
+        "--lr-scales", default="1", help="learning-rate grid: multiples of each model's default lr (e.g. 1,8)"
+    )
     ap.add_argument("--parallel", type=int, default=2, help="training commands at a time (one thread each)")
     ap.add_argument("--coldstart", action="store_true", help="also bench_coldstart.py's population, per seed")
     ap.add_argument("--coldstart-patients", type=int, default=4000)
@@ -329,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     args.raremed_pretrain = args.raremed_pretrain if args.raremed_pretrain is not None else (1 if dry else 2)
     work = (args.work or HERE / "out" / ("field_dry" if dry else "field")).resolve()
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.scales = sorted({float(x) for x in args.lr_scales.split(",") if x} | {1.0})
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
@@ -352,15 +415,27 @@ def main(argv: list[str] | None = None) -> int:
     times: dict = {}
     teacher = teacher_run(work, cfg, args.teacher, times)
     times |= train(work, jobs_for(work, cfg, seeds, models, teacher, args), args.parallel)
-    reports = {s: report(work, cfg, s, models, teacher) for s in seeds}
+    chosen = choose(work, seeds, models, args.scales)
+    grid = "" if args.scales == [1.0] else "-lrx" + "-".join(f"{x:g}" for x in args.scales)
+    reports = {
+        s: report(work, cfg, s, seed_runs(work, s, models, teacher, chosen), f"s{s}{grid}") for s in seeds
+    }
     agg = collect(reports)
     budget = (
         f"{args.data if not dry else 'tiny synthetic artifact'}; seeds {seeds}; student.epochs {args.epochs}, "
         f"patience {args.patience}, batch {'8' if dry else '64'} for every model; raremed.pretrain_epochs "
         f"{args.raremed_pretrain} (CPU budget; the authors: 20); one torch thread per command, {args.parallel} "
-        f"at a time; inference at one thread, batch 32 (report.latency_batch_size)"
+        f"at a time; inference at one thread, batch 32 (report.latency_batch_size); learning rates: "
+        + (
+            "each model's default"
+            if args.scales == [1.0]
+            else f"the grid ×{', ×'.join(f'{x:g}' for x in args.scales)} of each model's default for every "
+            "model, the best validation PRAUC per seed reported"
+        )
     )
     md = f"## LEADER against the field\n\n{budget}.\n\n" + tables(agg, reports, times)
+    if args.scales != [1.0]:
+        md += "\n\n### Learning-rate grid (validation)\n\n" + grid_table(chosen, models, args.scales)
     cold = None
     if args.coldstart:
         cold_md, cold = coldstart(work, seeds, models, args)
@@ -379,6 +454,14 @@ def main(argv: list[str] | None = None) -> int:
             for kind, e in agg.items()
         },
         "reports": {s: r["table"] for s, r in reports.items()},
+        "lr_grid": {
+            "scales": args.scales,
+            "default_lr": {m: default_lr(m) for m in models if m != "popularity"},
+            "chosen": {
+                s: {m: {"scale": c["scale"], "val_prauc": c["val"]} for m, c in per.items()}
+                for s, per in chosen.items()
+            },
+        },
         "coldstart": cold,
         "elapsed_s": elapsed,
     }

@@ -223,3 +223,35 @@ def test_generate_visits(tiny_artifact, tmp_path):
     again = tmp_path / "w.parquet"
     G.generate_visits(tiny_artifact / "visits.parquet", 250, again, seed=5, chunk_patients=100)
     assert pl.read_parquet(again).equals(got)
+
+
+@pytest.mark.parametrize("layout, folder", [("mimic3", "mimic-iii-demo"), ("mimic4", "mimic-iv-demo/hosp")])
+def test_split_demo_holds_out_whole_subjects(tmp_path, layout, folder):
+    """bench_coldstart.split_demo (the cold-start populations of both demos): every subject in exactly one part,
+    the code-title tables whole in both, no non-table files, and the training part feeds generate_raw."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_coldstart", REPO / "benchmarks" / "bench_coldstart.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    train, held, held_ids = bench.split_demo(tmp_path, 11, 0.6, layout)
+    src = REPO / "sample_data" / folder
+    adm = next(f for f in src.iterdir() if f.name.lower().startswith("admissions.csv"))
+    everyone = set(_read(adm)["subject_id"].cast(pl.Int64).to_list())
+    parts = {}
+    for name, root in (("train", train), ("held", held)):
+        files = sorted(p.name for p in (root / folder).iterdir())
+        assert all(".csv" in f for f in files)  # LICENSE.txt, SHA256SUMS.txt left out
+        a = next(root / folder / f for f in files if f.lower().startswith("admissions"))
+        parts[name] = set(_read(a)["subject_id"].cast(pl.Int64).to_list())
+        d_icd = next(f for f in files if f.lower().startswith("d_icd_diagnoses"))
+        whole = next(f for f in src.iterdir() if f.name.lower().startswith("d_icd_diagnoses"))
+        assert _read(root / folder / d_icd).height == _read(whole).height
+    assert parts["train"].isdisjoint(parts["held"])
+    assert parts["train"] | parts["held"] == everyone
+    assert sorted(parts["held"]) == held_ids and len(held_ids) == round(0.4 * len(everyone))
+    if layout == "mimic3":
+        out = tmp_path / "raw"
+        G.generate_raw("mimic3", 30, out, seed=1, demo_root=train)
+        rx = _read(out / "PRESCRIPTIONS.csv")
+        assert rx.height > 0
