@@ -162,14 +162,16 @@ def jobs_for(
                     cmd = ["train", "student", "--model", m]
                 if m == "raremed":
                     cmd += ["--set", f"raremed.pretrain_epochs={args.raremed_pretrain}"]
+                seed_set += [x for kv in args.sets for x in ("--set", kv)]
                 name = m if m == "popularity" else f"{m}{'' if scale == 1 else f'-lrx{scale:g}'} s{seed}"
                 out.append((name, [*leader_command(), *cmd, *cfg, *seed_set, "--out", str(run), "-q"], run))
     return out
 
 
 def choose(work: Path, seeds: list[int], models: list[str], scales: list[float]) -> dict:
-    """{seed: {model: {"scale": chosen, "val": {scale: best validation PRAUC}, "run": path}}}: per seed and model,
-    the grid point with the best validation PRAUC (ties: the smaller scale)."""
+    """{seed: {model: {"scale": chosen, "val": {scale: best validation PRAUC, None = not run}, "run": path}}}:
+    per seed and model, the grid point with the best validation PRAUC (ties: the smaller scale) among the grid
+    points that were trained (a grid point without a manifest is skipped and shows as "—")."""
     out: dict = {}
     for seed in seeds:
         for m in models:
@@ -177,9 +179,14 @@ def choose(work: Path, seeds: list[int], models: list[str], scales: list[float])
                 continue
             val = {}
             for scale in scales:
-                manifest = json.loads((run_dir(work, seed, m, scale) / "manifest.json").read_text())
-                val[scale] = manifest["best_val_prauc"]
-            best = max(scales, key=lambda x: (val[x], -x))
+                manifest = run_dir(work, seed, m, scale) / "manifest.json"
+                val[scale] = (
+                    json.loads(manifest.read_text())["best_val_prauc"] if manifest.is_file() else None
+                )
+            ran = [x for x in scales if val[x] is not None]
+            if not ran:
+                raise SystemExit(f"error: no run of {m} for seed {seed} under {work / 'runs'}")
+            best = max(ran, key=lambda x: (val[x], -x))
             out.setdefault(seed, {})[m] = {"scale": best, "val": val, "run": run_dir(work, seed, m, best)}
     return out
 
@@ -247,10 +254,13 @@ def grid_table(chosen: dict, models: list[str], scales: list[float]) -> str:
         if m == "popularity":
             continue
         per = [chosen[s][m] for s in chosen]
-        cells = [pm([p["val"][x] for p in per], 4) for x in scales]
+        cells = [
+            pm([p["val"][x] for p in per], 4) + f" ({sum(p['val'][x] is not None for p in per)})"
+            for x in scales
+        ]
         picked = ", ".join(f"×{p['scale']:g}" for p in per)
         rows.append([m, f"{default_lr(m):g}", *cells, picked])
-    heads = ["model", "default lr", *[f"val PRAUC lr ×{x:g}" for x in scales], "chosen (per seed)"]
+    heads = ["model", "default lr", *[f"val PRAUC lr ×{x:g} (seeds)" for x in scales], "chosen (per seed)"]
     return markdown_table(heads, rows)
 
 
@@ -375,7 +385,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--lr-scales", default="1", help="learning-rate grid: multiples of each model's default lr (e.g. 1,8)"
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        help="KEY=VALUE for every training command still to run (e.g. a RAREMed width); recorded in the budget",
+    )
     ap.add_argument("--parallel", type=int, default=2, help="training commands at a time (one thread each)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the runs that exist (grid points too)",
+    )
     ap.add_argument("--coldstart", action="store_true", help="also bench_coldstart.py's population, per seed")
     ap.add_argument("--coldstart-patients", type=int, default=4000)
     ap.add_argument(
@@ -412,9 +434,12 @@ def main(argv: list[str] | None = None) -> int:
             make_synthetic_artifact(data, n_patients=120)
     t0 = time.perf_counter()
     cfg = write_config(work, data.resolve(), args, dry)
-    times: dict = {}
+    # the training commands' times of earlier calls on this work folder (their runs are kept, so are their times)
+    old = work / "field.json"
+    times: dict = json.loads(old.read_text()).get("times", {}) if old.is_file() else {}
     teacher = teacher_run(work, cfg, args.teacher, times)
-    times |= train(work, jobs_for(work, cfg, seeds, models, teacher, args), args.parallel)
+    if not args.report_only:
+        times |= train(work, jobs_for(work, cfg, seeds, models, teacher, args), args.parallel)
     chosen = choose(work, seeds, models, args.scales)
     grid = "" if args.scales == [1.0] else "-lrx" + "-".join(f"{x:g}" for x in args.scales)
     reports = {
@@ -425,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.data if not dry else 'tiny synthetic artifact'}; seeds {seeds}; student.epochs {args.epochs}, "
         f"patience {args.patience}, batch {'8' if dry else '64'} for every model; raremed.pretrain_epochs "
         f"{args.raremed_pretrain} (CPU budget; the authors: 20); one torch thread per command, {args.parallel} "
-        f"at a time; inference at one thread, batch 32 (report.latency_batch_size); learning rates: "
+        f"at a time; inference at one thread, batch 32 (report.latency_batch_size); "
+        + (f"--set {', '.join(args.sets)} (runs trained by this call); " if args.sets else "")
+        + "learning rates: "
         + (
             "each model's default"
             if args.scales == [1.0]
