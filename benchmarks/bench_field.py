@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         f"patience {args.patience}, batch {'8' if dry else '64'} for every model; raremed.pretrain_epochs "
         f"{args.raremed_pretrain} (CPU budget; the authors: 20); one torch thread per command, {args.parallel} "
         f"at a time; inference at one thread, batch 32 (report.latency_batch_size); "
-        + (f"--set {', '.join(args.sets)} (runs trained by this call); " if args.sets else "")
+        + (f"--set {', '.join(args.sets)} (given to the training commands); " if args.sets else "")
         + "learning rates: "
         + (
             "each model's default"
