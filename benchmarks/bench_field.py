@@ -140,6 +140,11 @@ def run_dir(work: Path, seed: int, model: str, scale: float = 1.0) -> Path:
     return work / "runs" / f"s{seed}" / (model if scale == 1 else f"{model}-lrx{scale:g}")
 
 
+def job_name(model: str, scale: float, seed: int) -> str:
+    """The name of a training command in the times: "<model> s<S>", "<model>-lrx<scale> s<S>"."""
+    return f"{model}{'' if scale == 1 else f'-lrx{scale:g}'} s{seed}"
+
+
 def jobs_for(
     work: Path, cfg: list[str], seeds: list[int], models: list[str], teacher: Path | None, args
 ) -> list:
@@ -163,7 +168,7 @@ def jobs_for(
                 if m == "raremed":
                     cmd += ["--set", f"raremed.pretrain_epochs={args.raremed_pretrain}"]
                 seed_set += [x for kv in args.sets for x in ("--set", kv)]
-                name = m if m == "popularity" else f"{m}{'' if scale == 1 else f'-lrx{scale:g}'} s{seed}"
+                name = m if m == "popularity" else job_name(m, scale, seed)
                 out.append((name, [*leader_command(), *cmd, *cfg, *seed_set, "--out", str(run), "-q"], run))
     return out
 
@@ -298,8 +303,9 @@ def collect(reports: dict[int, dict]) -> dict:
     return out
 
 
-def tables(agg: dict, reports: dict[int, dict], wall: dict) -> str:
-    """The markdown: one table per group (mean ± std over seeds) and one of costs."""
+def tables(agg: dict, reports: dict[int, dict], wall: dict, chosen: dict) -> str:
+    """The markdown: one table per group (mean ± std over seeds) and one of costs (the reported runs' own: the
+    chosen grid point per seed)."""
     first = next(iter(reports.values()))
     parts = []
     for g, title in GROUPS.items():
@@ -312,7 +318,9 @@ def tables(agg: dict, reports: dict[int, dict], wall: dict) -> str:
         parts.append(f"### {title} ({n:,} test patients)\n\n" + markdown_table(heads, rows))
     rows = []
     for kind, e in agg.items():
-        walls = [v["wall_s"] for k, v in wall.items() if k == kind or k.startswith(f"{kind} s")]
+        # the training commands of the reported runs (popularity and the teacher: their one command)
+        names = [job_name(kind, per[kind]["scale"], seed) for seed, per in chosen.items() if kind in per]
+        walls = [wall[n]["wall_s"] for n in names or [kind] if n in wall]
         params = e["parameters"][0]
         rows.append(
             [
@@ -460,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             "model, the best validation PRAUC per seed reported"
         )
     )
-    md = f"## LEADER against the field\n\n{budget}.\n\n" + tables(agg, reports, times)
+    md = f"## LEADER against the field\n\n{budget}.\n\n" + tables(agg, reports, times, chosen)
     if args.scales != [1.0]:
         md += "\n\n### Learning-rate grid (validation)\n\n" + grid_table(chosen, models, args.scales)
     cold = None
