@@ -81,7 +81,9 @@ def test_settings_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("LEADER_DATA__SEED", "2")
     assert load_settings().data.seed == 2
     s = load_settings(overrides={"data": {"seed": 3}})
-    assert s.data.seed == 3 and s.data.source == "mimic4" and s.top_procedures(get_layout(s.data.source)) == 1000
+    assert (
+        s.data.seed == 3 and s.data.source == "mimic4" and s.top_procedures(get_layout(s.data.source)) == 1000
+    )
 
 
 @pytest.mark.parametrize(
