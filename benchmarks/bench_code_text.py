@@ -52,8 +52,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_coldstart import DEMO_NAME, _labels, _leader, evaluate, split_demo  # noqa: E402
-from common import machine, markdown_table  # noqa: E402
+from bench_coldstart import DEMO_NAME, _labels, _leader, evaluate, raw_root, split_demo  # noqa: E402
+from common import machine, markdown_table, pm  # noqa: E402
 
 A21K = Path("/work/bench/a21k/data")
 M4 = REPO / "sample_data" / "mimic-iv-demo"
@@ -72,13 +72,6 @@ VARIANTS = {
     "distilled+titles": ("distill", ["student.code_text=both"]),
 }
 READS_TITLES = {"student+titles", "titles only", "student+titles (teacher enc.)", "distilled+titles"}
-
-
-def mean_std(vals: list[float]) -> str:
-    """mean ± sample std over seeds (one value: no ±; none: empty)."""
-    if len(vals) < 2:
-        return f"{vals[0]:.4f}" if vals else ""
-    return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}"
 
 
 def say(msg: str, quiet: bool) -> None:
@@ -168,9 +161,8 @@ def populations(mode: str, work: Path, cfg: list[str], runs: dict, first: Path, 
     }
     # `preprocess --for-run` refuses another source than the run's (the MIMIC-III demo for a MIMIC-IV run)
     if mode == "coldstart":
-        folder = "mimic-iv-demo" if layout == "mimic4" else "mimic-iii-demo"
         new = "new-m4" if layout == "mimic4" else "new-m3"
-        cold = [(f"cold start: held-out {DEMO_NAME[layout]}", work / "demo-held" / folder, [], new)]
+        cold = [(f"cold start: held-out {DEMO_NAME[layout]}", raw_root(work / "demo-held", layout), [], new)]
     else:  # the 21k set was resampled from the whole demo: its real records, but not held out
         cold = [("real MIMIC-IV demo admissions (the generator's source)", M4, [], "new-m4")]
     for name, raw, extra, folder in cold:
@@ -271,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         row = [pop, label, len(ms)]
         for g in GROUPS:
             vals = [m[g]["prauc"] for m in ms if g in m]
-            row.append(mean_std(vals))
+            row.append(pm(vals, 4, empty=""))
         for k in ("jaccard", "f1"):
-            row.append(mean_std([m["overall"][k] for m in ms]))
+            row.append(pm([m["overall"][k] for m in ms], 4, empty=""))
         rows.append(row)
         results.setdefault("scores", {}).setdefault(pop, {})[label] = ms
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)

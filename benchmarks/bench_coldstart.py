@@ -83,6 +83,13 @@ def split_demo(
     return roots["train"], roots["held"], sorted(parts["held"])
 
 
+def raw_root(root: Path, layout: str) -> Path:
+    """The folder `leader preprocess --raw` takes for a copy made by `split_demo` (mimic-iv-demo holds hosp/)."""
+    from generate import LAYOUTS
+
+    return root / Path(LAYOUTS[layout].demo).parts[0]
+
+
 def _leader(*args: str, log: Path, threads: int = 1) -> float:
     import os
 
@@ -278,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     # seed comes before the first call has written it)
     if fresh or not (new / "visits.parquet").is_file():
         shutil.rmtree(new, ignore_errors=True)
-        raw_held = str(held_root / ("mimic-iv-demo" if args.layout == "mimic4" else "mimic-iii-demo"))
+        raw_held = str(raw_root(held_root, args.layout))
         cmd = ("preprocess", *cfg, "--for-run", str(runs["student"]), "--raw", raw_held, "--out", str(new))
         _leader(*cmd, "-q", log=work / "forrun.log")
     from leadercli.data.artifact import Artifact

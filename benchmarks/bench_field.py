@@ -46,14 +46,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import tomllib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import leader_command, machine, markdown_table, timed  # noqa: E402
+from common import leader_command, machine, markdown_table, pm, timed  # noqa: E402
 
 from leadercli import kinds  # noqa: E402
 
@@ -133,16 +132,21 @@ def default_lr(model: str) -> float:
     return Settings.model_fields[LR_SECTION[model]].annotation.model_fields["lr"].default
 
 
+def grid_point(model: str, scale: float) -> str:
+    """<model>, or <model>-lrx<scale> for a grid point other than 1: the run folder's and the job's name."""
+    return model if scale == 1 else f"{model}-lrx{scale:g}"
+
+
 def run_dir(work: Path, seed: int, model: str, scale: float = 1.0) -> Path:
-    """runs/popularity, runs/s<S>/<model>, or runs/s<S>/<model>-lrx<scale> for a grid point other than 1."""
+    """runs/popularity, runs/s<S>/<model>, or runs/s<S>/<model>-lrx<scale>."""
     if model == "popularity":
         return work / "runs" / "popularity"
-    return work / "runs" / f"s{seed}" / (model if scale == 1 else f"{model}-lrx{scale:g}")
+    return work / "runs" / f"s{seed}" / grid_point(model, scale)
 
 
 def job_name(model: str, scale: float, seed: int) -> str:
     """The name of a training command in the times: "<model> s<S>", "<model>-lrx<scale> s<S>"."""
-    return f"{model}{'' if scale == 1 else f'-lrx{scale:g}'} s{seed}"
+    return f"{grid_point(model, scale)} s{seed}"
 
 
 def jobs_for(
@@ -267,17 +271,6 @@ def grid_table(chosen: dict, models: list[str], scales: list[float]) -> str:
         rows.append([m, f"{default_lr(m):g}", *cells, picked])
     heads = ["model", "default lr", *[f"val PRAUC lr ×{x:g} (seeds)" for x in scales], "chosen (per seed)"]
     return markdown_table(heads, rows)
-
-
-def pm(values: list, digits: int) -> str:
-    """mean ± std (sample std over seeds; ± — for one value)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "—"
-    f = f",.{digits}f"
-    if len(vals) == 1:
-        return f"{vals[0]:{f}}"
-    return f"{np.mean(vals):{f}} ± {np.std(vals, ddof=1):{f}}"
 
 
 def collect(reports: dict[int, dict]) -> dict:

@@ -122,6 +122,20 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def pm(values: list, digits: int = 4, empty: str = "—") -> str:
+    """mean ± sample std (ddof 1) over seeds, `digits` decimals; one value without ±; `empty` when there is none
+    (None values are left out)."""
+    import numpy as np
+
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return empty
+    f = f",.{digits}f"
+    if len(vals) == 1:
+        return f"{vals[0]:{f}}"
+    return f"{np.mean(vals):{f}} ± {np.std(vals, ddof=1):{f}}"
+
+
 def machine() -> dict:
     """Where a number was measured (the README and the JSON record it next to each result)."""
     import polars as pl
